@@ -8,7 +8,7 @@ bottom (input) up.  This module turns that stream into a flat list of
 
 from __future__ import annotations
 
-import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +55,7 @@ class Reader:
         self.pos += n
         return chunk
 
-    def int(self) -> int:  # noqa: A003 - dlib's names
+    def integer(self) -> int:
         """Control byte (low nibble: byte count, 0x80: negative), then little-endian bytes."""
         control = self._take(1)[0]
         size = control & 0x0F
@@ -65,47 +65,47 @@ class Reader:
         return -value if control & 0x80 else value
 
     def string(self) -> str:
-        length = self.int()
+        length = self.integer()
         if length < 0 or length > 1 << 16:
             raise DlibFormatError(f"implausible string length {length} at byte {self.pos}")
         return self._take(length).decode("latin-1")
 
-    def bool(self) -> bool:
+    def boolean(self) -> bool:
         ch = self._take(1)
         if ch not in (b"0", b"1"):
             raise DlibFormatError(f"expected boolean '0'/'1' at byte {self.pos - 1}, got {ch!r}")
         return ch == b"1"
 
-    def float(self) -> float:
+    def scalar(self) -> float:
         """A scalar float: int64 mantissa then int16 exponent, value = m * 2**e."""
-        mantissa = self.int()
-        exponent = self.int()
+        mantissa = self.integer()
+        exponent = self.integer()
         return float(np.ldexp(float(mantissa), exponent))
 
     def tensor(self) -> FloatArray:
-        version = self.int()
+        version = self.integer()
         if version != 2:
             raise DlibFormatError(f"tensor version {version} at byte {self.pos}; expected 2")
-        n, k, nr, nc = (self.int() for _ in range(4))
+        n, k, nr, nc = (self.integer() for _ in range(4))
         count = n * k * nr * nc
         raw = self._take(4 * count)
         return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(n, k, nr, nc)
 
     def alias_tensor(self) -> tuple[int, ...]:
-        version = self.int()
+        version = self.integer()
         if version != 1:
             raise DlibFormatError(f"alias tensor version {version} at byte {self.pos}; expected 1")
-        return tuple(self.int() for _ in range(4))
+        return tuple(self.integer() for _ in range(4))
 
 
 def _read_con(r: Reader, layer: Layer) -> None:
     params = r.tensor().ravel()
     names = ("num_filters", "nr", "nc", "stride_y", "stride_x", "pad_y", "pad_x")
-    layer.attrs.update({name: r.int() for name in names})
+    layer.attrs.update({name: r.integer() for name in names})
     filters_shape = r.alias_tensor()
     biases_shape = r.alias_tensor()
     for _ in range(4):  # learning-rate and weight-decay multipliers: training only
-        r.float()
+        r.scalar()
     n_w = int(np.prod(filters_shape))
     n_b = int(np.prod(biases_shape))
     if n_w + n_b != params.size:
@@ -118,7 +118,7 @@ def _read_affine(r: Reader, layer: Layer) -> None:
     params = r.tensor().ravel()
     gamma_shape = r.alias_tensor()
     r.alias_tensor()  # beta has gamma's shape
-    layer.attrs["mode"] = r.int()  # 0: per channel (conv), 1: per element (fc)
+    layer.attrs["mode"] = r.integer()  # 0: per channel (conv), 1: per element (fc)
     n = int(np.prod(gamma_shape))
     if 2 * n != params.size:
         raise DlibFormatError(f"affine layer holds {params.size} values, expected {2 * n}")
@@ -128,17 +128,17 @@ def _read_affine(r: Reader, layer: Layer) -> None:
 
 def _read_pool(r: Reader, layer: Layer) -> None:
     names = ("nr", "nc", "stride_y", "stride_x", "pad_y", "pad_x")
-    layer.attrs.update({name: r.int() for name in names})
+    layer.attrs.update({name: r.integer() for name in names})
 
 
 def _read_fc(r: Reader, layer: Layer) -> None:
-    num_outputs, num_inputs = r.int(), r.int()
+    num_outputs, num_inputs = r.integer(), r.integer()
     params = r.tensor().ravel()
     r.alias_tensor()  # weights
     biases_shape = r.alias_tensor()
-    layer.attrs["bias_mode"] = r.int()  # 0: with bias, 1: without
+    layer.attrs["bias_mode"] = r.integer()  # 0: with bias, 1: without
     for _ in range(4):
-        r.float()
+        r.scalar()
     n_w = num_inputs * num_outputs
     # dlib stores the weight matrix as (inputs, outputs); torch wants (outputs, inputs).
     layer.params["weight"] = params[:n_w].reshape(num_inputs, num_outputs).T.copy()
@@ -147,14 +147,18 @@ def _read_fc(r: Reader, layer: Layer) -> None:
     layer.attrs.update(num_outputs=num_outputs, num_inputs=num_inputs)
 
 
-_DETAIL_READERS = {
+def _no_details(r: Reader, layer: Layer) -> None:
+    """relu_ and add_prev_ carry only their names."""
+
+
+_DETAIL_READERS: dict[str, Callable[[Reader, Layer], None]] = {
     "con_4": _read_con,
     "affine_": _read_affine,
     "max_pool_2": _read_pool,
     "avg_pool_2": _read_pool,
     "fc_2": _read_fc,
-    "relu_": lambda r, layer: None,
-    "add_prev_": lambda r, layer: None,
+    "relu_": _no_details,
+    "add_prev_": _no_details,
 }
 
 
@@ -166,7 +170,7 @@ def _read_layer(r: Reader) -> Layer:
     layer = Layer(kind)
     read(r, layer)
     for _ in range(3):  # setup-called, gradient-stale, output-and-gradient-together
-        r.bool()
+        r.boolean()
     for _ in range(3):  # x_grad, cached_output, params_grad: empty in a saved model
         r.tensor()
     return layer
@@ -179,15 +183,15 @@ def read_net(path: str | Path) -> DlibNet:
 
 def parse_net(data: bytes) -> DlibNet:
     r = Reader(data)
-    r.int()  # network version
+    r.integer()  # network version
     loss = Layer(r.string())
     if loss.kind != "loss_metric_2":
         raise DlibFormatError(f"loss layer {loss.kind!r}; only loss_metric_2 networks are supported")
-    loss.attrs.update(margin=r.float(), distance_threshold=r.float())
+    loss.attrs.update(margin=r.scalar(), distance_threshold=r.scalar())
 
     versions: list[int] = []
     while True:  # one version per wrapper, outside in; 3 marks the layer on the input
-        v = r.int()
+        v = r.integer()
         versions.append(v)
         if v == 3:
             break
@@ -197,12 +201,12 @@ def parse_net(data: bytes) -> DlibNet:
     inp = Layer(r.string())
     if inp.kind != "input_rgb_image_sized":
         raise DlibFormatError(f"input layer {inp.kind!r}; expected input_rgb_image_sized")
-    inp.attrs["mean"] = (r.float(), r.float(), r.float())
-    inp.attrs["rows"], inp.attrs["cols"] = r.int(), r.int()
+    inp.attrs["mean"] = (r.scalar(), r.scalar(), r.scalar())
+    inp.attrs["rows"], inp.attrs["cols"] = r.integer(), r.integer()
 
     n_layers = versions.count(2) + 1
     layers = [_read_layer(r)]
-    inp.attrs["sample_expansion_factor"] = r.int()
+    inp.attrs["sample_expansion_factor"] = r.integer()
     layers.extend(_read_layer(r) for _ in range(n_layers - 1))
     if r.pos != len(data):
         raise DlibFormatError(f"{len(data) - r.pos} trailing bytes after the last layer")

@@ -64,6 +64,8 @@ class ResidualBlock(nn.Module):
 class DlibResNet(nn.Module):
     """Maps normalised 150×150 RGB chips ``(N, 3, 150, 150)`` to 128-D embeddings."""
 
+    mean: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 32, 7, 2, padding=0)
@@ -85,7 +87,8 @@ class DlibResNet(nn.Module):
         x = F.max_pool2d(F.relu(self.stem(x)), 3, 2)
         x = self.blocks(x)
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return self.fc(x)
+        out: torch.Tensor = self.fc(x)
+        return out
 
     def convolutions(self) -> Iterator[nn.Conv2d]:
         """Convolutions in dlib's bottom-up file order."""

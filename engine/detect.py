@@ -1,0 +1,121 @@
+"""Face detection (dlib's HOG frontal detector) and 5-point landmarks.
+
+The HOG detector scans an 80×80 window over an image pyramid, so a face must be
+about 80 px wide in the scanned image: ``upsample`` doubles the photo first
+(faces down to ~40 px are found at 1).  Big photos are scaled down for the scan
+alone (``max_detect_pixels``), which keeps detection time bounded; landmarks are
+then found on the full-resolution photo, where the chip is cut.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import dlib
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from faceid.engine.config import DetectConfig
+from faceid.engine.image import RGBImage
+from faceid.engine.weights import LANDMARKS_5_FILE, model_file
+
+Landmarks = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Box:
+    """A face's box in pixels of the upright photo: ``left ≤ x < right``, ``top ≤ y < bottom``."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+    @property
+    def width(self) -> float:
+        return self.right - self.left
+
+    @property
+    def height(self) -> float:
+        return self.bottom - self.top
+
+    @property
+    def area(self) -> float:
+        return max(self.width, 0.0) * max(self.height, 0.0)
+
+    def to_dlib(self) -> dlib.rectangle:
+        return dlib.rectangle(
+            round(self.left), round(self.top), round(self.right) - 1, round(self.bottom) - 1
+        )
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected face: its box, detection score and five landmarks.
+
+    ``landmarks`` is ``(5, 2)`` float32 (x, y) in photo pixels, in dlib's order:
+    the outer and inner corner of the eye on the image's right, the outer and
+    inner corner of the eye on the image's left, then the base of the nose.
+    ``score`` is the HOG detector's SVM margin (higher is surer; about 0 at the
+    detection threshold; ``nan`` for a box the caller gave).
+    """
+
+    box: Box
+    score: float
+    landmarks: Landmarks
+
+
+class FaceDetector:
+    """HOG detector plus the 5-point shape predictor; safe to share between threads."""
+
+    def __init__(self, config: DetectConfig | None = None) -> None:
+        self.config = config or DetectConfig()
+        self._hog = dlib.get_frontal_face_detector()
+        self._shape = dlib.shape_predictor(str(model_file(LANDMARKS_5_FILE)))
+        self._lock = threading.Lock()  # dlib's objects are not documented as thread-safe
+
+    def _scan_scale(self, height: int, width: int) -> float:
+        scale = 2.0**self.config.upsample
+        cap = math.sqrt(self.config.max_detect_pixels / (height * width))
+        return min(scale, cap)
+
+    def find_boxes(self, image: RGBImage) -> list[tuple[Box, float]]:
+        """Boxes and scores of the faces in ``image``, largest first."""
+        height, width = image.shape[:2]
+        scale = self._scan_scale(height, width)
+        upsample = round(math.log2(scale)) if scale >= 1 else 0
+        if scale >= 1 and math.isclose(scale, 2.0**upsample):
+            scan, scale = image, 1.0  # let dlib's pyramid do integer upsampling
+        else:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            scan = np.asarray(
+                Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+            )
+            scale, upsample = scan.shape[1] / width, 0
+        with self._lock:
+            rects, scores, _ = self._hog.run(scan, upsample, self.config.score_threshold)
+        found: list[tuple[Box, float]] = []
+        for rect, score in zip(rects, scores, strict=True):
+            box = Box(
+                max(rect.left() / scale, 0.0),
+                max(rect.top() / scale, 0.0),
+                min((rect.right() + 1) / scale, float(width)),
+                min((rect.bottom() + 1) / scale, float(height)),
+            )
+            if box.width >= self.config.min_face_size and box.height > 0:
+                found.append((box, float(score)))
+        found.sort(key=lambda item: item[0].area, reverse=True)
+        return found
+
+    def landmarks(self, image: RGBImage, box: Box) -> Landmarks:
+        """The five landmarks of the face in ``box``."""
+        with self._lock:
+            shape = self._shape(image, box.to_dlib())
+        return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
+
+    def detect(self, image: RGBImage) -> list[Detection]:
+        """Every face in ``image`` with box, score and landmarks, largest first."""
+        return [Detection(box, score, self.landmarks(image, box)) for box, score in self.find_boxes(image)]

@@ -1,0 +1,28 @@
+"""Typed errors of the engine.
+
+Each says what is wrong and what to do about it, in words a caller can act on;
+the gRPC layer maps each class to a status code (``InvalidInputError`` →
+INVALID_ARGUMENT, and so on) and never shows a traceback.
+"""
+
+from __future__ import annotations
+
+
+class FaceIdError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class InvalidInputError(FaceIdError):
+    """The request itself is wrong: a bad photo, a bad embedding, a bad field."""
+
+
+class InvalidImageError(InvalidInputError):
+    """The bytes are not a photo we can decode (empty, not an image, truncated, corrupt)."""
+
+
+class ImageTooLargeError(InvalidImageError):
+    """The photo's header declares more pixels than the configured limit (decompression bomb guard)."""
+
+
+class ModelError(FaceIdError):
+    """The embedding model's weights are missing or do not match the network."""

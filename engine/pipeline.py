@@ -1,0 +1,100 @@
+"""The face pipeline: photo → faces, each with box, landmarks, score and embedding.
+
+decode (Pillow) → detect (dlib HOG) → landmarks (dlib 5-point) → align (dlib
+chip, 150×150) → embed (dlib's ResNet in torch).  ``process_many`` embeds the
+faces of many photos in shared network batches, which is what the server's
+micro-batcher calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from faceid.engine.align import CHIP_SIZE, face_chips
+from faceid.engine.config import PipelineConfig
+from faceid.engine.detect import Box, Detection, FaceDetector
+from faceid.engine.embedder import Embedder, Embeddings
+from faceid.engine.errors import InvalidImageError
+from faceid.engine.image import RGBImage, decode_image
+
+
+@dataclass(frozen=True)
+class Face:
+    """A detected face and its embedding (128 float32, compared by Euclidean distance)."""
+
+    detection: Detection
+    embedding: np.ndarray
+
+    @property
+    def box(self) -> Box:
+        return self.detection.box
+
+
+class FacePipeline:
+    """Owns the detector and the embedder; thread-safe; build one per process."""
+
+    def __init__(self, config: PipelineConfig | None = None) -> None:
+        self.config = config or PipelineConfig()
+        self.detector = FaceDetector(self.config.detect)
+        self.embedder = Embedder(self.config.embed)
+
+    def decode(self, data: bytes) -> RGBImage:
+        return decode_image(data, self.config.decode)
+
+    def detect(self, data: bytes | RGBImage) -> list[Detection]:
+        """Faces in a photo (encoded bytes or an RGB array), largest first, without embeddings."""
+        image = self.decode(data) if isinstance(data, bytes) else data
+        return self.detector.detect(image)
+
+    def process(self, data: bytes | RGBImage) -> list[Face]:
+        """Every face in one photo, largest first, with its embedding."""
+        return self.process_many([data])[0]
+
+    def process_many(self, photos: Sequence[bytes | RGBImage]) -> list[list[Face]]:
+        """Faces of several photos; all chips go through the network in shared batches.
+
+        Raises :class:`InvalidImageError` for the first photo that cannot be decoded; callers that
+        want one result per photo regardless call :meth:`process` per photo.
+        """
+        detections: list[list[Detection]] = []
+        chips: list[np.ndarray] = []
+        for data in photos:
+            image = self.decode(data) if isinstance(data, bytes) else data
+            found = self.detector.detect(image)
+            detections.append(found)
+            if found:
+                chips.append(self.align(image, found))
+        all_chips = np.concatenate(chips) if chips else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+        embeddings = self.embedder.embed(all_chips)
+        faces: list[list[Face]] = []
+        i = 0
+        for found in detections:
+            faces.append([Face(d, embeddings[i + j]) for j, d in enumerate(found)])
+            i += len(found)
+        return faces
+
+    def detection_for_box(self, image: RGBImage, box: Box) -> Detection:
+        """Landmarks for a face whose box the caller already knows (score ``nan``)."""
+        return Detection(box, float("nan"), self.detector.landmarks(image, box))
+
+    def align(self, image: RGBImage, detections: Sequence[Detection]) -> np.ndarray:
+        """Aligned 150×150 chips of ``detections`` in ``image``, ``(N, 150, 150, 3)`` uint8."""
+        return face_chips(image, [(d.box, d.landmarks) for d in detections])
+
+    def embed_chips(self, chips: Sequence[bytes]) -> Embeddings:
+        """Embeddings of photos that are already aligned 150×150 face chips (no detection)."""
+        arrays = []
+        for n, data in enumerate(chips):
+            image = self.decode(data)
+            if image.shape[:2] != (CHIP_SIZE, CHIP_SIZE):
+                raise InvalidImageError(
+                    f"aligned chip {n} is {image.shape[1]}×{image.shape[0]}; aligned chips must be exactly "
+                    f"{CHIP_SIZE}×{CHIP_SIZE} (dlib's get_face_chip(size=150, padding=0.25)); send the "
+                    f"whole photo instead to have faceid detect and align it"
+                )
+            arrays.append(image)
+        stacked = np.stack(arrays) if arrays else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+        return self.embedder.embed(stacked)

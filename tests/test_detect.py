@@ -1,0 +1,91 @@
+"""Detection and landmarks on real photos, as they come from cameras and phones."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from faceid.engine.config import DetectConfig, PipelineConfig
+from faceid.engine.detect import FaceDetector
+from faceid.engine.pipeline import FacePipeline
+
+from .conftest import encode
+
+
+def photo(faces: Path, rel: str) -> np.ndarray:
+    return np.asarray(Image.open(faces / rel).convert("RGB"))
+
+
+def test_every_face_in_a_group_photo_is_found(faces: Path, pipeline: FacePipeline) -> None:
+    people = ["Colin_Powell", "Tony_Blair", "Serena_Williams"]
+    canvas = np.full((300, 900, 3), 90, np.uint8)
+    for i, name in enumerate(people):
+        canvas[25:275, 25 + 300 * i : 275 + 300 * i] = photo(faces, f"lfw/images/{name}/0001.jpg")
+    found = pipeline.detect(encode(canvas, "JPEG"))
+    assert len(found) == 3
+    centres = sorted((d.box.left + d.box.right) / 2 for d in found)
+    for i, cx in enumerate(centres):
+        assert 300 * i < cx < 300 * (i + 1)
+    for d in found:
+        assert d.landmarks.shape == (5, 2)
+        assert d.box.left - 5 <= d.landmarks[:, 0].min() and d.landmarks[:, 0].max() <= d.box.right + 5
+
+
+def test_a_photo_without_a_face_has_no_faces(pipeline: FacePipeline) -> None:
+    rng = np.random.default_rng(1)
+    landscape = np.clip(rng.normal(120, 40, (480, 640, 3)), 0, 255).astype(np.uint8)
+    assert pipeline.process(encode(landscape, "JPEG")) == []
+
+
+def test_a_face_touching_the_border_is_found_and_embedded(faces: Path, pipeline: FacePipeline) -> None:
+    full = photo(faces, "fr_openface_examples7/images/obama/001.jpg")
+    whole = pipeline.process(full)[0]
+    cut = np.ascontiguousarray(full[:, int(whole.box.left) + 10 :])
+    found = pipeline.process(cut)
+    assert found, "the face whose left edge is cut off by the border was not found"
+    assert found[0].box.left == pytest.approx(0, abs=15)
+    assert np.linalg.norm(found[0].embedding - whole.embedding) < 0.45
+
+
+def test_exif_rotated_phone_photo_is_detected_upright(faces: Path, pipeline: FacePipeline) -> None:
+    upright = Image.open(faces / "fr_openface_examples7/images/biden/001.jpg").convert("RGB")
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    found = pipeline.process(encode(stored, "JPEG", quality=95, exif=exif))
+    reference = pipeline.process(np.asarray(upright))
+    assert len(found) == len(reference) >= 1
+    assert np.linalg.norm(found[0].embedding - reference[0].embedding) < 0.2
+    assert pipeline.detect(encode(stored, "JPEG", quality=95)) == []  # without the tag it lies on its side
+
+
+def test_min_face_size_drops_smaller_faces(faces: Path) -> None:
+    image = photo(faces, "lfw/images/Colin_Powell/0001.jpg")
+    assert FaceDetector(DetectConfig(min_face_size=40)).find_boxes(image)
+    assert FaceDetector(DetectConfig(min_face_size=200)).find_boxes(image) == []
+
+
+def test_a_large_photo_is_scanned_downscaled_and_boxes_come_back_in_its_pixels(faces: Path) -> None:
+    image = Image.open(faces / "fr_openface_examples7/images/obama/001.jpg").convert("RGB")
+    big = np.asarray(image.resize((image.width * 3, image.height * 3), Image.Resampling.BICUBIC))
+    detector = FaceDetector(DetectConfig(max_detect_pixels=1_000_000))
+    small_box = FaceDetector(DetectConfig(max_detect_pixels=1_000_000)).find_boxes(np.asarray(image))[0][0]
+    big_box = detector.find_boxes(big)[0][0]
+    assert big_box.left == pytest.approx(3 * small_box.left, rel=0.1)
+    assert big_box.width == pytest.approx(3 * small_box.width, rel=0.1)
+
+
+def test_upsampling_finds_a_small_face_that_a_single_scale_scan_misses(faces: Path) -> None:
+    image = Image.open(faces / "lfw/images/Colin_Powell/0001.jpg").convert("RGB")
+    small = np.asarray(image.resize((100, 100), Image.Resampling.LANCZOS))  # face ≈ 50 px
+    assert FaceDetector(DetectConfig(upsample=0, min_face_size=0)).find_boxes(small) == []
+    assert FaceDetector(DetectConfig(upsample=1, min_face_size=0)).find_boxes(small)
+
+
+def test_configured_pipeline_uses_its_detector_settings() -> None:
+    config = replace(PipelineConfig(), detect=DetectConfig(upsample=0))
+    assert FacePipeline(config).detector.config.upsample == 0

@@ -1,0 +1,66 @@
+"""The whole pipeline on real photos: photo in, faces with boxes, landmarks and embeddings out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from faceid.benchmarks.common import read_pairs
+from faceid.engine.errors import InvalidImageError
+from faceid.engine.pipeline import FacePipeline
+
+from .conftest import encode
+
+
+def test_full_size_photos_verify_at_dlibs_threshold(faces: Path, pipeline: FacePipeline) -> None:
+    """deepface's 520 pairs of full-size photos (one file a WEBP named .jpg), at distance 0.6."""
+    pairs = read_pairs(faces / "deepface_unit13" / "pairs.csv")
+    paths = sorted({p.path1 for p in pairs} | {p.path2 for p in pairs})
+    found = pipeline.process_many([p.read_bytes() for p in paths])
+    assert all(found), "every photo of the set holds a face"
+    emb = {p: f[0].embedding for p, f in zip(paths, found, strict=True)}
+    correct = [(np.linalg.norm(emb[p.path1] - emb[p.path2]) < 0.6) == p.same for p in pairs]
+    assert np.mean(correct) >= 0.95
+
+
+def test_process_many_gives_what_process_gives_one_by_one(faces: Path, pipeline: FacePipeline) -> None:
+    photos = [p.read_bytes() for p in sorted((faces / "fr_openface_examples7" / "images").glob("*/*"))[:6]]
+    together = pipeline.process_many(photos)
+    for data, batch_faces in zip(photos, together, strict=True):
+        alone = pipeline.process(data)
+        assert len(alone) == len(batch_faces)
+        for a, b in zip(alone, batch_faces, strict=True):
+            assert a.box == b.box
+            assert np.abs(a.embedding - b.embedding).max() < 1e-4
+
+
+def test_a_rgba_png_is_processed(faces: Path, pipeline: FacePipeline) -> None:
+    data = (faces / "fr_openface_examples7" / "images" / "alex_lacamoire" / "001.png").read_bytes()
+    assert Image.open(faces / "fr_openface_examples7/images/alex_lacamoire/001.png").mode == "RGBA"
+    assert len(pipeline.process(data)) == 1
+
+
+def test_aligned_chips_skip_detection_and_match_the_embedder(faces: Path, pipeline: FacePipeline) -> None:
+    paths = sorted((faces / "dlib_johns5" / "images").glob("*/*"))[:4]
+    via_bytes = pipeline.embed_chips([p.read_bytes() for p in paths])
+    arrays = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    np.testing.assert_allclose(via_bytes, pipeline.embedder.embed(arrays), atol=1e-5)
+
+
+def test_a_chip_of_the_wrong_size_is_refused_with_advice(pipeline: FacePipeline) -> None:
+    with pytest.raises(InvalidImageError, match="exactly 150×150"):
+        pipeline.embed_chips([encode(np.zeros((112, 112, 3), np.uint8))])
+
+
+def test_each_face_in_the_photo_gets_an_embedding_and_box(faces: Path, pipeline: FacePipeline) -> None:
+    data = (faces / "deepface_unit13" / "images" / "id03" / "003.jpg").read_bytes()  # a WEBP named .jpg
+    found = pipeline.process(data)
+    assert len(found) == 1
+    face = found[0]
+    assert face.embedding.shape == (128,)
+    assert face.detection.score > 0
+    image = pipeline.decode(data)
+    assert 0 <= face.box.left < face.box.right <= image.shape[1]
