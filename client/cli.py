@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     faces = sub.add_parser("faces", help="detect, align and embed the faces in photos (in this process)")
     faces.add_argument("photos", nargs="+", type=Path, help="photo files (JPEG, PNG, WEBP, GIF, BMP, TIFF)")
-    faces.add_argument("--upsample", type=int, default=1, help="detector upsampling (0-3; 1 finds ~40 px faces)")
+    faces.add_argument(
+        "--upsample", type=int, default=1, help="detector upsampling (0-3; 1 finds ~40 px faces)"
+    )
     faces.add_argument("--json", action="store_true", help="print JSON with the embeddings")
     faces.set_defaults(func=cmd_faces)
     return parser

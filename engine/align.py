@@ -13,15 +13,13 @@ from collections.abc import Sequence
 
 import dlib
 import numpy as np
-import numpy.typing as npt
 
 from faceid.engine.detect import Box, Landmarks
+from faceid.engine.embedder import Chips
 from faceid.engine.image import RGBImage
+from faceid.engine.resnet import CHIP_SIZE
 
-CHIP_SIZE = 150
 CHIP_PADDING = 0.25
-
-Chips = npt.NDArray[np.uint8]
 
 
 def _full_object_detection(box: Box, landmarks: Landmarks) -> dlib.full_object_detection:

@@ -14,13 +14,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from faceid.engine.align import CHIP_SIZE, Chips
 from faceid.engine.config import EmbedConfig
 from faceid.engine.errors import InvalidInputError
-from faceid.engine.resnet import EMBEDDING_DIM, DlibResNet, load_resnet
+from faceid.engine.resnet import CHIP_SIZE, EMBEDDING_DIM, DlibResNet, load_resnet
 from faceid.engine.weights import RESNET_FILE, model_file
 
 Embeddings = npt.NDArray[np.float32]
+#: Aligned face chips, ``(N, 150, 150, 3)`` uint8 RGB.
+Chips = npt.NDArray[np.uint8]
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from faceid.engine.align import CHIP_SIZE, face_chips
+from faceid.engine.align import face_chips
 from faceid.engine.config import PipelineConfig
 from faceid.engine.detect import Box, Detection, FaceDetector
 from faceid.engine.embedder import Embedder, Embeddings
 from faceid.engine.errors import InvalidImageError
 from faceid.engine.image import RGBImage, decode_image
+from faceid.engine.resnet import CHIP_SIZE
 
 
 @dataclass(frozen=True)
