@@ -146,7 +146,9 @@ class Progress:
     """A one-line progress report on stderr: done/total, rate, time left."""
 
     def __init__(self, total: int, label: str, every: float = 2.0) -> None:
-        self.total, self.label, self.every = total, label, every
+        self.tty = sys.stderr.isatty()
+        self.total, self.label = total, label
+        self.every = every if self.tty else max(every, 15.0)  # logs get a line every 15 s
         self.start = self.last = time.monotonic()
         self.done = 0
 
@@ -157,9 +159,9 @@ class Progress:
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
             left = (self.total - self.done) / rate if rate else float("inf")
-            print(
-                f"\r{self.label}: {self.done}/{self.total} ({rate:.1f}/s, {left:.0f} s left)   ",
-                end="" if self.done < self.total else "\n",
-                file=sys.stderr,
-                flush=True,
-            )
+            line = f"{self.label}: {self.done}/{self.total} ({rate:.1f}/s, {left:.0f} s left)"
+            if self.tty:
+                end = "" if self.done < self.total else "\n"
+                print(f"\r{line}   ", end=end, file=sys.stderr, flush=True)
+            else:
+                print(line, file=sys.stderr, flush=True)

@@ -77,7 +77,9 @@ def bench_embedder(
 
 def precision_agreement(chips: np.ndarray, device: str, weights: Path | None) -> dict[str, float]:
     ref = Embedder(EmbedConfig(device=device, precision="fp32", flip=False), weights).embed(chips)
-    out = {}
+    cpu = Embedder(EmbedConfig(device="cpu", precision="fp32", flip=False), weights).embed(chips)
+    out = {"cpu_fp32_max_abs_diff": float(np.abs(ref - cpu).max())}
+    print(f"{device} fp32 vs cpu fp32 on {len(chips)} chips: max |Δ| {out['cpu_fp32_max_abs_diff']:.2e}")
     for precision in ("fp16", "bf16"):
         e = Embedder(EmbedConfig(device=device, precision=precision, flip=False), weights).embed(chips)
         cos = np.sum(ref * e, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(e, axis=1))

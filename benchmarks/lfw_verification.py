@@ -136,7 +136,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> No
 
     fig, ax = plt.subplots(figsize=(6, 5))
     for name, (far, tar) in curves.items():
-        ax.plot(np.maximum(far, 1e-4), tar, label=name)
+        ax.plot(np.maximum(far, 1e-4), tar, label=name, linestyle="--" if name == "dlib" else "-")
     ax.set_xscale("log")
     ax.set_xlim(1e-4, 1)
     ax.set_ylim(0.8, 1.0)

@@ -1,0 +1,598 @@
+"""Gallery index: top-k nearest enrolled faces, exact while small, IVF-PQ with exact re-ranking at scale.
+
+One :class:`FaissGalleryIndex` per gallery.  Its life runs itself:
+
+* **exact** — ``IndexIDMap(IndexFlatL2)`` while the gallery is small;
+* **training** — once it holds ``train_min`` vectors, an IVF-PQ index (4-bit
+  fast-scan PQ) is trained on a sample in a background thread, filled, caught up
+  with the adds and removes made meanwhile (a journal), and swapped in atomically;
+  searches keep using the exact index meanwhile and never wait for training;
+* **ivf_pq** — IVF-PQ proposes ``k × rerank_factor`` candidates, whose exact
+  distances, from a float16 copy of every vector (:class:`VectorStore`), choose
+  the final order.  It retrains when the gallery has grown ``retrain_growth``-fold.
+
+Scores are **Euclidean distances** between embeddings (≥ 0, smaller = more alike;
+FAISS's squared L2 is square-rooted before it is returned).  Concurrency: any
+number of searches run in parallel (FAISS releases the GIL); adds and removes
+take a write lock for the few milliseconds they need.
+
+Persistence: :meth:`save` writes the index, the vector copy and the store's
+change sequence number to a temporary file with a SHA-256 checksum, fsyncs it
+and renames it into place; :meth:`load` refuses a file whose checksum, magic or
+shape is wrong (:class:`SnapshotError`), and the caller rebuilds from the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+Ids = npt.NDArray[np.int64]
+Vectors = npt.NDArray[np.float32]
+IndexKind = Literal["exact", "ivf_pq"]
+
+
+class SnapshotError(Exception):
+    """A snapshot file is missing, truncated, corrupt or from another configuration."""
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Per-request knobs; ``None`` takes the index's default.  Out-of-range values are clamped."""
+
+    #: IVF lists visited per query (1 … nlist): more is slower and closer to exact.
+    nprobe: int | None = None
+    #: Candidates re-ranked exactly, as a multiple of k (1 … 64).
+    rerank_factor: int | None = None
+    #: Search every vector exactly (slow on big galleries; for audits and ground truth).
+    exact: bool = False
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How a gallery index grows; defaults come from ``benchmarks/index_scale.py``."""
+
+    #: Switch from exact search to IVF-PQ once the gallery holds this many faces.
+    train_min: int = 50_000
+    #: Retrain when the gallery has grown this many times since the last training.
+    retrain_growth: float = 4.0
+    #: nlist = the power of two nearest to ``nlist_factor × √N``.
+    nlist_factor: float = 4.0
+    #: PQ sub-quantizers (4-bit fast-scan codes: ``pq_m / 2`` bytes per face).
+    pq_m: int = 32
+    #: Training sample: this many points per list (FAISS wants ≥ 39), at most all vectors.
+    train_points_per_list: int = 64
+    #: Default lists probed, as a fraction of nlist (at least ``nprobe_min``).
+    nprobe_fraction: float = 1 / 16
+    nprobe_min: int = 16
+    #: Default re-rank factor.
+    rerank_factor: int = 4
+    #: Train in a background thread (False: train synchronously inside ``add``; for tests and tools).
+    background: bool = True
+    #: Largest k a search may ask for.
+    max_k: int = 1000
+
+    def nlist_for(self, n: int) -> int:
+        """Lists for ``n`` vectors: a power of two near ``nlist_factor·√n``, with ≥ 39 points per list."""
+        target = max(self.nlist_factor * math.sqrt(max(n, 1)), 1.0)
+        nlist = 2 ** round(math.log2(target))
+        while nlist > 1 and n < 39 * nlist:
+            nlist //= 2
+        return int(nlist)
+
+
+@dataclass
+class IndexStats:
+    kind: IndexKind
+    count: int
+    training: bool
+    dim: int
+    nlist: int = 0
+    pq_m: int = 0
+    default_nprobe: int = 0
+    default_rerank_factor: int = 0
+    trained_on: int = 0
+    memory_bytes: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class GalleryIndex(Protocol):
+    """What the engine needs from a vector index; FAISS here, a distributed store later."""
+
+    dim: int
+
+    def add(self, ids: Ids, vectors: Vectors) -> None: ...
+    def remove(self, ids: Ids) -> int: ...
+    def search(
+        self, queries: Vectors, k: int, params: SearchParams | None = None
+    ) -> tuple[npt.NDArray[np.float32], Ids]: ...
+    def count(self) -> int: ...
+    def stats(self) -> IndexStats: ...
+    def save(self, path: Path, seq: int) -> None: ...
+
+
+class ReadWriteLock:
+    """Many readers or one writer; a waiting writer holds back new readers (no starvation)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class VectorStore:
+    """Every live vector by id, as float16: the source for exact re-ranking and retraining.
+
+    Ids are kept sorted (the store hands them out in increasing order, so adds are
+    appends) and looked up by binary search; removal marks a tombstone, and the
+    arrays are compacted once a quarter of the rows are dead.  About 2·dim + 9
+    bytes per vector.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.labels = np.empty(0, np.int64)
+        self.vectors = np.empty((0, dim), np.float16)
+        self.alive = np.empty(0, bool)
+        self.size = 0
+        self.live = 0
+
+    def _grow(self, needed: int) -> None:
+        capacity = len(self.labels)
+        if needed <= capacity:
+            return
+        new = max(needed, int(capacity * 1.5), 1024)
+        for name in ("labels", "vectors", "alive"):
+            old = getattr(self, name)
+            grown = np.zeros((new, *old.shape[1:]), old.dtype)
+            grown[: self.size] = old[: self.size]
+            setattr(self, name, grown)
+
+    def lookup(self, ids: Ids) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
+        """Row of each id and whether it is live."""
+        if self.size == 0:
+            return np.zeros(len(ids), np.intp), np.zeros(len(ids), bool)
+        labels = self.labels[: self.size]
+        pos = np.minimum(np.searchsorted(labels, ids), self.size - 1)
+        found = (labels[pos] == ids) & self.alive[pos]
+        return pos, found
+
+    def add(self, ids: Ids, vectors: Vectors) -> None:
+        if len(ids) == 0:
+            return
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("the same id appears twice in one add")
+        _, found = self.lookup(ids)
+        if found.any():
+            raise ValueError(f"ids already in the index: {ids[found][:5].tolist()}")
+        ordered = bool(np.all(np.diff(ids) > 0))
+        if ordered and (self.size == 0 or ids[0] > self.labels[self.size - 1]):
+            self._grow(self.size + len(ids))
+            end = self.size + len(ids)
+            self.labels[self.size : end] = ids
+            self.vectors[self.size : end] = vectors
+            self.alive[self.size : end] = True
+            self.size = end
+        else:  # out of order: merge and re-sort (rare: the store hands out increasing ids)
+            keep = self.alive[: self.size]
+            labels = np.concatenate([self.labels[: self.size][keep], ids])
+            vecs = np.concatenate([self.vectors[: self.size][keep], vectors.astype(np.float16)])
+            order = np.argsort(labels, kind="stable")
+            self.labels, self.vectors = labels[order], vecs[order]
+            self.alive = np.ones(len(labels), bool)
+            self.size = len(labels)
+        self.live += len(ids)
+
+    def remove(self, ids: Ids) -> int:
+        pos, found = self.lookup(ids)
+        rows = np.unique(pos[found])
+        self.alive[rows] = False
+        self.live -= len(rows)
+        if self.size and self.size - self.live > max(self.size // 4, 1024):
+            self.compact()
+        return len(rows)
+
+    def compact(self) -> None:
+        keep = self.alive[: self.size]
+        self.labels = self.labels[: self.size][keep].copy()
+        self.vectors = self.vectors[: self.size][keep].copy()
+        self.alive = np.ones(len(self.labels), bool)
+        self.size = self.live = len(self.labels)
+
+    def get(self, ids: Ids) -> tuple[Vectors, npt.NDArray[np.bool_]]:
+        """float32 vectors of ``ids`` (zeros where an id is not live) and the found mask."""
+        pos, found = self.lookup(ids.ravel())
+        out = self.vectors[pos].astype(np.float32)
+        out[~found] = 0
+        return out.reshape(*ids.shape, self.dim), found.reshape(ids.shape)
+
+    def items(self) -> tuple[Ids, npt.NDArray[np.float16]]:
+        """Copies of the live ids and their vectors, in id order."""
+        keep = self.alive[: self.size]
+        return self.labels[: self.size][keep].copy(), self.vectors[: self.size][keep].copy()
+
+    def nbytes(self) -> int:
+        return int(self.labels.nbytes + self.vectors.nbytes + self.alive.nbytes)
+
+
+def _exact_index(dim: int) -> faiss.Index:
+    return faiss.IndexIDMap(faiss.IndexFlatL2(dim))
+
+
+def _selector(ids: Ids) -> faiss.IDSelectorBatch:
+    return faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
+
+
+def _check_vectors(vectors: npt.ArrayLike, dim: int) -> Vectors:
+    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    if v.ndim != 2 or v.shape[1] != dim:
+        raise ValueError(f"vectors must have shape (n, {dim}); got {v.shape}")
+    if not np.isfinite(v).all():
+        raise ValueError("vectors contain NaN or infinite values")
+    return v
+
+
+Op = tuple[Literal["add", "remove"], Ids, Vectors | None]
+
+
+class FaissGalleryIndex:
+    """The FAISS implementation of :class:`GalleryIndex` (see the module docstring)."""
+
+    def __init__(self, dim: int, config: IndexConfig | None = None) -> None:
+        self.dim = dim
+        self.config = config or IndexConfig()
+        self.store = VectorStore(dim)
+        self._index: faiss.Index = _exact_index(dim)
+        self._kind: IndexKind = "exact"
+        self._nlist = 0
+        self._trained_on = 0
+        self._lock = ReadWriteLock()
+        self._journal: list[Op] | None = None  # writes made while a training run is under way
+        self._trainer: threading.Thread | None = None
+        self._train_error: BaseException | None = None
+        self.on_progress: Callable[[str, float], None] | None = None
+
+    # ---- writes ---------------------------------------------------------------------------
+    def add(self, ids: npt.ArrayLike, vectors: npt.ArrayLike) -> None:
+        """Add vectors under new ids (int64, unique, not already present)."""
+        id_array = np.ascontiguousarray(ids, dtype=np.int64).ravel()
+        v = _check_vectors(vectors, self.dim)
+        if len(id_array) != len(v):
+            raise ValueError(f"{len(id_array)} ids for {len(v)} vectors")
+        if len(v) == 0:
+            return
+        with self._lock.write():
+            self.store.add(id_array, v)
+            self._index.add_with_ids(v, id_array)
+            if self._journal is not None:
+                self._journal.append(("add", id_array, v))
+        self._maybe_train()
+
+    def remove(self, ids: npt.ArrayLike) -> int:
+        """Remove ids (unknown ids are ignored); returns how many were present."""
+        id_array = np.ascontiguousarray(ids, dtype=np.int64).ravel()
+        if len(id_array) == 0:
+            return 0
+        with self._lock.write():
+            removed = self.store.remove(id_array)
+            if removed:
+                self._index.remove_ids(_selector(id_array))
+            if self._journal is not None:
+                self._journal.append(("remove", id_array, None))
+        return removed
+
+    # ---- reads ----------------------------------------------------------------------------
+    def count(self) -> int:
+        return self.store.live
+
+    def default_nprobe(self) -> int:
+        return min(self._nlist, max(self.config.nprobe_min, round(self._nlist * self.config.nprobe_fraction)))
+
+    def search(
+        self, queries: npt.ArrayLike, k: int, params: SearchParams | None = None
+    ) -> tuple[npt.NDArray[np.float32], Ids]:
+        """The ``k`` nearest ids per query and their Euclidean distances, nearest first.
+
+        Rows are padded with id -1 and distance +inf when the gallery holds fewer than k.
+        """
+        q = _check_vectors(queries, self.dim)
+        if not 1 <= k <= self.config.max_k:
+            raise ValueError(f"k must be between 1 and {self.config.max_k}; got {k}")
+        params = params or SearchParams()
+        with self._lock.read():
+            index, kind = self._index, self._kind
+            if params.exact or kind == "exact":
+                if kind == "exact":
+                    d2, ids = index.search(q, k)
+                else:
+                    d2, ids = self._exact_from_store(q, k)
+            else:
+                nprobe = min(max(params.nprobe or self.default_nprobe(), 1), self._nlist)
+                factor = min(max(params.rerank_factor or self.config.rerank_factor, 1), 64)
+                sp = faiss.SearchParametersIVF()
+                sp.nprobe = nprobe
+                _, candidates = index.search(q, min(k * factor, max(self.store.live, 1)), params=sp)
+                d2, ids = self._rerank(q, candidates, k)
+        return self._finish(d2, ids)
+
+    def _rerank(self, q: Vectors, candidates: Ids, k: int) -> tuple[Vectors, Ids]:
+        vecs, found = self.store.get(candidates)
+        d2 = np.einsum("nkd,nkd->nk", vecs - q[:, None, :], vecs - q[:, None, :])
+        d2[~found] = np.inf
+        order = np.argsort(d2, axis=1, kind="stable")[:, :k]
+        d2 = np.take_along_axis(d2, order, axis=1)
+        ids = np.take_along_axis(candidates, order, axis=1)
+        ids[~np.isfinite(d2)] = -1
+        if d2.shape[1] < k:
+            pad = k - d2.shape[1]
+            d2 = np.pad(d2, ((0, 0), (0, pad)), constant_values=np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        return d2.astype(np.float32), ids
+
+    def _exact_from_store(self, q: Vectors, k: int) -> tuple[Vectors, Ids]:
+        ids, vecs = self.store.items()
+        if len(ids) == 0:
+            return np.full((len(q), k), np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        d2, rows = faiss.knn(q, vecs.astype(np.float32), min(k, len(ids)))
+        out_ids = np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
+        return self._pad(d2, out_ids, k)
+
+    @staticmethod
+    def _pad(d2: Vectors, ids: Ids, k: int) -> tuple[Vectors, Ids]:
+        if d2.shape[1] < k:
+            pad = k - d2.shape[1]
+            d2 = np.pad(d2, ((0, 0), (0, pad)), constant_values=np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        return d2, ids
+
+    @staticmethod
+    def _finish(d2: Vectors, ids: Ids) -> tuple[npt.NDArray[np.float32], Ids]:
+        ids = np.where(ids < 0, -1, ids).astype(np.int64)
+        d2 = np.where(ids < 0, np.inf, d2)
+        return np.sqrt(np.maximum(d2, 0)).astype(np.float32), ids
+
+    # ---- training -------------------------------------------------------------------------
+    @property
+    def training(self) -> bool:
+        return self._trainer is not None and self._trainer.is_alive()
+
+    def _maybe_train(self) -> None:
+        n = self.store.live
+        due = (self._kind == "exact" and n >= self.config.train_min) or (
+            self._kind == "ivf_pq" and n >= self._trained_on * self.config.retrain_growth
+        )
+        if due and not self.training:
+            self.train(block=not self.config.background)
+
+    def train(self, block: bool = True) -> None:
+        """(Re)train IVF-PQ on the current vectors and swap it in; on request or automatically."""
+        with self._lock.write():
+            if self._journal is not None:
+                return  # a run is already under way
+            ids, vecs = self.store.items()
+            self._journal = []
+        if len(ids) < 39:
+            with self._lock.write():
+                self._journal = None
+            return
+        if block:
+            self._train_and_swap(ids, vecs)
+        else:
+            self._trainer = threading.Thread(
+                target=self._train_and_swap, args=(ids, vecs), name="faceid-index-train", daemon=True
+            )
+            self._trainer.start()
+
+    def wait_for_training(self, timeout: float | None = None) -> None:
+        if self._trainer is not None:
+            self._trainer.join(timeout)
+        if self._train_error is not None:
+            error, self._train_error = self._train_error, None
+            raise RuntimeError("index training failed") from error
+
+    def _progress(self, stage: str, fraction: float) -> None:
+        if self.on_progress is not None:
+            self.on_progress(stage, fraction)
+
+    def _train_and_swap(self, ids: Ids, vecs: npt.NDArray[np.float16]) -> None:
+        try:
+            new, nlist = build_ivf_pq(ids, vecs, self.config, self._progress)
+            with self._lock.write():
+                assert self._journal is not None
+                for op, op_ids, op_vecs in self._journal:  # catch up with writes made meanwhile
+                    if op_vecs is not None:
+                        new.add_with_ids(op_vecs, op_ids)
+                    else:
+                        new.remove_ids(_selector(op_ids))
+                self._index, self._kind, self._nlist = new, "ivf_pq", nlist
+                self._trained_on = len(ids)
+                self._journal = None
+        except BaseException as exc:  # keep serving with the old index; report on wait
+            self._train_error = exc
+            with self._lock.write():
+                self._journal = None
+
+    # ---- stats and persistence ------------------------------------------------------------
+    def stats(self) -> IndexStats:
+        with self._lock.read():
+            index_bytes = _index_bytes(self._index, self._kind, self.store.live, self.dim, self.config.pq_m)
+            return IndexStats(
+                kind=self._kind,
+                count=self.store.live,
+                training=self.training,
+                dim=self.dim,
+                nlist=self._nlist,
+                pq_m=self.config.pq_m if self._kind == "ivf_pq" else 0,
+                default_nprobe=self.default_nprobe() if self._kind == "ivf_pq" else 0,
+                default_rerank_factor=self.config.rerank_factor if self._kind == "ivf_pq" else 0,
+                trained_on=self._trained_on,
+                memory_bytes=index_bytes + self.store.nbytes(),
+            )
+
+    def save(self, path: Path, seq: int) -> None:
+        """Write a checksummed snapshot atomically (temp file, fsync, rename); ``seq`` is the
+        store's change sequence number that the snapshot reflects."""
+        with self._lock.read():
+            ids, vecs = self.store.items()
+            index_blob = faiss.serialize_index(self._index).tobytes()
+            header = {
+                "format": 1,
+                "dim": self.dim,
+                "seq": int(seq),
+                "kind": self._kind,
+                "nlist": self._nlist,
+                "trained_on": self._trained_on,
+                "count": len(ids),
+                "config": asdict(self.config),
+            }
+        write_snapshot(Path(path), header, [index_blob, ids.tobytes(), vecs.tobytes()])
+
+    @classmethod
+    def load(cls, path: Path, config: IndexConfig | None = None) -> tuple[FaissGalleryIndex, int]:
+        """Read a snapshot; returns the index and the change sequence number it reflects."""
+        header, (index_blob, id_blob, vec_blob) = read_snapshot(Path(path))
+        dim = int(header["dim"])
+        ids = np.frombuffer(id_blob, np.int64).copy()
+        vecs = np.frombuffer(vec_blob, np.float16).reshape(-1, dim).copy()
+        if len(ids) != header["count"] or len(vecs) != len(ids):
+            raise SnapshotError(f"{path}: sections do not agree on the number of vectors")
+        self = cls(dim, config)
+        index = faiss.deserialize_index(np.frombuffer(index_blob, np.uint8))
+        if index.ntotal != len(ids) or index.d != dim:
+            raise SnapshotError(f"{path}: the FAISS index holds {index.ntotal} vectors, the store {len(ids)}")
+        self.store.add(ids, vecs.astype(np.float32))
+        self.store.vectors[: len(ids)] = vecs  # keep the exact float16 values
+        self._index, self._kind = index, header["kind"]
+        self._nlist, self._trained_on = int(header["nlist"]), int(header["trained_on"])
+        return self, int(header["seq"])
+
+
+def build_ivf_pq(
+    ids: Ids,
+    vecs: npt.NDArray[np.float16] | Vectors,
+    config: IndexConfig,
+    progress: Callable[[str, float], None] | None = None,
+    factory: str | None = None,
+) -> tuple[faiss.Index, int]:
+    """Train an IVF-PQ (fast-scan) index on a sample of ``vecs`` and add them all under ``ids``."""
+    n, dim = vecs.shape
+    nlist = config.nlist_for(n)
+    spec = factory or f"IVF{nlist},PQ{config.pq_m}x4fs"
+    index = faiss.index_factory(dim, spec, faiss.METRIC_L2)
+    sample_size = min(n, max(39 * nlist, config.train_points_per_list * nlist))
+    rng = np.random.default_rng(0)
+    sample = vecs[np.sort(rng.choice(n, sample_size, replace=False))].astype(np.float32)
+    if progress:
+        progress("train", 0.0)
+    index.train(sample)
+    step = 100_000
+    for start in range(0, n, step):
+        if progress:
+            progress("add", start / n)
+        index.add_with_ids(vecs[start : start + step].astype(np.float32), ids[start : start + step])
+    if progress:
+        progress("add", 1.0)
+    return index, nlist
+
+
+def _index_bytes(index: faiss.Index, kind: IndexKind, n: int, dim: int, pq_m: int) -> int:
+    if kind == "exact":
+        return n * (4 * dim + 8)
+    ivf = faiss.extract_index_ivf(index)
+    return int(n * (pq_m // 2 + 8) + ivf.nlist * dim * 4)
+
+
+# ---- snapshot container -------------------------------------------------------------------
+_MAGIC = b"FACEIDX\x01"
+
+
+def write_snapshot(path: Path, header: dict[str, Any], sections: list[bytes]) -> None:
+    """``MAGIC | header length | header JSON | sections``; the header carries each section's
+    length and the SHA-256 of all of them.  Written to a temporary file, fsynced, renamed."""
+    digest = hashlib.sha256()
+    for s in sections:
+        digest.update(s)
+    header = {**header, "sections": [len(s) for s in sections], "sha256": digest.hexdigest()}
+    head = json.dumps(header, sort_keys=True).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(_MAGIC + len(head).to_bytes(8, "little") + head)
+        for s in sections:
+            f.write(s)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_snapshot(path: Path) -> tuple[dict[str, Any], list[bytes]]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SnapshotError(f"{path}: cannot read snapshot ({exc})") from None
+    buf = io.BytesIO(data)
+    if buf.read(len(_MAGIC)) != _MAGIC:
+        raise SnapshotError(f"{path}: not a faceid index snapshot")
+    try:
+        head_len = int.from_bytes(buf.read(8), "little")
+        header = json.loads(buf.read(head_len))
+        sizes = [int(s) for s in header["sections"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SnapshotError(f"{path}: unreadable snapshot header ({exc})") from None
+    sections = [buf.read(s) for s in sizes]
+    if [len(s) for s in sections] != sizes or buf.read(1):
+        raise SnapshotError(f"{path}: snapshot is truncated or has trailing bytes")
+    digest = hashlib.sha256()
+    for s in sections:
+        digest.update(s)
+    if digest.hexdigest() != header.get("sha256"):
+        raise SnapshotError(f"{path}: snapshot checksum mismatch (corrupt)")
+    return header, sections

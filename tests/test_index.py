@@ -1,0 +1,217 @@
+"""The gallery index: exact while small, IVF-PQ with re-ranking at scale, writes while serving, snapshots."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from faceid.engine.index import FaissGalleryIndex, IndexConfig, SearchParams, SnapshotError
+
+DIM = 128
+
+
+def clustered(n: int, seed: int = 0, identities: int | None = None) -> np.ndarray:
+    """Face-like data: identity centres with a tighter spread of faces around each."""
+    rng = np.random.default_rng(seed)
+    identities = identities or max(n // 4, 1)
+    centres = rng.normal(0, 0.09, (identities, DIM)).astype(np.float32)
+    return (centres[rng.integers(0, identities, n)] + rng.normal(0, 0.03, (n, DIM))).astype(np.float32)
+
+
+def brute_force(
+    gallery: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    d = np.linalg.norm(queries[:, None, :] - gallery[None], axis=2)
+    order = np.argsort(d, axis=1)[:, :k]
+    return np.take_along_axis(d, order, axis=1), ids[order]
+
+
+def test_small_gallery_is_searched_exactly_with_euclidean_distances() -> None:
+    x = clustered(500)
+    ids = np.arange(500, dtype=np.int64) * 7 + 3
+    index = FaissGalleryIndex(DIM)
+    index.add(ids, x)
+    q = clustered(20, seed=1)
+    dist, found = index.search(q, 5)
+    want_d, want_ids = brute_force(x, ids, q, 5)
+    np.testing.assert_array_equal(found, want_ids)
+    np.testing.assert_allclose(dist, want_d, rtol=1e-4, atol=1e-5)
+    assert index.stats().kind == "exact"
+
+
+def test_rows_are_padded_when_the_gallery_holds_fewer_than_k() -> None:
+    index = FaissGalleryIndex(DIM)
+    index.add([1, 2], clustered(2))
+    dist, ids = index.search(clustered(1, seed=3), 4)
+    assert ids[0, 2:].tolist() == [-1, -1]
+    assert np.isinf(dist[0, 2:]).all()
+
+
+def test_removed_faces_are_never_returned_and_unknown_ids_are_ignored() -> None:
+    x = clustered(300)
+    index = FaissGalleryIndex(DIM)
+    index.add(np.arange(300), x)
+    assert index.remove([5, 6, 7, 10_000]) == 3
+    assert index.count() == 297
+    _, ids = index.search(x[[5, 6, 7]], 10)
+    assert not np.isin(ids, [5, 6, 7]).any()
+
+
+@pytest.mark.parametrize(
+    ("ids", "vectors", "message"),
+    [
+        ([1], np.full((1, DIM), np.nan, np.float32), "NaN"),
+        ([1], np.zeros((1, 64), np.float32), "shape"),
+        ([1, 2], np.zeros((1, DIM), np.float32), "2 ids for 1"),
+        ([1, 1], np.zeros((2, DIM), np.float32), "twice"),
+    ],
+)
+def test_bad_adds_are_refused_and_change_nothing(ids: list[int], vectors: np.ndarray, message: str) -> None:
+    index = FaissGalleryIndex(DIM)
+    with pytest.raises(ValueError, match=message):
+        index.add(ids, vectors)
+    assert index.count() == 0
+
+
+def test_an_id_cannot_be_added_twice() -> None:
+    index = FaissGalleryIndex(DIM)
+    index.add([4], clustered(1))
+    with pytest.raises(ValueError, match="already"):
+        index.add([4], clustered(1, seed=2))
+    assert index.count() == 1
+
+
+def test_k_out_of_bounds_is_refused() -> None:
+    index = FaissGalleryIndex(DIM)
+    with pytest.raises(ValueError, match="k must be"):
+        index.search(clustered(1), 0)
+    with pytest.raises(ValueError, match="k must be"):
+        index.search(clustered(1), 100_000)
+
+
+def test_nlist_grows_with_the_gallery_and_keeps_39_points_per_list() -> None:
+    config = IndexConfig()
+    for n in (100, 5_000, 60_000, 1_000_000, 10_000_000):
+        nlist = config.nlist_for(n)
+        assert nlist & (nlist - 1) == 0
+        assert n >= 39 * nlist or nlist == 1
+    assert config.nlist_for(1_000_000) == 4096
+
+
+def test_gallery_switches_to_ivf_pq_once_big_enough_and_stays_close_to_exact() -> None:
+    x = clustered(8000)
+    index = FaissGalleryIndex(DIM, IndexConfig(train_min=6000, background=False))
+    index.add(np.arange(5000), x[:5000])
+    assert index.stats().kind == "exact"
+    index.add(np.arange(5000, 8000), x[5000:])
+    stats = index.stats()
+    assert stats.kind == "ivf_pq" and stats.nlist >= 16 and stats.trained_on == 8000
+    q = x[:200] + np.random.default_rng(5).normal(0, 0.01, (200, DIM)).astype(np.float32)
+    _, ann = index.search(q, 10)
+    _, exact = index.search(q, 10, SearchParams(exact=True))
+    assert np.mean(ann[:, 0] == exact[:, 0]) >= 0.95
+    d_ann, _ = index.search(q, 1)
+    d_exact, _ = brute_force(x, np.arange(8000), q, 1)
+    np.testing.assert_allclose(d_ann[ann[:, 0] == exact[:, 0]], d_exact[ann[:, 0] == exact[:, 0]], rtol=2e-3)
+
+
+def test_writes_made_during_background_training_are_caught_up() -> None:
+    x = clustered(12_000)
+    index = FaissGalleryIndex(DIM, IndexConfig(train_min=10_000, background=True))
+    index.add(np.arange(10_000), x[:10_000])  # starts training in the background
+    index.add(np.arange(10_000, 12_000), x[10_000:])
+    removed = np.arange(0, 10_000, 10)
+    index.remove(removed)
+    _, ids = index.search(x[:50], 3)  # searches are served meanwhile
+    assert (ids != -1).all()
+    index.wait_for_training()
+    assert index.stats().kind == "ivf_pq"
+    live = np.setdiff1d(np.arange(12_000), removed)
+    _, top = index.search(x[live], 1, SearchParams(nprobe=64, rerank_factor=8))
+    assert np.mean(top[:, 0] == live) > 0.99
+    _, top = index.search(x[removed], 10)
+    assert not np.isin(top, removed).any()
+    assert index.count() == len(live)
+
+
+def test_explicit_retraining_on_request() -> None:
+    x = clustered(3000)
+    index = FaissGalleryIndex(DIM, IndexConfig(train_min=10**9))
+    index.add(np.arange(3000), x)
+    index.train(block=True)
+    assert index.stats().kind == "ivf_pq"
+
+
+def test_concurrent_searches_adds_and_removes_never_fail() -> None:
+    x = clustered(6000)
+    index = FaissGalleryIndex(DIM, IndexConfig(train_min=3000, background=True))
+    index.add(np.arange(2000), x[:2000])
+    errors: list[BaseException] = []
+    removed: set[int] = set()
+
+    def reader() -> None:
+        try:
+            for i in range(200):
+                _, ids = index.search(x[i : i + 4], 5)
+                assert ids.shape == (4, 5)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def writer() -> None:
+        try:
+            for start in range(2000, 6000, 200):
+                index.add(np.arange(start, start + 200), x[start : start + 200])
+                gone = np.arange(start - 2000, start - 1990)
+                index.remove(gone)
+                removed.update(gone.tolist())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    index.wait_for_training()
+    assert not errors
+    assert index.count() == 6000 - len(removed)
+    _, ids = index.search(x[sorted(removed)], 5)
+    assert not np.isin(ids, sorted(removed)).any()
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf_pq"])
+def test_snapshot_round_trip_gives_identical_answers(tmp_path: Path, kind: str) -> None:
+    x = clustered(3000)
+    index = FaissGalleryIndex(DIM, IndexConfig(train_min=10**9))
+    index.add(np.arange(3000), x)
+    index.remove([1, 2, 3])
+    if kind == "ivf_pq":
+        index.train(block=True)
+    path = tmp_path / "gallery.index"
+    index.save(path, seq=42)
+    loaded, seq = FaissGalleryIndex.load(path)
+    assert seq == 42 and loaded.count() == 2997 and loaded.stats().kind == kind
+    q = clustered(30, seed=9)
+    for a, b in zip(index.search(q, 5), loaded.search(q, 5), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert [p.name for p in tmp_path.iterdir()] == ["gallery.index"]
+
+
+def test_corrupt_or_truncated_snapshots_are_detected(tmp_path: Path) -> None:
+    index = FaissGalleryIndex(DIM)
+    index.add(np.arange(100), clustered(100))
+    path = tmp_path / "g.index"
+    index.save(path, seq=1)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "flipped.index").write_bytes(bytes(data))
+    (tmp_path / "short.index").write_bytes(path.read_bytes()[:-100])
+    (tmp_path / "junk.index").write_bytes(b"not a snapshot")
+    for name, message in (("flipped", "checksum"), ("short", "truncated"), ("junk", "not a faceid")):
+        with pytest.raises(SnapshotError, match=message):
+            FaissGalleryIndex.load(tmp_path / f"{name}.index")
+    with pytest.raises(SnapshotError, match="cannot read"):
+        FaissGalleryIndex.load(tmp_path / "missing.index")
