@@ -3,7 +3,7 @@
 Runs :class:`~faceid.engine.resnet.DlibResNet` under ``torch.inference_mode``:
 channels-last layout (faster convolutions on CPU and GPU), fp16 on CUDA by
 default (checked against fp32 in the tests and benchmarks), and optionally the
-average of each chip's embedding and its mirror image's.
+average of each chip's embedding and its mirror image's, scaled to unit length.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ class Embedder:
         if self.config.flip:
             n = chips.shape[0]
             out = (out[:n] + out[n:]) / 2
+        if self.config.normalize:
+            out = torch.nn.functional.normalize(out, dim=1)
         return out
 
     def embed(self, chips: Chips) -> Embeddings:

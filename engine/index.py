@@ -442,7 +442,7 @@ class FaissGalleryIndex:
             new, nlist = build_ivf_pq(ids, vecs, self.config, self._progress)
             with self._lock.write():
                 assert self._journal is not None
-                for op, op_ids, op_vecs in self._journal:  # catch up with writes made meanwhile
+                for _, op_ids, op_vecs in self._journal:  # catch up with writes made meanwhile
                     if op_vecs is not None:
                         new.add_with_ids(op_vecs, op_ids)
                     else:

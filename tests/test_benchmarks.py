@@ -11,7 +11,14 @@ from faceid.benchmarks import embed_throughput, lfw_verification
 def test_lfw_verification_runs_the_protocol_and_writes_json_and_roc(faces: Path, tmp_path: Path) -> None:
     payload = lfw_verification.main(["--pairs", "3", "--out", str(tmp_path)])
     assert payload["pairs"] == 30
-    assert set(payload["variants"]) == {"faceid", "faceid+flip", "faceid+flip+cos", "dlib"}
+    assert set(payload["variants"]) == {
+        "faceid",
+        "faceid+flip",
+        "faceid+norm",
+        "faceid+flip+norm",
+        "faceid+2crops",
+        "dlib",
+    }
     assert (tmp_path / "lfw_roc.png").stat().st_size > 0
     saved = json.loads((tmp_path / "lfw_verification.json").read_text())
     assert 0.0 <= saved["variants"]["faceid"]["accuracy_mean"] <= 1.0
