@@ -73,6 +73,8 @@ class IndexConfig:
     nlist_factor: float = 4.0
     #: PQ sub-quantizers (4-bit fast-scan codes: ``pq_m / 2`` bytes per face).
     pq_m: int = 32
+    #: FAISS factory string of the trained index; ``{nlist}`` and ``{pq_m}`` are filled in.
+    factory: str = "IVF{nlist},PQ{pq_m}x4fs"
     #: Training sample: this many points per list (FAISS wants ≥ 39), at most all vectors.
     train_points_per_list: int = 64
     #: Default lists probed, as a fraction of nlist (at least ``nprobe_min``).
@@ -520,7 +522,7 @@ def build_ivf_pq(
     """Train an IVF-PQ (fast-scan) index on a sample of ``vecs`` and add them all under ``ids``."""
     n, dim = vecs.shape
     nlist = config.nlist_for(n)
-    spec = factory or f"IVF{nlist},PQ{config.pq_m}x4fs"
+    spec = (factory or config.factory).format(nlist=nlist, pq_m=config.pq_m)
     index = faiss.index_factory(dim, spec, faiss.METRIC_L2)
     sample_size = min(n, max(39 * nlist, config.train_points_per_list * nlist))
     rng = np.random.default_rng(0)
