@@ -5,8 +5,10 @@ of synthetic identities drawn from a model fitted to real embeddings:
 
 * identity centres ~ N(μ, Σ_between), where Σ_between is the covariance of the
   real identities' mean embeddings less the part their own sampling noise adds;
-* faces of an identity = centre + N(0, Σ_within), Σ_within pooled from the real
-  identities with two or more photos;
+* faces of an identity = centre + s·N(0, Σ_within), Σ_within pooled from the real
+  identities with two or more photos, and s a per-identity spread drawn from a
+  log-normal fitted to the real identities' spreads (some people's photos vary
+  more than others');
 * then scaled to unit length, as faceid's embeddings are.
 
 ``python -m faceid.benchmarks.synthetic`` embeds LFW (cached), fits the model and
@@ -76,6 +78,7 @@ class FaceDistribution:
     mean: npt.NDArray[np.float64]
     between: npt.NDArray[np.float64]
     within: npt.NDArray[np.float64]
+    log_spread_std: float = 0.0
 
     def sample(
         self, identities: int, faces_per_identity: int, seed: int = 0
@@ -92,7 +95,10 @@ class FaceDistribution:
             m = min(step, identities - start)
             centres = self.mean + rng.standard_normal((m, dim)) @ lb.T
             faces = np.repeat(centres, faces_per_identity, axis=0)
-            faces += rng.standard_normal(faces.shape) @ lw.T
+            spread = np.exp(rng.normal(0.0, self.log_spread_std, m) - self.log_spread_std**2 / 2)
+            faces += np.repeat(spread, faces_per_identity)[:, None] * (
+                rng.standard_normal(faces.shape) @ lw.T
+            )
             faces /= np.linalg.norm(faces, axis=1, keepdims=True)
             out[start * faces_per_identity : (start + m) * faces_per_identity] = faces
         return out, ids
@@ -118,7 +124,16 @@ def fit(vectors: Array, labels: npt.NDArray[np.int64]) -> FaceDistribution:
     within = resid.T @ resid / len(resid)
     noise = within * np.mean(1.0 / counts)
     between = _psd(np.cov(means, rowvar=False) - noise)
-    return FaceDistribution(means.mean(axis=0), between, within)
+    # per-identity spread: RMS residual of identities with ≥ 3 photos relative to the pooled one
+    sq = np.zeros(len(uniq))
+    np.add.at(sq, inverse[multi], np.sum(resid**2, axis=1))
+    rich = counts >= 3
+    spread = np.sqrt(sq[rich] / counts[rich] / np.trace(within))
+    # minus the sampling noise of each estimate: var(log s) ≈ 1 / (2 (n − 1) d_eff)
+    d_eff = np.trace(within) ** 2 / np.trace(within @ within)
+    noise_var = np.mean(1.0 / (2 * (counts[rich] - 1) * d_eff))
+    log_std = float(np.sqrt(max(np.var(np.log(spread)) - noise_var, 0.0)))
+    return FaceDistribution(means.mean(axis=0), between, within, log_std)
 
 
 def distance_quantiles(
@@ -158,6 +173,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"({time.perf_counter() - t0:.0f} s)"
     )
     model = fit(lfw.vectors, lfw.labels)
+    print(
+        f"fitted: tr(Σ_between) {np.trace(model.between):.4f}, tr(Σ_within) {np.trace(model.within):.4f}, "
+        f"per-identity log-spread σ {model.log_spread_std:.3f}"
+    )
     synth, synth_labels = model.sample(args.identities, args.faces_per_identity)
     real_q = distance_quantiles(lfw.vectors, lfw.labels)
     synth_q = distance_quantiles(synth, synth_labels)

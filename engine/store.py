@@ -1,0 +1,486 @@
+"""The identity store: galleries, identities and faces in SQL (SQLAlchemy 2), plus a change log.
+
+SQL is the source of truth; each gallery's vector index is derived from it.  Every
+add or removal of a face writes a row to ``changes`` in the same transaction, with
+a sequence number that only grows; an index snapshot records the sequence number
+it reflects, and on start the index replays the changes after it.  The change log
+holds ids only, never embeddings, so erasing a face erases its embedding.
+
+The embedded default is SQLite in the data directory (WAL, foreign keys on, busy
+timeout, synchronous=FULL so that an acknowledged write survives a crash); at
+scale, PostgreSQL by URL (``postgresql+psycopg://…``).  The same code serves both.
+Callers get plain dataclasses, never ORM objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite's rowid alias must be INTEGER
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class GalleryRow(Base):
+    __tablename__ = "galleries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    dim: Mapped[int] = mapped_column(Integer)
+    metric: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IdentityRow(Base):
+    __tablename__ = "identities"
+    __table_args__ = (UniqueConstraint("gallery_id", "external_id", name="uq_identity_external_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"), index=True)
+    external_id: Mapped[str] = mapped_column(String(256))
+    display_name: Mapped[str] = mapped_column(String(256), default="")
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class FaceRow(Base):
+    __tablename__ = "faces"
+    __table_args__ = (Index("ix_faces_gallery_id_id", "gallery_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"))
+    identity_id: Mapped[int] = mapped_column(ForeignKey("identities.id", ondelete="CASCADE"), index=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    model_version: Mapped[str] = mapped_column(String(64))
+    detection_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    box_left: Mapped[float | None] = mapped_column(Float, nullable=True)
+    box_top: Mapped[float | None] = mapped_column(Float, nullable=True)
+    box_right: Mapped[float | None] = mapped_column(Float, nullable=True)
+    box_bottom: Mapped[float | None] = mapped_column(Float, nullable=True)
+    image_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ChangeRow(Base):
+    """One face added to or removed from a gallery; ``seq`` only grows (the index replays by it)."""
+
+    __tablename__ = "changes"
+    __table_args__ = (Index("ix_changes_gallery_id_seq", "gallery_id", "seq"), {"sqlite_autoincrement": True})
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    gallery_id: Mapped[int] = mapped_column(BigInteger)  # no FK: the log outlives a deleted gallery briefly
+    op: Mapped[str] = mapped_column(String(8))  # "add" | "remove"
+    face_id: Mapped[int] = mapped_column(BigInteger)
+
+
+# ---- records handed to callers ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Gallery:
+    id: int
+    name: str
+    model_name: str
+    model_version: str
+    dim: int
+    metric: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Identity:
+    id: int
+    gallery_id: int
+    external_id: str
+    display_name: str
+    attributes: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    face_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class NewFace:
+    """A face to enrol: the identity it belongs to (created when new) and its embedding."""
+
+    external_id: str
+    embedding: npt.NDArray[np.float32]
+    display_name: str | None = None
+    attributes: dict[str, Any] | None = None
+    detection_score: float | None = None
+    box: tuple[float, float, float, float] | None = None
+    image_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    op: str
+    face_id: int
+
+
+@dataclass
+class Page:
+    identities: list[Identity]
+    next_page_token: str = ""
+    total: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _gallery(row: GalleryRow) -> Gallery:
+    return Gallery(row.id, row.name, row.model_name, row.model_version, row.dim, row.metric, row.created_at)
+
+
+def _identity(row: IdentityRow, face_ids: Sequence[int] = ()) -> Identity:
+    return Identity(
+        row.id,
+        row.gallery_id,
+        row.external_id,
+        row.display_name,
+        dict(row.attributes or {}),
+        row.created_at,
+        row.updated_at,
+        tuple(face_ids),
+    )
+
+
+def _rowcount(result: Any) -> int:
+    """Rows matched by an UPDATE or DELETE (a CursorResult's rowcount)."""
+    return int(result.rowcount)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An SQLAlchemy engine with the settings faceid relies on for each backend."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False}, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+class Store:
+    """Galleries, identities, faces and the change log; every method is one transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        return cls(make_engine(url))
+
+    def create_schema(self) -> None:
+        """Create the tables directly (tests, tools); deployments run the Alembic migrations."""
+        Base.metadata.create_all(self.engine)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    # ---- galleries ----------------------------------------------------------------------------
+    def create_gallery(
+        self, name: str, model_name: str, model_version: str, dim: int, metric: str
+    ) -> Gallery:
+        with self.session() as s, s.begin():
+            row = GalleryRow(
+                name=name, model_name=model_name, model_version=model_version, dim=dim, metric=metric
+            )
+            s.add(row)
+            s.flush()
+            return _gallery(row)
+
+    def get_gallery(self, name: str) -> Gallery | None:
+        with self.session() as s:
+            row = s.scalars(select(GalleryRow).where(GalleryRow.name == name)).one_or_none()
+            return _gallery(row) if row else None
+
+    def list_galleries(self) -> list[Gallery]:
+        with self.session() as s:
+            return [_gallery(r) for r in s.scalars(select(GalleryRow).order_by(GalleryRow.name))]
+
+    def delete_gallery(self, gallery_id: int) -> bool:
+        """Delete a gallery with all its identities, faces and change-log rows."""
+        with self.session() as s, s.begin():
+            s.execute(delete(FaceRow).where(FaceRow.gallery_id == gallery_id))
+            s.execute(delete(IdentityRow).where(IdentityRow.gallery_id == gallery_id))
+            s.execute(delete(ChangeRow).where(ChangeRow.gallery_id == gallery_id))
+            return _rowcount(s.execute(delete(GalleryRow).where(GalleryRow.id == gallery_id))) > 0
+
+    # ---- faces --------------------------------------------------------------------------------
+    def add_faces(self, gallery: Gallery, faces: Sequence[NewFace]) -> tuple[list[int], int]:
+        """Enrol faces (creating identities that do not exist yet) in one transaction.
+
+        Returns the new face ids, in order, and the sequence number of the last change.
+        """
+        if not faces:
+            return [], self.last_seq(gallery.id)
+        now = utcnow()
+        with self.session() as s, s.begin():
+            wanted = sorted({f.external_id for f in faces})
+            existing = dict(
+                s.execute(
+                    select(IdentityRow.external_id, IdentityRow.id).where(
+                        IdentityRow.gallery_id == gallery.id, IdentityRow.external_id.in_(wanted)
+                    )
+                ).all()
+            )
+            first: dict[str, NewFace] = {}
+            for f in faces:
+                if f.external_id not in existing:
+                    first.setdefault(f.external_id, f)
+            if first:
+                rows = [
+                    {
+                        "gallery_id": gallery.id,
+                        "external_id": eid,
+                        "display_name": f.display_name or "",
+                        "attributes": f.attributes or {},
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for eid, f in first.items()
+                ]
+                created = s.execute(
+                    insert(IdentityRow).returning(IdentityRow.external_id, IdentityRow.id), rows
+                )
+                existing.update(dict(created.all()))
+            face_rows = [
+                {
+                    "gallery_id": gallery.id,
+                    "identity_id": existing[f.external_id],
+                    "embedding": np.ascontiguousarray(f.embedding, dtype="<f4").tobytes(),
+                    "model_version": gallery.model_version,
+                    "detection_score": f.detection_score,
+                    "box_left": f.box[0] if f.box else None,
+                    "box_top": f.box[1] if f.box else None,
+                    "box_right": f.box[2] if f.box else None,
+                    "box_bottom": f.box[3] if f.box else None,
+                    "image_sha256": f.image_sha256,
+                    "created_at": now,
+                }
+                for f in faces
+            ]
+            ids = list(
+                s.scalars(insert(FaceRow).returning(FaceRow.id, sort_by_parameter_order=True), face_rows)
+            )
+            seq = self._log(s, gallery.id, "add", ids)
+            return ids, seq
+
+    def _log(self, s: Session, gallery_id: int, op: str, face_ids: Sequence[int]) -> int:
+        rows = [{"gallery_id": gallery_id, "op": op, "face_id": i} for i in face_ids]
+        seqs = list(s.scalars(insert(ChangeRow).returning(ChangeRow.seq, sort_by_parameter_order=True), rows))
+        return max(seqs)
+
+    def delete_faces(self, gallery_id: int, face_ids: Sequence[int]) -> tuple[list[int], int]:
+        """Delete faces by id; returns the ids that existed and the last change's sequence number."""
+        with self.session() as s, s.begin():
+            found = list(
+                s.scalars(
+                    select(FaceRow.id).where(FaceRow.gallery_id == gallery_id, FaceRow.id.in_(list(face_ids)))
+                )
+            )
+            if not found:
+                return [], self._last_seq(s, gallery_id)
+            s.execute(delete(FaceRow).where(FaceRow.id.in_(found)))
+            return found, self._log(s, gallery_id, "remove", found)
+
+    def face_embeddings(self, gallery_id: int, face_ids: Sequence[int]) -> dict[int, npt.NDArray[np.float32]]:
+        with self.session() as s:
+            rows = s.execute(
+                select(FaceRow.id, FaceRow.embedding).where(
+                    FaceRow.gallery_id == gallery_id, FaceRow.id.in_(list(face_ids))
+                )
+            )
+            return {i: np.frombuffer(e, dtype="<f4").copy() for i, e in rows}
+
+    def iter_embeddings(
+        self, gallery_id: int, dim: int, chunk: int = 50_000
+    ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
+        """Every face of a gallery in id order, ``chunk`` at a time (index rebuilds)."""
+        after = -1
+        while True:
+            with self.session() as s:
+                rows = s.execute(
+                    select(FaceRow.id, FaceRow.embedding)
+                    .where(FaceRow.gallery_id == gallery_id, FaceRow.id > after)
+                    .order_by(FaceRow.id)
+                    .limit(chunk)
+                ).all()
+            if not rows:
+                return
+            ids = np.array([r[0] for r in rows], np.int64)
+            vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim).copy()
+            yield ids, vecs
+            after = int(ids[-1])
+
+    def face_owners(self, gallery_id: int, face_ids: Sequence[int]) -> dict[int, Identity]:
+        """The identity of each face id, in one query (identify's metadata lookup)."""
+        if not face_ids:
+            return {}
+        with self.session() as s:
+            rows = s.execute(
+                select(FaceRow.id, IdentityRow)
+                .join(IdentityRow, IdentityRow.id == FaceRow.identity_id)
+                .where(FaceRow.gallery_id == gallery_id, FaceRow.id.in_(list(set(face_ids))))
+            )
+            return {fid: _identity(ident) for fid, ident in rows}
+
+    # ---- identities ---------------------------------------------------------------------------
+    def get_identity(self, gallery_id: int, external_id: str) -> Identity | None:
+        with self.session() as s:
+            row = s.scalars(
+                select(IdentityRow).where(
+                    IdentityRow.gallery_id == gallery_id, IdentityRow.external_id == external_id
+                )
+            ).one_or_none()
+            if row is None:
+                return None
+            face_ids = s.scalars(
+                select(FaceRow.id).where(FaceRow.identity_id == row.id).order_by(FaceRow.id)
+            ).all()
+            return _identity(row, face_ids)
+
+    def list_identities(self, gallery_id: int, page_size: int, after: str | None = None) -> list[Identity]:
+        """Identities ordered by external id, after the given one (keyset paging: stable under writes)."""
+        with self.session() as s:
+            q = select(IdentityRow).where(IdentityRow.gallery_id == gallery_id)
+            if after is not None:
+                q = q.where(IdentityRow.external_id > after)
+            rows = s.scalars(q.order_by(IdentityRow.external_id).limit(page_size)).all()
+            face_ids: dict[int, list[int]] = {r.id: [] for r in rows}
+            if rows:
+                for fid, iid in s.execute(
+                    select(FaceRow.id, FaceRow.identity_id)
+                    .where(FaceRow.identity_id.in_(list(face_ids)))
+                    .order_by(FaceRow.id)
+                ):
+                    face_ids[iid].append(fid)
+            return [_identity(r, face_ids[r.id]) for r in rows]
+
+    def update_identity(
+        self, gallery_id: int, external_id: str, display_name: str | None, attributes: dict[str, Any] | None
+    ) -> Identity | None:
+        with self.session() as s, s.begin():
+            values: dict[str, Any] = {"updated_at": utcnow()}
+            if display_name is not None:
+                values["display_name"] = display_name
+            if attributes is not None:
+                values["attributes"] = attributes
+            done = s.execute(
+                update(IdentityRow)
+                .where(IdentityRow.gallery_id == gallery_id, IdentityRow.external_id == external_id)
+                .values(**values)
+            )
+            if _rowcount(done) == 0:
+                return None
+        return self.get_identity(gallery_id, external_id)
+
+    def delete_identity(self, gallery_id: int, external_id: str) -> tuple[list[int], int] | None:
+        """Delete an identity and its faces; returns the removed face ids and the last change's seq."""
+        with self.session() as s, s.begin():
+            ident = s.scalars(
+                select(IdentityRow.id).where(
+                    IdentityRow.gallery_id == gallery_id, IdentityRow.external_id == external_id
+                )
+            ).one_or_none()
+            if ident is None:
+                return None
+            face_ids = list(s.scalars(select(FaceRow.id).where(FaceRow.identity_id == ident)))
+            s.execute(delete(FaceRow).where(FaceRow.identity_id == ident))
+            s.execute(delete(IdentityRow).where(IdentityRow.id == ident))
+            seq = self._log(s, gallery_id, "remove", face_ids) if face_ids else self._last_seq(s, gallery_id)
+            return face_ids, seq
+
+    # ---- change log ---------------------------------------------------------------------------
+    def _last_seq(self, s: Session, gallery_id: int) -> int:
+        return int(
+            s.scalar(
+                select(func.coalesce(func.max(ChangeRow.seq), 0)).where(ChangeRow.gallery_id == gallery_id)
+            )
+            or 0
+        )
+
+    def last_seq(self, gallery_id: int) -> int:
+        with self.session() as s:
+            return self._last_seq(s, gallery_id)
+
+    def changes_since(self, gallery_id: int, seq: int) -> list[Change]:
+        with self.session() as s:
+            rows = s.execute(
+                select(ChangeRow.seq, ChangeRow.op, ChangeRow.face_id)
+                .where(ChangeRow.gallery_id == gallery_id, ChangeRow.seq > seq)
+                .order_by(ChangeRow.seq)
+            )
+            return [Change(*r) for r in rows]
+
+    def count_faces(self, gallery_id: int) -> int:
+        with self.session() as s:
+            return int(
+                s.scalar(select(func.count()).select_from(FaceRow).where(FaceRow.gallery_id == gallery_id))
+                or 0
+            )
+
+    def count_identities(self, gallery_id: int) -> int:
+        with self.session() as s:
+            return int(
+                s.scalar(
+                    select(func.count()).select_from(IdentityRow).where(IdentityRow.gallery_id == gallery_id)
+                )
+                or 0
+            )
+
+    def trim_changes(self, gallery_id: int, up_to_seq: int) -> int:
+        """Drop change-log rows a saved snapshot already reflects."""
+        with self.session() as s, s.begin():
+            return _rowcount(
+                s.execute(
+                    delete(ChangeRow).where(ChangeRow.gallery_id == gallery_id, ChangeRow.seq <= up_to_seq)
+                )
+            )

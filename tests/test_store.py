@@ -1,0 +1,191 @@
+"""The identity store against real SQLite and real PostgreSQL: every behaviour on both."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from faceid.engine.store import NewFace, Store, make_engine
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_available() -> str | None:
+    try:
+        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as c:
+            c.execute(sa.text("select 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:
+        return f"PostgreSQL at 127.0.0.1:5432 did not answer ({type(exc).__name__}); .ci/run starts it"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A fresh store: SQLite in a temporary data directory, or PostgreSQL in its own schema."""
+    if request.param == "sqlite":
+        s = Store(make_engine(f"sqlite:///{tmp_path / 'faceid.db'}"))
+        s.create_schema()
+        yield s
+        s.engine.dispose()
+        return
+    reason = _postgres_available()
+    if reason:
+        pytest.skip(reason)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as c:
+        c.execute(sa.text(f"create schema {schema}"))
+    s = Store(make_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"}))
+    s.create_schema()
+    try:
+        yield s
+    finally:
+        s.engine.dispose()
+        with admin.begin() as c:
+            c.execute(sa.text(f"drop schema {schema} cascade"))
+        admin.dispose()
+
+
+def vec(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=128).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def make_gallery(store: Store, name: str = "staff"):  # type: ignore[no-untyped-def]
+    return store.create_gallery(name, "dlib-resnet-v1", "flip-l2", 128, "euclidean")
+
+
+def test_galleries_are_created_listed_and_found_by_name(store: Store) -> None:
+    a = make_gallery(store, "a")
+    make_gallery(store, "b")
+    assert [g.name for g in store.list_galleries()] == ["a", "b"]
+    found = store.get_gallery("a")
+    assert found is not None and found.id == a.id and found.dim == 128
+    assert store.get_gallery("nope") is None
+
+
+def test_gallery_names_are_unique(store: Store) -> None:
+    make_gallery(store, "a")
+    with pytest.raises(sa.exc.IntegrityError):
+        make_gallery(store, "a")
+
+
+def test_enrolment_creates_identities_once_and_returns_face_ids_in_order(store: Store) -> None:
+    g = make_gallery(store)
+    faces = [NewFace("alice", vec(1), display_name="Alice"), NewFace("bob", vec(2)), NewFace("alice", vec(3))]
+    ids, seq = store.add_faces(g, faces)
+    assert len(ids) == 3 and ids == sorted(ids) and seq > 0
+    alice = store.get_identity(g.id, "alice")
+    assert alice is not None and alice.display_name == "Alice" and alice.face_ids == (ids[0], ids[2])
+    _more, seq2 = store.add_faces(g, [NewFace("alice", vec(4))])
+    assert seq2 > seq
+    alice = store.get_identity(g.id, "alice")
+    assert alice is not None and len(alice.face_ids) == 3
+    assert store.count_identities(g.id) == 2 and store.count_faces(g.id) == 4
+
+
+def test_embeddings_come_back_bit_for_bit(store: Store) -> None:
+    g = make_gallery(store)
+    ids, _ = store.add_faces(g, [NewFace(f"p{i}", vec(i)) for i in range(5)])
+    got = store.face_embeddings(g.id, ids)
+    for i, fid in enumerate(ids):
+        np.testing.assert_array_equal(got[fid], vec(i))
+    chunks = list(store.iter_embeddings(g.id, 128, chunk=2))
+    assert [len(c[0]) for c in chunks] == [2, 2, 1]
+    np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks]), ids)
+
+
+def test_change_log_orders_adds_and_removes_by_a_growing_sequence(store: Store) -> None:
+    g = make_gallery(store)
+    ids, s1 = store.add_faces(g, [NewFace("a", vec(1)), NewFace("b", vec(2))])
+    removed, s2 = store.delete_faces(g.id, [ids[0], 999_999])
+    assert removed == [ids[0]] and s2 > s1
+    changes = store.changes_since(g.id, 0)
+    assert [(c.op, c.face_id) for c in changes] == [("add", ids[0]), ("add", ids[1]), ("remove", ids[0])]
+    assert [c.face_id for c in store.changes_since(g.id, s1)] == [ids[0]]
+    assert store.last_seq(g.id) == s2
+    assert store.trim_changes(g.id, s1) == 2
+    assert len(store.changes_since(g.id, 0)) == 1
+
+
+def test_identities_page_by_external_id_without_gaps_or_repeats(store: Store) -> None:
+    g = make_gallery(store)
+    names = [f"id{i:03d}" for i in range(25)]
+    store.add_faces(g, [NewFace(n, vec(i)) for i, n in enumerate(names)])
+    seen, after = [], None
+    while True:
+        page = store.list_identities(g.id, 10, after)
+        if not page:
+            break
+        seen += [p.external_id for p in page]
+        after = page[-1].external_id
+    assert seen == names
+    assert all(len(p.face_ids) == 1 for p in store.list_identities(g.id, 5))
+
+
+def test_update_changes_name_and_attributes_only(store: Store) -> None:
+    g = make_gallery(store)
+    store.add_faces(g, [NewFace("x", vec(1), display_name="Old", attributes={"team": "a"})])
+    updated = store.update_identity(g.id, "x", None, {"team": "b", "floor": 3})
+    assert (
+        updated is not None
+        and updated.display_name == "Old"
+        and updated.attributes == {"team": "b", "floor": 3}
+    )
+    updated = store.update_identity(g.id, "x", "New", None)
+    assert updated is not None and updated.display_name == "New" and updated.attributes["floor"] == 3
+    assert store.update_identity(g.id, "missing", "N", None) is None
+
+
+def test_deleting_an_identity_removes_its_faces_and_logs_each(store: Store) -> None:
+    g = make_gallery(store)
+    ids, _ = store.add_faces(g, [NewFace("x", vec(1)), NewFace("x", vec(2)), NewFace("y", vec(3))])
+    result = store.delete_identity(g.id, "x")
+    assert result is not None and sorted(result[0]) == ids[:2]
+    assert store.get_identity(g.id, "x") is None
+    assert store.face_embeddings(g.id, ids).keys() == {ids[2]}
+    assert store.delete_identity(g.id, "x") is None
+
+
+def test_face_owners_are_looked_up_in_one_batch(store: Store) -> None:
+    g = make_gallery(store)
+    ids, _ = store.add_faces(g, [NewFace("x", vec(1)), NewFace("y", vec(2)), NewFace("x", vec(3))])
+    owners = store.face_owners(g.id, [ids[0], ids[1], ids[2], 123_456])
+    assert {fid: o.external_id for fid, o in owners.items()} == {ids[0]: "x", ids[1]: "y", ids[2]: "x"}
+
+
+def test_deleting_a_gallery_erases_everything_in_it(store: Store) -> None:
+    g = make_gallery(store, "gone")
+    other = make_gallery(store, "kept")
+    store.add_faces(g, [NewFace("x", vec(1))])
+    store.add_faces(other, [NewFace("x", vec(2))])
+    assert store.delete_gallery(g.id)
+    assert store.get_gallery("gone") is None
+    assert store.count_faces(g.id) == 0 and store.changes_since(g.id, 0) == []
+    assert store.count_faces(other.id) == 1
+
+
+def test_identities_are_scoped_to_their_gallery(store: Store) -> None:
+    a = make_gallery(store, "a")
+    b = make_gallery(store, "b")
+    ids, _ = store.add_faces(a, [NewFace("same-name", vec(1))])
+    store.add_faces(b, [NewFace("same-name", vec(2))])
+    assert store.face_owners(b.id, ids) == {}
+    assert store.delete_faces(b.id, ids)[0] == []
+
+
+def test_unicode_and_sql_looking_identifiers_are_plain_data(store: Store) -> None:
+    g = make_gallery(store)
+    weird = ["Zoë Ångström 张伟", "x'); DROP TABLE faces; --", "emoji 🙂"]
+    store.add_faces(g, [NewFace(w, vec(i)) for i, w in enumerate(weird)])
+    for w in weird:
+        ident = store.get_identity(g.id, w)
+        assert ident is not None and ident.external_id == w
+    assert store.count_faces(g.id) == 3
