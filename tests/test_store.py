@@ -189,3 +189,33 @@ def test_unicode_and_sql_looking_identifiers_are_plain_data(store: Store) -> Non
         ident = store.get_identity(g.id, w)
         assert ident is not None and ident.external_id == w
     assert store.count_faces(g.id) == 3
+
+
+def test_migrations_build_exactly_the_schema_of_the_models(tmp_path: Path) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from faceid.engine.migrate import upgrade
+    from faceid.engine.store import Base
+
+    urls = [f"sqlite:///{tmp_path / 'migrated.db'}"]
+    if _postgres_available() is None:
+        urls.append(PG_URL)
+    for url in urls:
+        schema = f"m_{uuid.uuid4().hex[:12]}"
+        kwargs = {} if url.startswith("sqlite") else {"connect_args": {"options": f"-csearch_path={schema}"}}
+        if not url.startswith("sqlite"):
+            with sa.create_engine(PG_URL).begin() as c:
+                c.execute(sa.text(f"create schema {schema}"))
+        engine = make_engine(url, **kwargs)
+        try:
+            upgrade(engine)
+            upgrade(engine)  # idempotent: a second start changes nothing
+            with engine.connect() as c:
+                diff = compare_metadata(MigrationContext.configure(c), Base.metadata)
+            assert diff == [], f"{url.split(':')[0]}: migrations and models differ: {diff}"
+        finally:
+            engine.dispose()
+            if not url.startswith("sqlite"):
+                with sa.create_engine(PG_URL).begin() as c:
+                    c.execute(sa.text(f"drop schema {schema} cascade"))
