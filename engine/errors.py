@@ -26,3 +26,19 @@ class ImageTooLargeError(InvalidImageError):
 
 class ModelError(FaceIdError):
     """The embedding model's weights are missing or do not match the network."""
+
+
+class NotFoundError(FaceIdError):
+    """The gallery, identity or face named in the request does not exist."""
+
+
+class AlreadyExistsError(FaceIdError):
+    """The gallery to create already exists."""
+
+
+class FailedPreconditionError(FaceIdError):
+    """The request is well-formed but cannot apply to this state (e.g. an embedding of another model)."""
+
+
+class UnavailableError(FaceIdError):
+    """A dependency (the database) is unreachable; the call can be retried."""

@@ -10,19 +10,21 @@ from PIL import Image
 
 from faceid.benchmarks.common import read_pairs
 from faceid.engine.errors import InvalidImageError
+from faceid.engine.models import DLIB_RESNET_V1
 from faceid.engine.pipeline import FacePipeline
 
 from .conftest import encode
 
 
 def test_full_size_photos_verify_at_dlibs_threshold(faces: Path, pipeline: FacePipeline) -> None:
-    """deepface's 520 pairs of full-size photos (one file a WEBP named .jpg), at distance 0.6."""
+    """deepface's 520 pairs of full-size photos (one file a WEBP named .jpg), at the default threshold."""
     pairs = read_pairs(faces / "deepface_unit13" / "pairs.csv")
     paths = sorted({p.path1 for p in pairs} | {p.path2 for p in pairs})
     found = pipeline.process_many([p.read_bytes() for p in paths])
     assert all(found), "every photo of the set holds a face"
     emb = {p: f[0].embedding for p, f in zip(paths, found, strict=True)}
-    correct = [(np.linalg.norm(emb[p.path1] - emb[p.path2]) < 0.6) == p.same for p in pairs]
+    threshold = DLIB_RESNET_V1.default_threshold
+    correct = [(np.linalg.norm(emb[p.path1] - emb[p.path2]) < threshold) == p.same for p in pairs]
     assert np.mean(correct) >= 0.95
 
 

@@ -1,0 +1,621 @@
+"""The engine service: the one API the gRPC server calls (it never sees protobuf).
+
+Galleries of identities, each with one or more enrolled faces.  SQL (the
+:class:`~faceid.engine.store.Store`) is the source of truth; each gallery's
+:class:`~faceid.engine.index.FaissGalleryIndex` is derived from it:
+
+* a write commits in SQL first, then updates the index, both under the
+  gallery's write lock, so the change log's order is the index's order; a call
+  is acknowledged only after its commit;
+* on start each gallery's index loads its snapshot and replays the changes after
+  the snapshot's sequence number; a missing, corrupt or inconsistent snapshot
+  (face counts differ) is rebuilt from the faces table;
+* snapshots are written on close and every ``snapshot_every`` changes.
+
+Scores: ``distance`` is the Euclidean distance between unit-length embeddings
+(0 … 2, smaller = more alike) and ``similarity`` the cosine, ``1 − distance²/2``
+(−1 … 1, larger = more alike); a pair *matches* when its distance is below the
+threshold (the model's default, calibrated at FMR 1e-3 on LFW, or the caller's).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import sqlalchemy.exc
+
+from faceid.engine.config import PipelineConfig
+from faceid.engine.detect import Box
+from faceid.engine.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidInputError,
+    NotFoundError,
+    UnavailableError,
+)
+from faceid.engine.index import FaissGalleryIndex, IndexConfig, IndexStats, SearchParams, SnapshotError
+from faceid.engine.migrate import upgrade
+from faceid.engine.models import DLIB_RESNET_V1, EmbeddingModel
+from faceid.engine.pipeline import Face, FacePipeline
+from faceid.engine.store import Gallery, Identity, NewFace, Store, make_engine, sha256_hex
+
+log = logging.getLogger("faceid.service")
+
+MAX_NAME = 128
+MAX_EXTERNAL_ID = 256
+MAX_ATTRIBUTES_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the engine needs to run, in one typed place."""
+
+    data_dir: Path = Path("data")
+    #: SQLAlchemy URL; default: SQLite file ``faceid.db`` in the data directory.
+    database_url: str | None = None
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    #: Write a gallery's index snapshot after this many changes (0: only on close).
+    snapshot_every: int = 100_000
+    #: Largest top_k a caller may ask for.
+    max_top_k: int = 100
+
+    def url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'faceid.db'}"
+
+
+@dataclass(frozen=True)
+class Match:
+    """One identity in an identify result, ranked by its best face."""
+
+    external_id: str
+    display_name: str
+    attributes: dict[str, Any]
+    face_id: int
+    distance: float
+    similarity: float
+    is_match: bool
+
+
+@dataclass(frozen=True)
+class FaceMatches:
+    """The identities nearest one probe face; ``box`` is None for an embedding probe."""
+
+    box: Box | None
+    detection_score: float | None
+    matches: list[Match]
+
+
+@dataclass(frozen=True)
+class EnrolledFace:
+    face_id: int
+    external_id: str
+    box: Box | None = None
+    detection_score: float | None = None
+
+
+@dataclass(frozen=True)
+class Verification:
+    distance: float
+    similarity: float
+    is_match: bool
+    threshold: float
+    face_id: int | None = None
+
+
+@dataclass(frozen=True)
+class EmbeddingInput:
+    """A ready embedding from a client and the model it claims to come from."""
+
+    vector: npt.NDArray[np.float32]
+    model: str = ""  # "name/version"; empty = the gallery's model
+
+
+@dataclass
+class GalleryStats:
+    gallery: Gallery
+    identities: int
+    faces: int
+    index: IndexStats
+    applied_seq: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _GalleryState:
+    gallery: Gallery
+    index: FaissGalleryIndex
+    applied_seq: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    since_snapshot: int = 0
+    snapshotting: bool = False
+
+
+def similarity(distance: float) -> float:
+    return 1.0 - distance * distance / 2.0
+
+
+def encode_page_token(after: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> str | None:
+    if not token:
+        return None
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        after = json.loads(base64.urlsafe_b64decode(padded))["after"]
+        if not isinstance(after, str):
+            raise TypeError
+        return after
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise InvalidInputError("page_token is not one this server issued; start again without it") from None
+
+
+def _check_name(kind: str, value: str, limit: int) -> None:
+    if not value or not value.strip():
+        raise InvalidInputError(f"{kind} must not be empty")
+    if len(value) > limit:
+        raise InvalidInputError(f"{kind} is {len(value)} characters long; the limit is {limit}")
+    if any(ord(c) < 32 for c in value):
+        raise InvalidInputError(f"{kind} must not contain control characters")
+
+
+def _check_attributes(attributes: dict[str, Any] | None) -> None:
+    if attributes is None:
+        return
+    try:
+        size = len(json.dumps(attributes))
+    except (TypeError, ValueError):
+        raise InvalidInputError("attributes must be JSON values (strings, numbers, lists, objects)") from None
+    if size > MAX_ATTRIBUTES_BYTES:
+        raise InvalidInputError(
+            f"attributes take {size:,} bytes as JSON; the limit is {MAX_ATTRIBUTES_BYTES:,}"
+        )
+
+
+class FaceService:
+    """Galleries, enrolment, identify and verify; thread-safe; one per process and database."""
+
+    def __init__(self, config: ServiceConfig, pipeline: FacePipeline | None = None) -> None:
+        self.config = config
+        self.model: EmbeddingModel = DLIB_RESNET_V1
+        self._pipeline = pipeline
+        self._pipeline_lock = threading.Lock()
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        (config.data_dir / "index").mkdir(exist_ok=True)
+        self.store = Store(make_engine(config.url()))
+        self._galleries: dict[str, _GalleryState] = {}
+        self._registry_lock = threading.Lock()
+        upgrade(self.store.engine)
+        for gallery in self.store.list_galleries():
+            self._galleries[gallery.name] = self._open_index(gallery)
+
+    @property
+    def pipeline(self) -> FacePipeline:
+        """The face pipeline, loaded on first use (embedding-only deployments never load it)."""
+        if self._pipeline is None:
+            with self._pipeline_lock:
+                if self._pipeline is None:
+                    self._pipeline = FacePipeline(self.config.pipeline)
+        return self._pipeline
+
+    # ---- index lifecycle --------------------------------------------------------------------------
+    def _snapshot_path(self, gallery: Gallery) -> Path:
+        return self.config.data_dir / "index" / f"gallery-{gallery.id}.faceidx"
+
+    def _open_index(self, gallery: Gallery) -> _GalleryState:
+        path = self._snapshot_path(gallery)
+        last = self.store.last_seq(gallery.id)
+        try:
+            index, seq = FaissGalleryIndex.load(path, self.config.index)
+            if seq > last or index.dim != gallery.dim:
+                raise SnapshotError(f"{path}: snapshot at change {seq} is ahead of the store ({last})")
+            replayed = self._replay(gallery, index, seq)
+            if index.count() != self.store.count_faces(gallery.id):
+                raise SnapshotError(f"{path}: index and store disagree on the number of faces")
+            log.info(
+                "gallery %s: loaded snapshot at change %d, replayed %d changes", gallery.name, seq, replayed
+            )
+            return _GalleryState(gallery, index, max(seq, last))
+        except SnapshotError as exc:
+            if path.exists():
+                log.warning("gallery %s: %s; rebuilding the index from the store", gallery.name, exc)
+            return _GalleryState(gallery, self._rebuild(gallery), last)
+
+    def _replay(self, gallery: Gallery, index: FaissGalleryIndex, seq: int) -> int:
+        changes = self.store.changes_since(gallery.id, seq)
+        added = [c.face_id for c in changes if c.op == "add"]
+        vectors = self.store.face_embeddings(gallery.id, added) if added else {}
+        for c in changes:
+            if c.op == "add" and c.face_id in vectors:
+                index.add([c.face_id], vectors[c.face_id][None])
+            elif c.op == "remove":
+                index.remove([c.face_id])
+        return len(changes)
+
+    def _rebuild(self, gallery: Gallery) -> FaissGalleryIndex:
+        index = FaissGalleryIndex(gallery.dim, replace(self.config.index, background=False))
+        for ids, vectors in self.store.iter_embeddings(gallery.id, gallery.dim):
+            index.add(ids, vectors)
+        index.config = self.config.index
+        return index
+
+    def snapshot(self, name: str) -> None:
+        """Write the gallery's index snapshot now (also done on close and every N changes)."""
+        state = self._state(name)
+        with state.lock:
+            state.index.save(self._snapshot_path(state.gallery), state.applied_seq)
+            state.since_snapshot = 0
+
+    def close(self) -> None:
+        """Snapshot every gallery and release the database."""
+        for name in list(self._galleries):
+            try:
+                self.snapshot(name)
+            except NotFoundError:
+                continue
+        self.store.engine.dispose()
+
+    def _after_write(self, state: _GalleryState, changes: int) -> None:
+        state.since_snapshot += changes
+        every = self.config.snapshot_every
+        if every and state.since_snapshot >= every and not state.snapshotting:
+            state.snapshotting = True
+
+            def run() -> None:
+                try:
+                    self.snapshot(state.gallery.name)
+                except Exception:
+                    log.exception("gallery %s: snapshot failed", state.gallery.name)
+                finally:
+                    state.snapshotting = False
+
+            threading.Thread(target=run, name="faceid-snapshot", daemon=True).start()
+
+    # ---- galleries ----------------------------------------------------------------------------
+    def _state(self, name: str) -> _GalleryState:
+        state = self._galleries.get(name)
+        if state is None:
+            raise NotFoundError(f"gallery {name!r} does not exist; create it first or check the name")
+        return state
+
+    def create_gallery(self, name: str) -> Gallery:
+        _check_name("gallery name", name, MAX_NAME)
+        with self._registry_lock:
+            if name in self._galleries:
+                raise AlreadyExistsError(f"gallery {name!r} already exists")
+            try:
+                gallery = self.store.create_gallery(
+                    name, self.model.name, self.model.version, self.model.dim, self.model.metric
+                )
+            except sqlalchemy.exc.IntegrityError:
+                raise AlreadyExistsError(f"gallery {name!r} already exists") from None
+            self._galleries[name] = _GalleryState(
+                gallery, FaissGalleryIndex(gallery.dim, self.config.index), 0
+            )
+            return gallery
+
+    def get_gallery(self, name: str) -> GalleryStats:
+        return self.stats(name)
+
+    def list_galleries(self) -> list[Gallery]:
+        return sorted((s.gallery for s in self._galleries.values()), key=lambda g: g.name)
+
+    def delete_gallery(self, name: str) -> None:
+        """Delete a gallery: every identity, face and vector in it, and its snapshot."""
+        with self._registry_lock:
+            state = self._state(name)
+            with state.lock:
+                self.store.delete_gallery(state.gallery.id)
+                self._snapshot_path(state.gallery).unlink(missing_ok=True)
+                del self._galleries[name]
+
+    # ---- input checks -------------------------------------------------------------------------
+    def _check_embedding(self, gallery: Gallery, item: EmbeddingInput) -> npt.NDArray[np.float32]:
+        model_id = f"{gallery.model_name}/{gallery.model_version}"
+        if item.model and item.model != model_id:
+            raise FailedPreconditionError(
+                f"the embedding comes from model {item.model!r}; gallery {gallery.name!r} holds {model_id!r} "
+                f"embeddings: embed the photo with {model_id}, or send the photo instead"
+            )
+        v = np.asarray(item.vector, dtype=np.float32).ravel()
+        if v.shape != (gallery.dim,):
+            raise InvalidInputError(
+                f"the embedding has {v.size} values; {model_id} embeddings have {gallery.dim}"
+            )
+        if not np.isfinite(v).all():
+            raise InvalidInputError("the embedding contains NaN or infinite values")
+        norm = float(np.linalg.norm(v))
+        if abs(norm - 1.0) > 1e-2:
+            raise InvalidInputError(
+                f"the embedding's length is {norm:.4f}; {model_id} embeddings have unit length: divide it by "
+                f"its norm if it is a normalised-later embedding of the same model, or send the photo"
+            )
+        return v / norm
+
+    def _check_top_k(self, top_k: int) -> None:
+        if not 1 <= top_k <= self.config.max_top_k:
+            raise InvalidInputError(f"top_k must be between 1 and {self.config.max_top_k}; got {top_k}")
+
+    def _threshold(self, threshold: float | None) -> float:
+        if threshold is None or threshold == 0:
+            return self.model.default_threshold
+        if not 0 < threshold <= 2:
+            raise InvalidInputError(
+                f"threshold is a distance between unit vectors, in (0, 2]; got {threshold}"
+            )
+        return threshold
+
+    # ---- enrolment ----------------------------------------------------------------------------
+    def _enroll(self, state: _GalleryState, faces: list[NewFace]) -> list[int]:
+        with state.lock:
+            try:
+                ids, seq = self.store.add_faces(state.gallery, faces)
+            except sqlalchemy.exc.OperationalError as exc:
+                raise UnavailableError(f"the database is unavailable ({exc.orig}); retry later") from None
+            state.index.add(ids, np.stack([f.embedding for f in faces]))
+            state.applied_seq = max(state.applied_seq, seq)
+            self._after_write(state, len(ids))
+        return ids
+
+    def enroll_embeddings(
+        self,
+        gallery: str,
+        external_ids: Sequence[str],
+        embeddings: Sequence[EmbeddingInput],
+        display_name: str | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> list[EnrolledFace]:
+        """Enrol ready embeddings, ``external_ids[i]`` the identity of ``embeddings[i]``."""
+        state = self._state(gallery)
+        if len(external_ids) != len(embeddings) or not embeddings:
+            raise InvalidInputError("give one identity per embedding, and at least one")
+        for eid in external_ids:
+            _check_name("external_id", eid, MAX_EXTERNAL_ID)
+        _check_attributes(attributes)
+        faces = [
+            NewFace(eid, self._check_embedding(state.gallery, e), display_name, attributes)
+            for eid, e in zip(external_ids, embeddings, strict=True)
+        ]
+        ids = self._enroll(state, faces)
+        return [EnrolledFace(i, f.external_id) for i, f in zip(ids, faces, strict=True)]
+
+    def detect_faces(self, photo: bytes) -> list[Face]:
+        return self.pipeline.process(photo)
+
+    def enroll_photo(
+        self,
+        gallery: str,
+        external_id: str,
+        photo: bytes,
+        all_faces: bool = False,
+        display_name: str | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> list[EnrolledFace]:
+        """Enrol the largest face in the photo (or every face) under ``external_id``."""
+        state = self._state(gallery)
+        _check_name("external_id", external_id, MAX_EXTERNAL_ID)
+        _check_attributes(attributes)
+        found = self.pipeline.process(photo)
+        if not found:
+            raise InvalidInputError(
+                "no face was found in the photo; send a photo where the face is at least 40 pixels wide, "
+                "upright and not heavily occluded"
+            )
+        chosen = found if all_faces else found[:1]
+        digest = sha256_hex(photo)
+        faces = [
+            NewFace(
+                external_id,
+                f.embedding,
+                display_name,
+                attributes,
+                f.detection.score,
+                (f.box.left, f.box.top, f.box.right, f.box.bottom),
+                digest,
+            )
+            for f in chosen
+        ]
+        ids = self._enroll(state, faces)
+        return [
+            EnrolledFace(i, external_id, f.box, f.detection.score) for i, f in zip(ids, chosen, strict=True)
+        ]
+
+    # ---- identify -----------------------------------------------------------------------------
+    def _search(
+        self,
+        state: _GalleryState,
+        vectors: npt.NDArray[np.float32],
+        top_k: int,
+        threshold: float,
+        params: SearchParams | None,
+    ) -> list[list[Match]]:
+        if state.index.count() == 0:
+            return [[] for _ in vectors]
+        k_faces = min(state.index.config.max_k, max(top_k * 4, top_k + 10))
+        distances, ids = state.index.search(vectors, k_faces, params)
+        owners = self.store.face_owners(state.gallery.id, [int(i) for i in np.unique(ids) if i >= 0])
+        results = []
+        for drow, irow in zip(distances, ids, strict=True):
+            seen: set[int] = set()
+            matches: list[Match] = []
+            for d, fid in zip(drow, irow, strict=True):
+                owner = owners.get(int(fid))
+                if (
+                    owner is None or owner.id in seen
+                ):  # deleted meanwhile, or a worse face of a listed identity
+                    continue
+                seen.add(owner.id)
+                dist = float(d)
+                matches.append(
+                    Match(
+                        owner.external_id,
+                        owner.display_name,
+                        owner.attributes,
+                        int(fid),
+                        dist,
+                        similarity(dist),
+                        dist < threshold,
+                    )
+                )
+                if len(matches) == top_k:
+                    break
+            results.append(matches)
+        return results
+
+    def identify_embeddings(
+        self,
+        gallery: str,
+        embeddings: Sequence[EmbeddingInput],
+        top_k: int = 5,
+        threshold: float | None = None,
+        params: SearchParams | None = None,
+    ) -> list[list[Match]]:
+        """The ``top_k`` nearest identities of each embedding, best first (one batched search)."""
+        state = self._state(gallery)
+        self._check_top_k(top_k)
+        if not embeddings:
+            raise InvalidInputError("give at least one embedding")
+        vectors = np.stack([self._check_embedding(state.gallery, e) for e in embeddings])
+        return self._search(state, vectors, top_k, self._threshold(threshold), params)
+
+    def identify_photo(
+        self,
+        gallery: str,
+        photo: bytes,
+        top_k: int = 5,
+        threshold: float | None = None,
+        params: SearchParams | None = None,
+    ) -> list[FaceMatches]:
+        """One result list per face in the photo (largest face first), each with its box."""
+        state = self._state(gallery)
+        self._check_top_k(top_k)
+        faces = self.pipeline.process(photo)
+        if not faces:
+            return []
+        vectors = np.stack([f.embedding for f in faces]).astype(np.float32)
+        lists = self._search(state, vectors, top_k, self._threshold(threshold), params)
+        return [FaceMatches(f.box, f.detection.score, m) for f, m in zip(faces, lists, strict=True)]
+
+    # ---- verify -------------------------------------------------------------------------------
+    def _probe(self, gallery: Gallery, probe: bytes | EmbeddingInput) -> npt.NDArray[np.float32]:
+        if isinstance(probe, EmbeddingInput):
+            return self._check_embedding(gallery, probe)
+        faces = self.pipeline.process(probe)
+        if not faces:
+            raise InvalidInputError("no face was found in the probe photo")
+        return faces[0].embedding.astype(np.float32)
+
+    def verify_identity(
+        self, gallery: str, probe: bytes | EmbeddingInput, external_id: str, threshold: float | None = None
+    ) -> Verification:
+        """Probe against an identity: the distance to its nearest enrolled face."""
+        state = self._state(gallery)
+        t = self._threshold(threshold)
+        identity = self.store.get_identity(state.gallery.id, external_id)
+        if identity is None:
+            raise NotFoundError(f"identity {external_id!r} does not exist in gallery {gallery!r}")
+        if not identity.face_ids:
+            raise FailedPreconditionError(f"identity {external_id!r} has no enrolled face to compare with")
+        v = self._probe(state.gallery, probe)
+        enrolled = self.store.face_embeddings(state.gallery.id, identity.face_ids)
+        fids = list(enrolled)
+        d = np.linalg.norm(np.stack([enrolled[f] for f in fids]) - v, axis=1)
+        best = int(np.argmin(d))
+        dist = float(d[best])
+        return Verification(dist, similarity(dist), dist < t, t, fids[best])
+
+    def verify_pair(
+        self,
+        gallery: str,
+        a: bytes | EmbeddingInput,
+        b: bytes | EmbeddingInput,
+        threshold: float | None = None,
+    ) -> Verification:
+        """Two probes against each other (the gallery names the model they are compared under)."""
+        state = self._state(gallery)
+        t = self._threshold(threshold)
+        dist = float(np.linalg.norm(self._probe(state.gallery, a) - self._probe(state.gallery, b)))
+        return Verification(dist, similarity(dist), dist < t, t)
+
+    # ---- identities ---------------------------------------------------------------------------
+    def get_identity(self, gallery: str, external_id: str) -> Identity:
+        state = self._state(gallery)
+        identity = self.store.get_identity(state.gallery.id, external_id)
+        if identity is None:
+            raise NotFoundError(f"identity {external_id!r} does not exist in gallery {gallery!r}")
+        return identity
+
+    def list_identities(
+        self, gallery: str, page_size: int = 100, page_token: str = ""
+    ) -> tuple[list[Identity], str]:
+        """A page of identities in external-id order and the token of the next page ('' at the end)."""
+        state = self._state(gallery)
+        if not 1 <= page_size <= 1000:
+            raise InvalidInputError(f"page_size must be between 1 and 1000; got {page_size}")
+        after = decode_page_token(page_token)
+        page = self.store.list_identities(state.gallery.id, page_size + 1, after)
+        more = len(page) > page_size
+        page = page[:page_size]
+        return page, encode_page_token(page[-1].external_id) if more else ""
+
+    def update_identity(
+        self,
+        gallery: str,
+        external_id: str,
+        display_name: str | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> Identity:
+        state = self._state(gallery)
+        if display_name is not None and len(display_name) > 256:
+            raise InvalidInputError("display_name is longer than 256 characters")
+        _check_attributes(attributes)
+        updated = self.store.update_identity(state.gallery.id, external_id, display_name, attributes)
+        if updated is None:
+            raise NotFoundError(f"identity {external_id!r} does not exist in gallery {gallery!r}")
+        return updated
+
+    def delete_identity(self, gallery: str, external_id: str) -> list[int]:
+        """Delete an identity with all its faces (store and index); returns the removed face ids."""
+        state = self._state(gallery)
+        with state.lock:
+            result = self.store.delete_identity(state.gallery.id, external_id)
+            if result is None:
+                raise NotFoundError(f"identity {external_id!r} does not exist in gallery {gallery!r}")
+            face_ids, seq = result
+            state.index.remove(face_ids)
+            state.applied_seq = max(state.applied_seq, seq)
+            self._after_write(state, len(face_ids))
+        return face_ids
+
+    def delete_face(self, gallery: str, face_id: int) -> None:
+        state = self._state(gallery)
+        with state.lock:
+            removed, seq = self.store.delete_faces(state.gallery.id, [face_id])
+            if not removed:
+                raise NotFoundError(f"face {face_id} does not exist in gallery {gallery!r}")
+            state.index.remove(removed)
+            state.applied_seq = max(state.applied_seq, seq)
+            self._after_write(state, 1)
+
+    # ---- stats --------------------------------------------------------------------------------
+    def stats(self, gallery: str) -> GalleryStats:
+        state = self._state(gallery)
+        return GalleryStats(
+            state.gallery,
+            self.store.count_identities(state.gallery.id),
+            self.store.count_faces(state.gallery.id),
+            state.index.stats(),
+            state.applied_seq,
+        )
