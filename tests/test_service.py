@@ -34,7 +34,8 @@ def unit(seed: int, dim: int = 128) -> np.ndarray:
 
 def near(v: np.ndarray, seed: int, scale: float = 0.01) -> np.ndarray:
     w = v + np.random.default_rng(seed).normal(0, scale, v.shape).astype(np.float32)
-    return w / np.linalg.norm(w)
+    out: np.ndarray = w / np.linalg.norm(w)
+    return out
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -88,7 +89,7 @@ def test_identify_ranks_identities_by_their_best_face(service: FaceService) -> N
     for i in range(30):
         service.enroll_embeddings("g", [f"other{i}"], [EmbeddingInput(unit(100 + i))])
     [matches] = service.identify_embeddings("g", [EmbeddingInput(alice, MODEL)], top_k=3)
-    assert [m.external_id for m in matches][0] == "alice"
+    assert matches[0].external_id == "alice"
     assert len({m.external_id for m in matches}) == 3  # one entry per identity
     assert matches[0].is_match and matches[0].distance < 0.03 and matches[0].face_id == 2
     assert matches[0].similarity == pytest.approx(1 - matches[0].distance ** 2 / 2)
