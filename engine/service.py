@@ -194,6 +194,8 @@ class FaceService:
         self._pipeline_lock = threading.Lock()
         config.data_dir.mkdir(parents=True, exist_ok=True)
         (config.data_dir / "index").mkdir(exist_ok=True)
+        for leftover in (config.data_dir / "index").glob("*.tmp"):  # a snapshot cut short by a crash
+            leftover.unlink(missing_ok=True)
         self.store = Store(make_engine(config.url()))
         self._galleries: dict[str, _GalleryState] = {}
         self._registry_lock = threading.Lock()
