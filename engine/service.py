@@ -25,6 +25,7 @@ import binascii
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -141,6 +142,39 @@ class _GalleryState:
     snapshotting: bool = False
 
 
+class IdentityCache:
+    """Identity rows by row id, least recently used out first; writers invalidate under the gallery lock."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self.capacity = capacity
+        self._rows: OrderedDict[int, Identity] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, ids: set[int]) -> tuple[dict[int, Identity], set[int]]:
+        found: dict[int, Identity] = {}
+        with self._lock:
+            for i in ids:
+                row = self._rows.get(i)
+                if row is not None:
+                    self._rows.move_to_end(i)
+                    found[i] = row
+        return found, ids - found.keys()
+
+    def put_many(self, rows: dict[int, Identity]) -> None:
+        with self._lock:
+            self._rows.update(rows)
+            while len(self._rows) > self.capacity:
+                self._rows.popitem(last=False)
+
+    def discard(self, identity_id: int | None) -> None:
+        with self._lock:
+            self._rows.pop(identity_id if identity_id is not None else -1, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+
+
 def similarity(distance: float) -> float:
     return 1.0 - distance * distance / 2.0
 
@@ -198,6 +232,7 @@ class FaceService:
             leftover.unlink(missing_ok=True)
         self.store = Store(make_engine(config.url()))
         self._galleries: dict[str, _GalleryState] = {}
+        self._identity_cache = IdentityCache()
         self._registry_lock = threading.Lock()
         upgrade(self.store.engine)
         for gallery in self.store.list_galleries():
@@ -238,18 +273,19 @@ class FaceService:
     def _replay(self, gallery: Gallery, index: FaissGalleryIndex, seq: int) -> int:
         changes = self.store.changes_since(gallery.id, seq)
         added = [c.face_id for c in changes if c.op == "add"]
-        vectors = self.store.face_embeddings(gallery.id, added) if added else {}
+        records = self.store.face_records(gallery.id, added) if added else {}
         for c in changes:
-            if c.op == "add" and c.face_id in vectors:
-                index.add([c.face_id], vectors[c.face_id][None])
+            if c.op == "add" and c.face_id in records:
+                identity_id, vector = records[c.face_id]
+                index.add([c.face_id], vector[None], [identity_id])
             elif c.op == "remove":
                 index.remove([c.face_id])
         return len(changes)
 
     def _rebuild(self, gallery: Gallery) -> FaissGalleryIndex:
         index = FaissGalleryIndex(gallery.dim, replace(self.config.index, background=False))
-        for ids, vectors in self.store.iter_embeddings(gallery.id, gallery.dim):
-            index.add(ids, vectors)
+        for ids, vectors, identity_ids in self.store.iter_embeddings(gallery.id, gallery.dim):
+            index.add(ids, vectors, identity_ids)
         index.config = self.config.index
         return index
 
@@ -322,6 +358,7 @@ class FaceService:
                 self.store.delete_gallery(state.gallery.id)
                 self._snapshot_path(state.gallery).unlink(missing_ok=True)
                 del self._galleries[name]
+                self._identity_cache.clear()
 
     # ---- input checks -------------------------------------------------------------------------
     def _check_embedding(self, gallery: Gallery, item: EmbeddingInput) -> npt.NDArray[np.float32]:
@@ -363,10 +400,10 @@ class FaceService:
     def _enroll(self, state: _GalleryState, faces: list[NewFace]) -> list[int]:
         with state.lock:
             try:
-                ids, seq = self.store.add_faces(state.gallery, faces)
+                ids, identity_ids, seq = self.store.add_faces(state.gallery, faces)
             except sqlalchemy.exc.OperationalError as exc:
                 raise UnavailableError(f"the database is unavailable ({exc.orig}); retry later") from None
-            state.index.add(ids, np.stack([f.embedding for f in faces]))
+            state.index.add(ids, np.stack([f.embedding for f in faces]), identity_ids)
             state.applied_seq = max(state.applied_seq, seq)
             self._after_write(state, len(ids))
         return ids
@@ -447,34 +484,45 @@ class FaceService:
             return [[] for _ in vectors]
         k_faces = min(state.index.config.max_k, max(top_k * 4, top_k + 10))
         distances, ids = state.index.search(vectors, k_faces, params)
-        owners = self.store.face_owners(state.gallery.id, [int(i) for i in np.unique(ids) if i >= 0])
-        results = []
-        for drow, irow in zip(distances, ids, strict=True):
+        groups = state.index.groups_of(ids)
+        ranked: list[list[tuple[int, int, float]]] = []  # per probe: (face id, identity id, distance)
+        for drow, irow, grow in zip(distances.tolist(), ids.tolist(), groups.tolist(), strict=True):
             seen: set[int] = set()
-            matches: list[Match] = []
-            for d, fid in zip(drow, irow, strict=True):
-                owner = owners.get(int(fid))
-                if (
-                    owner is None or owner.id in seen
-                ):  # deleted meanwhile, or a worse face of a listed identity
+            best: list[tuple[int, int, float]] = []
+            for d, fid, gid in zip(drow, irow, grow, strict=True):
+                if gid < 0 or gid in seen:  # removed meanwhile, or a worse face of a listed identity
                     continue
-                seen.add(owner.id)
-                dist = float(d)
-                matches.append(
-                    Match(
-                        owner.external_id,
-                        owner.display_name,
-                        owner.attributes,
-                        int(fid),
-                        dist,
-                        similarity(dist),
-                        dist < threshold,
-                    )
-                )
-                if len(matches) == top_k:
+                seen.add(gid)
+                best.append((fid, gid, d))
+                if len(best) == top_k:
                     break
-            results.append(matches)
-        return results
+            ranked.append(best)
+        identities = self._identities(state.gallery.id, {gid for row in ranked for _, gid, _ in row})
+        return [
+            [
+                Match(
+                    ident.external_id,
+                    ident.display_name,
+                    ident.attributes,
+                    fid,
+                    d,
+                    similarity(d),
+                    d < threshold,
+                )
+                for fid, gid, d in row
+                if (ident := identities.get(gid)) is not None  # deleted meanwhile: never an id without a row
+            ]
+            for row in ranked
+        ]
+
+    def _identities(self, gallery_id: int, ids: set[int]) -> dict[int, Identity]:
+        """Identity rows by row id: from the cache, the rest in one query."""
+        found, missing = self._identity_cache.get_many(ids)
+        if missing:
+            fetched = self.store.identities_by_id(gallery_id, sorted(missing))
+            self._identity_cache.put_many(fetched)
+            found.update(fetched)
+        return found
 
     def identify_embeddings(
         self,
@@ -583,7 +631,9 @@ class FaceService:
         if display_name is not None and len(display_name) > 256:
             raise InvalidInputError("display_name is longer than 256 characters")
         _check_attributes(attributes)
-        updated = self.store.update_identity(state.gallery.id, external_id, display_name, attributes)
+        with state.lock:
+            updated = self.store.update_identity(state.gallery.id, external_id, display_name, attributes)
+            self._identity_cache.discard(updated.id if updated else None)
         if updated is None:
             raise NotFoundError(f"identity {external_id!r} does not exist in gallery {gallery!r}")
         return updated
@@ -598,6 +648,7 @@ class FaceService:
             face_ids, seq = result
             state.index.remove(face_ids)
             state.applied_seq = max(state.applied_seq, seq)
+            self._identity_cache.clear()
             self._after_write(state, len(face_ids))
         return face_ids
 

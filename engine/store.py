@@ -254,13 +254,14 @@ class Store:
             return _rowcount(s.execute(delete(GalleryRow).where(GalleryRow.id == gallery_id))) > 0
 
     # ---- faces --------------------------------------------------------------------------------
-    def add_faces(self, gallery: Gallery, faces: Sequence[NewFace]) -> tuple[list[int], int]:
+    def add_faces(self, gallery: Gallery, faces: Sequence[NewFace]) -> tuple[list[int], list[int], int]:
         """Enrol faces (creating identities that do not exist yet) in one transaction.
 
-        Returns the new face ids, in order, and the sequence number of the last change.
+        Returns the new face ids and their identities' row ids, in order, and the sequence
+        number of the last change.
         """
         if not faces:
-            return [], self.last_seq(gallery.id)
+            return [], [], self.last_seq(gallery.id)
         now = utcnow()
         with self.session() as s, s.begin():
             wanted = sorted({f.external_id for f in faces})
@@ -311,7 +312,7 @@ class Store:
                 s.scalars(insert(FaceRow).returning(FaceRow.id, sort_by_parameter_order=True), face_rows)
             )
             seq = self._log(s, gallery.id, "add", ids)
-            return ids, seq
+            return ids, [existing[f.external_id] for f in faces], seq
 
     def _log(self, s: Session, gallery_id: int, op: str, face_ids: Sequence[int]) -> int:
         rows = [{"gallery_id": gallery_id, "op": op, "face_id": i} for i in face_ids]
@@ -340,15 +341,27 @@ class Store:
             )
             return {i: np.frombuffer(e, dtype="<f4").copy() for i, e in rows}
 
+    def face_records(
+        self, gallery_id: int, face_ids: Sequence[int]
+    ) -> dict[int, tuple[int, npt.NDArray[np.float32]]]:
+        """Identity row id and embedding of each face id that exists (index replays)."""
+        with self.session() as s:
+            rows = s.execute(
+                select(FaceRow.id, FaceRow.identity_id, FaceRow.embedding).where(
+                    FaceRow.gallery_id == gallery_id, FaceRow.id.in_(list(face_ids))
+                )
+            )
+            return {i: (ident, np.frombuffer(e, dtype="<f4").copy()) for i, ident, e in rows}
+
     def iter_embeddings(
         self, gallery_id: int, dim: int, chunk: int = 50_000
-    ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
-        """Every face of a gallery in id order, ``chunk`` at a time (index rebuilds)."""
+    ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.int64]]]:
+        """Every face of a gallery in id order, ``chunk`` at a time: ids, embeddings, identity ids."""
         after = -1
         while True:
             with self.session() as s:
                 rows = s.execute(
-                    select(FaceRow.id, FaceRow.embedding)
+                    select(FaceRow.id, FaceRow.embedding, FaceRow.identity_id)
                     .where(FaceRow.gallery_id == gallery_id, FaceRow.id > after)
                     .order_by(FaceRow.id)
                     .limit(chunk)
@@ -357,22 +370,22 @@ class Store:
                 return
             ids = np.array([r[0] for r in rows], np.int64)
             vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim).copy()
-            yield ids, vecs
+            yield ids, vecs, np.array([r[2] for r in rows], np.int64)
             after = int(ids[-1])
 
-    def face_owners(self, gallery_id: int, face_ids: Sequence[int]) -> dict[int, Identity]:
-        """The identity of each face id, in one query (identify's metadata lookup)."""
-        if not face_ids:
+    # ---- identities ---------------------------------------------------------------------------
+    def identities_by_id(self, gallery_id: int, identity_ids: Sequence[int]) -> dict[int, Identity]:
+        """Identity rows by row id, in one query (identify's metadata lookup)."""
+        if not identity_ids:
             return {}
         with self.session() as s:
-            rows = s.execute(
-                select(FaceRow.id, IdentityRow)
-                .join(IdentityRow, IdentityRow.id == FaceRow.identity_id)
-                .where(FaceRow.gallery_id == gallery_id, FaceRow.id.in_(list(set(face_ids))))
+            rows = s.scalars(
+                select(IdentityRow).where(
+                    IdentityRow.gallery_id == gallery_id, IdentityRow.id.in_(list(identity_ids))
+                )
             )
-            return {fid: _identity(ident) for fid, ident in rows}
+            return {r.id: _identity(r) for r in rows}
 
-    # ---- identities ---------------------------------------------------------------------------
     def get_identity(self, gallery_id: int, external_id: str) -> Identity | None:
         with self.session() as s:
             row = s.scalars(

@@ -215,3 +215,18 @@ def test_corrupt_or_truncated_snapshots_are_detected(tmp_path: Path) -> None:
             FaissGalleryIndex.load(tmp_path / f"{name}.index")
     with pytest.raises(SnapshotError, match="cannot read"):
         FaissGalleryIndex.load(tmp_path / "missing.index")
+
+
+def test_each_vector_carries_its_group_through_removal_training_and_snapshots(tmp_path: Path) -> None:
+    x = clustered(3000)
+    index = FaissGalleryIndex(DIM, IndexConfig(train_min=10**9))
+    index.add(np.arange(3000), x, groups=np.arange(3000) // 3)
+    index.remove(np.arange(0, 3000, 7))
+    assert index.groups_of([1, 2, 3, 4, 7, 99_999]).tolist() == [0, 0, 1, 1, -1, -1]
+    index.train(block=True)
+    index.save(tmp_path / "g.index", seq=1)
+    loaded, _ = FaissGalleryIndex.load(tmp_path / "g.index")
+    ids = np.arange(3000)
+    np.testing.assert_array_equal(loaded.groups_of(ids), index.groups_of(ids))
+    with pytest.raises(ValueError, match="int32"):
+        index.add([5000], clustered(1), groups=[2**40])

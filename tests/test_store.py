@@ -80,11 +80,12 @@ def test_gallery_names_are_unique(store: Store) -> None:
 def test_enrolment_creates_identities_once_and_returns_face_ids_in_order(store: Store) -> None:
     g = make_gallery(store)
     faces = [NewFace("alice", vec(1), display_name="Alice"), NewFace("bob", vec(2)), NewFace("alice", vec(3))]
-    ids, seq = store.add_faces(g, faces)
+    ids, identity_ids, seq = store.add_faces(g, faces)
+    assert identity_ids[0] == identity_ids[2] != identity_ids[1]
     assert len(ids) == 3 and ids == sorted(ids) and seq > 0
     alice = store.get_identity(g.id, "alice")
     assert alice is not None and alice.display_name == "Alice" and alice.face_ids == (ids[0], ids[2])
-    _more, seq2 = store.add_faces(g, [NewFace("alice", vec(4))])
+    _more, _, seq2 = store.add_faces(g, [NewFace("alice", vec(4))])
     assert seq2 > seq
     alice = store.get_identity(g.id, "alice")
     assert alice is not None and len(alice.face_ids) == 3
@@ -93,18 +94,20 @@ def test_enrolment_creates_identities_once_and_returns_face_ids_in_order(store: 
 
 def test_embeddings_come_back_bit_for_bit(store: Store) -> None:
     g = make_gallery(store)
-    ids, _ = store.add_faces(g, [NewFace(f"p{i}", vec(i)) for i in range(5)])
+    ids, _, _ = store.add_faces(g, [NewFace(f"p{i}", vec(i)) for i in range(5)])
     got = store.face_embeddings(g.id, ids)
     for i, fid in enumerate(ids):
         np.testing.assert_array_equal(got[fid], vec(i))
     chunks = list(store.iter_embeddings(g.id, 128, chunk=2))
+    records = store.face_records(g.id, ids)
+    np.testing.assert_array_equal(records[ids[3]][1], vec(3))
     assert [len(c[0]) for c in chunks] == [2, 2, 1]
     np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks]), ids)
 
 
 def test_change_log_orders_adds_and_removes_by_a_growing_sequence(store: Store) -> None:
     g = make_gallery(store)
-    ids, s1 = store.add_faces(g, [NewFace("a", vec(1)), NewFace("b", vec(2))])
+    ids, _, s1 = store.add_faces(g, [NewFace("a", vec(1)), NewFace("b", vec(2))])
     removed, s2 = store.delete_faces(g.id, [ids[0], 999_999])
     assert removed == [ids[0]] and s2 > s1
     changes = store.changes_since(g.id, 0)
@@ -146,7 +149,7 @@ def test_update_changes_name_and_attributes_only(store: Store) -> None:
 
 def test_deleting_an_identity_removes_its_faces_and_logs_each(store: Store) -> None:
     g = make_gallery(store)
-    ids, _ = store.add_faces(g, [NewFace("x", vec(1)), NewFace("x", vec(2)), NewFace("y", vec(3))])
+    ids, _, _ = store.add_faces(g, [NewFace("x", vec(1)), NewFace("x", vec(2)), NewFace("y", vec(3))])
     result = store.delete_identity(g.id, "x")
     assert result is not None and sorted(result[0]) == ids[:2]
     assert store.get_identity(g.id, "x") is None
@@ -154,11 +157,11 @@ def test_deleting_an_identity_removes_its_faces_and_logs_each(store: Store) -> N
     assert store.delete_identity(g.id, "x") is None
 
 
-def test_face_owners_are_looked_up_in_one_batch(store: Store) -> None:
+def test_identities_are_looked_up_by_row_id_in_one_batch(store: Store) -> None:
     g = make_gallery(store)
-    ids, _ = store.add_faces(g, [NewFace("x", vec(1)), NewFace("y", vec(2)), NewFace("x", vec(3))])
-    owners = store.face_owners(g.id, [ids[0], ids[1], ids[2], 123_456])
-    assert {fid: o.external_id for fid, o in owners.items()} == {ids[0]: "x", ids[1]: "y", ids[2]: "x"}
+    _, idents, _ = store.add_faces(g, [NewFace("x", vec(1)), NewFace("y", vec(2)), NewFace("x", vec(3))])
+    found = store.identities_by_id(g.id, [*idents, 123_456])
+    assert {i: r.external_id for i, r in found.items()} == {idents[0]: "x", idents[1]: "y"}
 
 
 def test_deleting_a_gallery_erases_everything_in_it(store: Store) -> None:
@@ -175,9 +178,10 @@ def test_deleting_a_gallery_erases_everything_in_it(store: Store) -> None:
 def test_identities_are_scoped_to_their_gallery(store: Store) -> None:
     a = make_gallery(store, "a")
     b = make_gallery(store, "b")
-    ids, _ = store.add_faces(a, [NewFace("same-name", vec(1))])
+    ids, idents, _ = store.add_faces(a, [NewFace("same-name", vec(1))])
     store.add_faces(b, [NewFace("same-name", vec(2))])
-    assert store.face_owners(b.id, ids) == {}
+    assert store.identities_by_id(b.id, idents) == {}
+    assert store.face_records(b.id, ids) == {}
     assert store.delete_faces(b.id, ids)[0] == []
 
 
