@@ -1,7 +1,8 @@
 """Embedder and detector throughput, faceid against dlib in the same run.
 
 Prints and writes (JSON) faces/s of faceid's torch embedder at several batch
-sizes, with and without mirror averaging (which costs a second network pass),
+sizes (network forward-pass sizes: a face and its mirror count as two images),
+with and without mirror averaging (which costs a second network pass),
 dlib's own ``compute_face_descriptor`` on the same chips, and the HOG detector's
 photos/s at typical photo sizes.  On CUDA it also measures fp16/bf16 and checks
 that their embeddings stay within cosine 0.9999 of fp32.

@@ -54,6 +54,13 @@ class Embedder:
         model = model.to(self.device, dtype=self.dtype)
         self.model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
+    @property
+    def forward_batch(self) -> int:
+        """Images per forward pass: the configured batch size, or the device's best."""
+        if self.config.batch_size:
+            return self.config.batch_size
+        return 1024 if self.device.type == "cuda" else 32
+
     def _forward(self, chips: torch.Tensor) -> torch.Tensor:
         x = chips.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         if self.config.flip:
@@ -68,7 +75,7 @@ class Embedder:
         return out
 
     def embed(self, chips: Chips) -> Embeddings:
-        """Embeddings of aligned chips, computed ``batch_size`` at a time."""
+        """Embeddings of aligned chips, in network batches of ``forward_batch`` images."""
         if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3) or chips.dtype != np.uint8:
             raise InvalidInputError(
                 f"aligned chips must be uint8 RGB of shape (N, {CHIP_SIZE}, {CHIP_SIZE}, 3); "
@@ -76,7 +83,7 @@ class Embedder:
             )
         if len(chips) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        step = self.config.batch_size
+        step = max(1, self.forward_batch // 2) if self.config.flip else self.forward_batch
         out = np.empty((len(chips), self.dim), dtype=np.float32)
         source = torch.from_numpy(np.ascontiguousarray(chips))
         with torch.inference_mode():
