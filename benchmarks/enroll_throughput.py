@@ -56,9 +56,8 @@ def identify_split(service: FaceService, queries: int, batch: int) -> dict[str, 
     t_search = t_lookup = 0.0
     for start in range(0, queries, batch):
         t0 = time.perf_counter()
-        _, ids = state.index.search(q[start : start + batch], 40)
+        _, _, groups = state.index.search_with_groups(q[start : start + batch], 40)
         t1 = time.perf_counter()
-        groups = state.index.groups_of(ids)
         service._identities(state.gallery.id, {int(g) for g in groups[:, :10].ravel() if g >= 0})
         t_lookup += time.perf_counter() - t1
         t_search += t1 - t0

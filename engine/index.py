@@ -117,7 +117,9 @@ class GalleryIndex(Protocol):
     dim: int
 
     def add(self, ids: Ids, vectors: Vectors, groups: npt.NDArray[np.int64] | None = None) -> None: ...
-    def groups_of(self, ids: Ids) -> npt.NDArray[np.int64]: ...
+    def search_with_groups(
+        self, queries: Vectors, k: int, params: SearchParams | None = None
+    ) -> tuple[npt.NDArray[np.float32], Ids, npt.NDArray[np.int64]]: ...
     def remove(self, ids: Ids) -> int: ...
     def search(
         self, queries: Vectors, k: int, params: SearchParams | None = None
@@ -167,24 +169,26 @@ class ReadWriteLock:
 
 
 class VectorStore:
-    """Every live vector by id, as float16: the source for exact re-ranking and retraining.
+    """Every vector of a gallery, in rows: face id, float16 vector, group (identity), alive flag.
 
-    Ids are kept sorted (the store hands them out in increasing order, so adds are
-    appends) and looked up by binary search; removal marks a tombstone, and the
-    arrays are compacted once a quarter of the rows are dead.  Each vector also
-    carries a group (the identity it belongs to, int32), so that results can be
-    collapsed to identities without a database round trip.  About 2·dim + 13
-    bytes per vector.
+    Rows are appended and never move until the next rebuild, so a row number is
+    what FAISS stores as the vector's id: re-ranking gathers candidates' vectors by
+    row, and results map rows back to face ids and identities by plain indexing.
+    A removed row is marked dead; rebuilds (training) compact.  Face ids are found
+    by binary search (the store hands them out in increasing order, so the label
+    column is normally sorted; otherwise a sort order is kept).  2·dim + 13 bytes
+    per row.
     """
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self.labels = np.empty(0, np.int64)
         self.vectors = np.empty((0, dim), np.float16)
-        self.alive = np.empty(0, bool)
         self.groups = np.empty(0, np.int32)
+        self.alive = np.empty(0, bool)
         self.size = 0
         self.live = 0
+        self._order: npt.NDArray[np.intp] | None = None  # argsort of labels when they are not sorted
 
     def _grow(self, needed: int) -> None:
         capacity = len(self.labels)
@@ -198,17 +202,23 @@ class VectorStore:
             setattr(self, name, grown)
 
     def lookup(self, ids: Ids) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
-        """Row of each id and whether it is live."""
+        """Row of each face id and whether it is live."""
+        ids = np.asarray(ids, np.int64).ravel()
         if self.size == 0:
             return np.zeros(len(ids), np.intp), np.zeros(len(ids), bool)
         labels = self.labels[: self.size]
-        pos = np.minimum(np.searchsorted(labels, ids), self.size - 1)
-        found = (labels[pos] == ids) & self.alive[pos]
-        return pos, found
+        if self._order is None:
+            rows = np.minimum(np.searchsorted(labels, ids), self.size - 1)
+        else:
+            sorted_labels = labels[self._order]
+            rows = self._order[np.minimum(np.searchsorted(sorted_labels, ids), self.size - 1)]
+        found = (labels[rows] == ids) & self.alive[rows]
+        return rows, found
 
-    def add(self, ids: Ids, vectors: Vectors, groups: npt.NDArray[np.int64] | None = None) -> None:
-        if len(ids) == 0:
-            return
+    def add(
+        self, ids: Ids, vectors: Vectors, groups: npt.NDArray[np.int64] | None = None
+    ) -> npt.NDArray[np.int64]:
+        """Append rows; returns their row numbers."""
         if groups is None:
             groups = np.full(len(ids), -1, np.int64)
         if len(groups) != len(ids) or (len(groups) and (groups.max() >= 2**31 or groups.min() < -1)):
@@ -218,66 +228,43 @@ class VectorStore:
         _, found = self.lookup(ids)
         if found.any():
             raise ValueError(f"ids already in the index: {ids[found][:5].tolist()}")
-        ordered = bool(np.all(np.diff(ids) > 0))
-        if ordered and (self.size == 0 or ids[0] > self.labels[self.size - 1]):
-            self._grow(self.size + len(ids))
-            end = self.size + len(ids)
-            self.labels[self.size : end] = ids
-            self.vectors[self.size : end] = vectors
-            self.alive[self.size : end] = True
-            self.groups[self.size : end] = groups
-            self.size = end
-        else:  # out of order: merge and re-sort (rare: the store hands out increasing ids)
-            keep = self.alive[: self.size]
-            labels = np.concatenate([self.labels[: self.size][keep], ids])
-            vecs = np.concatenate([self.vectors[: self.size][keep], vectors.astype(np.float16)])
-            grp = np.concatenate([self.groups[: self.size][keep], groups.astype(np.int32)])
-            order = np.argsort(labels, kind="stable")
-            self.labels, self.vectors, self.groups = labels[order], vecs[order], grp[order]
-            self.alive = np.ones(len(labels), bool)
-            self.size = len(labels)
+        in_order = bool(np.all(np.diff(ids) > 0)) and (self.size == 0 or ids[0] > self.labels[self.size - 1])
+        self._grow(self.size + len(ids))
+        rows = np.arange(self.size, self.size + len(ids), dtype=np.int64)
+        self.labels[rows] = ids
+        self.vectors[rows] = vectors
+        self.groups[rows] = groups
+        self.alive[rows] = True
+        self.size += len(ids)
         self.live += len(ids)
+        if self._order is not None or not in_order:
+            self._order = np.argsort(self.labels[: self.size], kind="stable")
+        return rows
 
-    def remove(self, ids: Ids) -> int:
-        pos, found = self.lookup(ids)
-        rows = np.unique(pos[found])
-        self.alive[rows] = False
-        self.live -= len(rows)
-        if self.size and self.size - self.live > max(self.size // 4, 1024):
-            self.compact()
-        return len(rows)
+    def remove(self, ids: Ids) -> npt.NDArray[np.int64]:
+        """Mark the rows of these face ids dead; returns the rows that were live."""
+        rows, found = self.lookup(ids)
+        dead = np.unique(rows[found]).astype(np.int64)
+        self.alive[dead] = False
+        self.live -= len(dead)
+        return dead
 
-    def compact(self) -> None:
+    @property
+    def dead(self) -> int:
+        return self.size - self.live
+
+    def items(self) -> tuple[Ids, npt.NDArray[np.float16], npt.NDArray[np.int64]]:
+        """Copies of the live face ids, vectors and groups, in row order."""
         keep = self.alive[: self.size]
-        self.labels = self.labels[: self.size][keep].copy()
-        self.vectors = self.vectors[: self.size][keep].copy()
-        self.groups = self.groups[: self.size][keep].copy()
-        self.alive = np.ones(len(self.labels), bool)
-        self.size = self.live = len(self.labels)
-
-    def get(self, ids: Ids) -> tuple[Vectors, npt.NDArray[np.bool_]]:
-        """float32 vectors of ``ids`` (zeros where an id is not live) and the found mask."""
-        pos, found = self.lookup(ids.ravel())
-        out = self.vectors[pos].astype(np.float32)
-        out[~found] = 0
-        return out.reshape(*ids.shape, self.dim), found.reshape(ids.shape)
-
-    def groups_of(self, ids: Ids) -> npt.NDArray[np.int64]:
-        """The group of each id (-1 where the id is not live)."""
-        pos, found = self.lookup(ids.ravel())
-        return np.where(found, self.groups[pos], -1).astype(np.int64).reshape(ids.shape)
-
-    def item_groups(self) -> npt.NDArray[np.int32]:
-        """Groups of the live ids, in the order of :meth:`items`."""
-        return self.groups[: self.size][self.alive[: self.size]].copy()
-
-    def items(self) -> tuple[Ids, npt.NDArray[np.float16]]:
-        """Copies of the live ids and their vectors, in id order."""
-        keep = self.alive[: self.size]
-        return self.labels[: self.size][keep].copy(), self.vectors[: self.size][keep].copy()
+        return (
+            self.labels[: self.size][keep].copy(),
+            self.vectors[: self.size][keep].copy(),
+            self.groups[: self.size][keep].astype(np.int64),
+        )
 
     def nbytes(self) -> int:
-        return int(self.labels.nbytes + self.vectors.nbytes + self.alive.nbytes + self.groups.nbytes)
+        """Bytes held for the rows in use."""
+        return self.size * (8 + 2 * self.dim + 4 + 1)
 
 
 def _exact_index(dim: int) -> faiss.Index:
@@ -297,7 +284,9 @@ def _check_vectors(vectors: npt.ArrayLike, dim: int) -> Vectors:
     return v
 
 
-Op = tuple[Literal["add", "remove"], Ids, Vectors | None]
+Op = tuple[
+    Ids, Vectors | None, npt.NDArray[np.int64] | None
+]  # (face ids, vectors, groups); no vectors: remove
 
 
 class FaissGalleryIndex:
@@ -312,7 +301,7 @@ class FaissGalleryIndex:
         self._nlist = 0
         self._trained_on = 0
         self._lock = ReadWriteLock()
-        self._journal: list[Op] | None = None  # writes made while a training run is under way
+        self._journal: list[Op] | None = None  # writes made while a rebuild is under way
         self._trainer: threading.Thread | None = None
         self._train_error: BaseException | None = None
         self.on_progress: Callable[[str, float], None] | None = None
@@ -320,7 +309,7 @@ class FaissGalleryIndex:
     # ---- writes ---------------------------------------------------------------------------
     def add(self, ids: npt.ArrayLike, vectors: npt.ArrayLike, groups: npt.ArrayLike | None = None) -> None:
         """Add vectors under new ids (int64, unique, not already present), each optionally in a
-        group (its identity: an int below 2**31) that :meth:`groups_of` returns."""
+        group (its identity: an int below 2**31) that searches report with it."""
         id_array = np.ascontiguousarray(ids, dtype=np.int64).ravel()
         group_array = None if groups is None else np.ascontiguousarray(groups, dtype=np.int64).ravel()
         v = _check_vectors(vectors, self.dim)
@@ -329,10 +318,10 @@ class FaissGalleryIndex:
         if len(v) == 0:
             return
         with self._lock.write():
-            self.store.add(id_array, v, group_array)
-            self._index.add_with_ids(v, id_array)
+            rows = self.store.add(id_array, v, group_array)
+            self._index.add_with_ids(v, rows)
             if self._journal is not None:
-                self._journal.append(("add", id_array, v))
+                self._journal.append((id_array, v, group_array))
         self._maybe_train()
 
     def remove(self, ids: npt.ArrayLike) -> int:
@@ -341,12 +330,13 @@ class FaissGalleryIndex:
         if len(id_array) == 0:
             return 0
         with self._lock.write():
-            removed = self.store.remove(id_array)
-            if removed:
-                self._index.remove_ids(_selector(id_array))
+            rows = self.store.remove(id_array)
+            if len(rows):
+                self._index.remove_ids(_selector(rows))
             if self._journal is not None:
-                self._journal.append(("remove", id_array, None))
-        return removed
+                self._journal.append((id_array, None, None))
+        self._maybe_train()
+        return len(rows)
 
     # ---- reads ----------------------------------------------------------------------------
     def count(self) -> int:
@@ -356,7 +346,9 @@ class FaissGalleryIndex:
         """The group (identity) of each id, -1 for ids not in the index."""
         id_array = np.asarray(ids, dtype=np.int64)
         with self._lock.read():
-            return self.store.groups_of(id_array)
+            rows, found = self.store.lookup(id_array)
+            out = np.where(found, self.store.groups[rows], -1).astype(np.int64)
+        return out.reshape(id_array.shape)
 
     def default_nprobe(self) -> int:
         return min(self._nlist, max(self.config.nprobe_min, round(self._nlist * self.config.nprobe_fraction)))
@@ -368,91 +360,103 @@ class FaissGalleryIndex:
 
         Rows are padded with id -1 and distance +inf when the gallery holds fewer than k.
         """
+        distances, ids, _ = self.search_with_groups(queries, k, params)
+        return distances, ids
+
+    def search_with_groups(
+        self, queries: npt.ArrayLike, k: int, params: SearchParams | None = None
+    ) -> tuple[npt.NDArray[np.float32], Ids, npt.NDArray[np.int64]]:
+        """:meth:`search`, plus the group (identity) of each result (-1 for padding)."""
         q = _check_vectors(queries, self.dim)
         if not 1 <= k <= self.config.max_k:
             raise ValueError(f"k must be between 1 and {self.config.max_k}; got {k}")
         params = params or SearchParams()
         with self._lock.read():
-            index, kind = self._index, self._kind
-            if params.exact or kind == "exact":
-                if kind == "exact":
-                    d2, ids = index.search(q, k)
-                else:
-                    d2, ids = self._exact_from_store(q, k)
+            store, index, kind = self.store, self._index, self._kind
+            if params.exact and kind != "exact":
+                d2, rows = self._exact_from_store(q, k)
+            elif kind == "exact":
+                d2, rows = index.search(q, k)
             else:
                 nprobe = min(max(params.nprobe or self.default_nprobe(), 1), self._nlist)
                 factor = min(max(params.rerank_factor or self.config.rerank_factor, 1), 64)
                 sp = faiss.SearchParametersIVF()
                 sp.nprobe = nprobe
-                _, candidates = index.search(q, min(k * factor, max(self.store.live, 1)), params=sp)
-                d2, ids = self._rerank(q, candidates, k)
-        return self._finish(d2, ids)
+                _, candidates = index.search(q, min(k * factor, max(store.size, 1)), params=sp)
+                d2, rows = self._rerank(q, candidates, k)
+            valid = rows >= 0
+            safe = np.where(valid, rows, 0)
+            ids = np.where(valid, store.labels[safe], -1)
+            groups = np.where(valid, store.groups[safe], -1).astype(np.int64)
+        distances = np.where(valid, np.sqrt(np.maximum(d2, 0)), np.inf).astype(np.float32)
+        return distances, ids, groups
 
-    def _rerank(self, q: Vectors, candidates: Ids, k: int) -> tuple[Vectors, Ids]:
-        vecs, found = self.store.get(candidates)
-        d2 = np.einsum("nkd,nkd->nk", vecs - q[:, None, :], vecs - q[:, None, :])
-        d2[~found] = np.inf
-        order = np.argsort(d2, axis=1, kind="stable")[:, :k]
-        d2 = np.take_along_axis(d2, order, axis=1)
-        ids = np.take_along_axis(candidates, order, axis=1)
-        ids[~np.isfinite(d2)] = -1
-        if d2.shape[1] < k:
-            pad = k - d2.shape[1]
-            d2 = np.pad(d2, ((0, 0), (0, pad)), constant_values=np.inf)
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        return d2.astype(np.float32), ids
+    def _rerank(self, q: Vectors, candidates: Ids, k: int, chunk: int = 256) -> tuple[Vectors, Ids]:
+        """Exact squared distances of each query's candidate rows (from the float16 copy); best k."""
+        n, m = candidates.shape
+        out_d = np.full((n, k), np.inf, np.float32)
+        out_r = np.full((n, k), -1, np.int64)
+        take = min(k, m)
+        for start in range(0, n, chunk):
+            cand = candidates[start : start + chunk]
+            qq = q[start : start + chunk]
+            ok = cand >= 0
+            rows = np.where(ok, cand, 0)
+            v = self.store.vectors[rows].astype(np.float32)
+            d2 = (
+                np.einsum("bkd,bkd->bk", v, v)
+                - 2 * np.matmul(v, qq[:, :, None])[:, :, 0]
+                + np.einsum("bd,bd->b", qq, qq)[:, None]
+            )
+            d2[~(ok & self.store.alive[rows])] = np.inf
+            order = np.argsort(d2, axis=1, kind="stable")[:, :take]
+            best = np.take_along_axis(d2, order, axis=1)
+            best_rows = np.where(np.isfinite(best), np.take_along_axis(cand, order, axis=1), -1)
+            out_d[start : start + chunk, :take] = best
+            out_r[start : start + chunk, :take] = best_rows
+        return out_d, out_r
 
     def _exact_from_store(self, q: Vectors, k: int) -> tuple[Vectors, Ids]:
-        ids, vecs = self.store.items()
-        if len(ids) == 0:
-            return np.full((len(q), k), np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-        d2, rows = faiss.knn(q, vecs.astype(np.float32), min(k, len(ids)))
-        out_ids = np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
-        return self._pad(d2, out_ids, k)
+        live = np.flatnonzero(self.store.alive[: self.store.size])
+        d2 = np.full((len(q), k), np.inf, np.float32)
+        rows = np.full((len(q), k), -1, np.int64)
+        if len(live):
+            found_d, found_i = faiss.knn(q, self.store.vectors[live].astype(np.float32), min(k, len(live)))
+            d2[:, : found_d.shape[1]] = found_d
+            rows[:, : found_i.shape[1]] = np.where(found_i >= 0, live[np.maximum(found_i, 0)], -1)
+        return d2, rows
 
-    @staticmethod
-    def _pad(d2: Vectors, ids: Ids, k: int) -> tuple[Vectors, Ids]:
-        if d2.shape[1] < k:
-            pad = k - d2.shape[1]
-            d2 = np.pad(d2, ((0, 0), (0, pad)), constant_values=np.inf)
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        return d2, ids
-
-    @staticmethod
-    def _finish(d2: Vectors, ids: Ids) -> tuple[npt.NDArray[np.float32], Ids]:
-        ids = np.where(ids < 0, -1, ids).astype(np.int64)
-        d2 = np.where(ids < 0, np.inf, d2)
-        return np.sqrt(np.maximum(d2, 0)).astype(np.float32), ids
-
-    # ---- training -------------------------------------------------------------------------
+    # ---- training and rebuilds ------------------------------------------------------------
     @property
     def training(self) -> bool:
         return self._trainer is not None and self._trainer.is_alive()
 
     def _maybe_train(self) -> None:
         n = self.store.live
-        due = (self._kind == "exact" and n >= self.config.train_min) or (
-            self._kind == "ivf_pq" and n >= self._trained_on * self.config.retrain_growth
+        due = (
+            (self._kind == "exact" and n >= self.config.train_min)
+            or (self._kind == "ivf_pq" and n >= self._trained_on * self.config.retrain_growth)
+            or self.store.dead > max(self.store.size // 4, 10_000)  # compact away removed rows
         )
-        if due and not self.training:
-            self.train(block=not self.config.background)
+        if due and not self.training and self._journal is None:
+            self.train(block=not self.config.background, force_ivf=False)
 
-    def train(self, block: bool = True) -> None:
-        """(Re)train IVF-PQ on the current vectors and swap it in; on request or automatically."""
+    def train(self, block: bool = True, force_ivf: bool = True) -> None:
+        """Rebuild on the current vectors and swap the result in.
+
+        Builds IVF-PQ when asked (``force_ivf``, the default for callers), when the gallery holds
+        ``train_min`` vectors, or when it already was IVF-PQ; else an exact index (compaction).
+        """
         with self._lock.write():
             if self._journal is not None:
                 return  # a run is already under way
-            ids, vecs = self.store.items()
+            items = self.store.items()
             self._journal = []
-        if len(ids) < 39:
-            with self._lock.write():
-                self._journal = None
-            return
         if block:
-            self._train_and_swap(ids, vecs)
+            self._train_and_swap(*items, force_ivf)
         else:
             self._trainer = threading.Thread(
-                target=self._train_and_swap, args=(ids, vecs), name="faceid-index-train", daemon=True
+                target=self._train_and_swap, args=(*items, force_ivf), name="faceid-index-train", daemon=True
             )
             self._trainer.start()
 
@@ -467,18 +471,33 @@ class FaissGalleryIndex:
         if self.on_progress is not None:
             self.on_progress(stage, fraction)
 
-    def _train_and_swap(self, ids: Ids, vecs: npt.NDArray[np.float16]) -> None:
+    def _train_and_swap(
+        self, ids: Ids, vecs: npt.NDArray[np.float16], groups: npt.NDArray[np.int64], force_ivf: bool
+    ) -> None:
         try:
-            new, nlist = build_ivf_pq(ids, vecs, self.config, self._progress)
+            store = VectorStore(self.dim)
+            rows = store.add(ids, vecs.astype(np.float32), groups)
+            store.vectors[rows] = vecs  # keep the float16 values bit for bit
+            wanted = force_ivf or self._kind == "ivf_pq" or len(ids) >= self.config.train_min
+            if wanted and len(ids) >= 39:
+                index, nlist = build_ivf_pq(rows, vecs, self.config, self._progress)
+                kind: IndexKind = "ivf_pq"
+            else:
+                index, nlist, kind = _exact_index(self.dim), 0, "exact"
+                if len(ids):
+                    index.add_with_ids(vecs.astype(np.float32), rows)
             with self._lock.write():
                 assert self._journal is not None
-                for _, op_ids, op_vecs in self._journal:  # catch up with writes made meanwhile
+                for op_ids, op_vecs, op_groups in self._journal:  # catch up with writes made meanwhile
                     if op_vecs is not None:
-                        new.add_with_ids(op_vecs, op_ids)
+                        new_rows = store.add(op_ids, op_vecs, op_groups)
+                        index.add_with_ids(op_vecs, new_rows)
                     else:
-                        new.remove_ids(_selector(op_ids))
-                self._index, self._kind, self._nlist = new, "ivf_pq", nlist
-                self._trained_on = len(ids)
+                        gone = store.remove(op_ids)
+                        if len(gone):
+                            index.remove_ids(_selector(gone))
+                self.store, self._index, self._kind, self._nlist = store, index, kind, nlist
+                self._trained_on = len(ids) if kind == "ivf_pq" else 0
                 self._journal = None
         except BaseException as exc:  # keep serving with the old index; report on wait
             self._train_error = exc
@@ -488,7 +507,7 @@ class FaissGalleryIndex:
     # ---- stats and persistence ------------------------------------------------------------
     def stats(self) -> IndexStats:
         with self._lock.read():
-            index_bytes = _index_bytes(self._index, self._kind, self.store.live, self.dim, self.config.pq_m)
+            index_bytes = _index_bytes(self._index, self._kind, self.store.size, self.dim, self.config.pq_m)
             return IndexStats(
                 kind=self._kind,
                 count=self.store.live,
@@ -504,42 +523,72 @@ class FaissGalleryIndex:
 
     def save(self, path: Path, seq: int) -> None:
         """Write a checksummed snapshot atomically (temp file, fsync, rename); ``seq`` is the
-        store's change sequence number that the snapshot reflects."""
+        store's change sequence number that the snapshot reflects.  Removed vectors are not
+        written: the snapshot holds live rows only (right to erasure)."""
         with self._lock.read():
-            ids, vecs = self.store.items()
-            groups = self.store.item_groups()
-            index_blob = faiss.serialize_index(self._index).tobytes()
+            store, index = self.store, self._index
+            if store.dead:  # write a compacted copy: no removed embedding reaches the disk
+                index = faiss.clone_index(index)
+                dead_rows = np.flatnonzero(~store.alive[: store.size])
+                index.remove_ids(_selector(dead_rows))
+            keep = store.alive[: store.size]
+            rows = np.flatnonzero(keep).astype(np.int64)
             header = {
-                "format": 1,
+                "format": 2,
                 "dim": self.dim,
                 "seq": int(seq),
                 "kind": self._kind,
                 "nlist": self._nlist,
                 "trained_on": self._trained_on,
-                "count": len(ids),
+                "count": len(rows),
                 "config": asdict(self.config),
             }
-        write_snapshot(Path(path), header, [index_blob, ids.tobytes(), vecs.tobytes(), groups.tobytes()])
+            sections = [
+                faiss.serialize_index(index).tobytes(),
+                rows.tobytes(),
+                store.labels[rows].tobytes(),
+                store.vectors[rows].tobytes(),
+                store.groups[rows].tobytes(),
+            ]
+        write_snapshot(Path(path), header, sections)
 
     @classmethod
     def load(cls, path: Path, config: IndexConfig | None = None) -> tuple[FaissGalleryIndex, int]:
         """Read a snapshot; returns the index and the change sequence number it reflects."""
         header, sections = read_snapshot(Path(path))
-        if len(sections) != 4:
-            raise SnapshotError(f"{path}: expected 4 sections, found {len(sections)}")
-        index_blob, id_blob, vec_blob, group_blob = sections
+        if len(sections) != 5 or header.get("format") != 2:
+            raise SnapshotError(f"{path}: snapshot format {header.get('format')} is not this version's (2)")
+        index_blob, row_blob, id_blob, vec_blob, group_blob = sections
         dim = int(header["dim"])
-        ids = np.frombuffer(id_blob, np.int64).copy()
-        vecs = np.frombuffer(vec_blob, np.float16).reshape(-1, dim).copy()
+        rows = np.frombuffer(row_blob, np.int64)
+        ids = np.frombuffer(id_blob, np.int64)
+        vecs = np.frombuffer(vec_blob, np.float16).reshape(-1, dim)
         groups = np.frombuffer(group_blob, np.int32).astype(np.int64)
-        if len(ids) != header["count"] or len(vecs) != len(ids) or len(groups) != len(ids):
+        n = int(header["count"])
+        if not len(rows) == len(ids) == len(vecs) == len(groups) == n:
             raise SnapshotError(f"{path}: sections do not agree on the number of vectors")
         self = cls(dim, config)
         index = faiss.deserialize_index(np.frombuffer(index_blob, np.uint8))
-        if index.ntotal != len(ids) or index.d != dim:
-            raise SnapshotError(f"{path}: the FAISS index holds {index.ntotal} vectors, the store {len(ids)}")
-        self.store.add(ids, vecs.astype(np.float32), groups)
-        self.store.vectors[: len(ids)] = vecs  # keep the exact float16 values
+        if index.ntotal != n or index.d != dim:
+            raise SnapshotError(f"{path}: the FAISS index holds {index.ntotal} vectors, the store {n}")
+        size = int(rows[-1]) + 1 if n else 0
+        store = self.store
+        store._grow(size)
+        store.labels[rows], store.vectors[rows], store.groups[rows], store.alive[rows] = (
+            ids,
+            vecs,
+            groups,
+            True,
+        )
+        store.size, store.live = size, n
+        labels = store.labels[:size]
+        # dead rows were not saved: give them sortable placeholder labels that no face has
+        holes = np.ones(size, bool)
+        holes[rows] = False
+        if holes.any():
+            store.labels[:size][holes] = -1 - np.arange(int(holes.sum()))
+        if not bool(np.all(np.diff(labels) > 0)):
+            store._order = np.argsort(labels, kind="stable")
         self._index, self._kind = index, header["kind"]
         self._nlist, self._trained_on = int(header["nlist"]), int(header["trained_on"])
         return self, int(header["seq"])

@@ -483,8 +483,7 @@ class FaceService:
         if state.index.count() == 0:
             return [[] for _ in vectors]
         k_faces = min(state.index.config.max_k, max(top_k * 4, top_k + 10))
-        distances, ids = state.index.search(vectors, k_faces, params)
-        groups = state.index.groups_of(ids)
+        distances, ids, groups = state.index.search_with_groups(vectors, k_faces, params)
         ranked: list[list[tuple[int, int, float]]] = []  # per probe: (face id, identity id, distance)
         for drow, irow, grow in zip(distances.tolist(), ids.tolist(), groups.tolist(), strict=True):
             seen: set[int] = set()

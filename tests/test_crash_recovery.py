@@ -50,7 +50,7 @@ def run_and_kill(data_dir: Path, seed: int, delay: float) -> tuple[dict[str, int
 def check_consistent(service: FaceService, acked: dict[str, int], deleted: set[str]) -> None:
     state = service._state("crash")
     store_ids = [int(i) for ids, _, _ in service.store.iter_embeddings(state.gallery.id, 128) for i in ids]
-    index_ids, _ = state.index.store.items()
+    index_ids, _, _ = state.index.store.items()
     assert sorted(store_ids) == sorted(index_ids.tolist()), "store and index hold different faces"
     live = {eid: fid for eid, fid in acked.items() if eid not in deleted}
     missing = set(live.values()) - set(store_ids)

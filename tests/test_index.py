@@ -230,3 +230,30 @@ def test_each_vector_carries_its_group_through_removal_training_and_snapshots(tm
     np.testing.assert_array_equal(loaded.groups_of(ids), index.groups_of(ids))
     with pytest.raises(ValueError, match="int32"):
         index.add([5000], clustered(1), groups=[2**40])
+
+
+def test_a_snapshot_holds_no_removed_embedding(tmp_path: Path) -> None:
+    x = clustered(500)
+    index = FaissGalleryIndex(DIM)
+    index.add(np.arange(500), x)
+    removed = np.arange(0, 500, 5)
+    index.remove(removed)
+    index.save(tmp_path / "g.index", seq=3)
+    data = (tmp_path / "g.index").read_bytes()
+    for i in removed[:20]:
+        assert x[i].astype(np.float16).tobytes() not in data
+        assert x[i].tobytes() not in data
+    assert x[1].astype(np.float16).tobytes() in data
+    loaded, _ = FaissGalleryIndex.load(tmp_path / "g.index")
+    _, ids = loaded.search(x[removed], 3)
+    assert not np.isin(ids, removed).any() and loaded.count() == 400
+
+
+def test_many_removals_compact_the_index() -> None:
+    x = clustered(20_000)
+    index = FaissGalleryIndex(DIM, IndexConfig(background=False))
+    index.add(np.arange(20_000), x)
+    index.remove(np.arange(15_000))
+    assert index.store.size == index.count() == 5_000  # rebuilt without the removed rows
+    _, ids = index.search(x[15_000:15_010], 1)
+    assert ids[:, 0].tolist() == list(range(15_000, 15_010))
