@@ -72,7 +72,7 @@ class IndexConfig:
     #: nlist = the power of two nearest to ``nlist_factor × √N``.
     nlist_factor: float = 4.0
     #: PQ sub-quantizers (4-bit fast-scan codes: ``pq_m / 2`` bytes per face).
-    pq_m: int = 32
+    pq_m: int = 64
     #: FAISS factory string of the trained index; ``{nlist}`` and ``{pq_m}`` are filled in.
     factory: str = "IVF{nlist},PQ{pq_m}x4fs"
     #: Training sample: this many points per list (FAISS wants ≥ 39), at most all vectors.
