@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -152,14 +152,6 @@ class Change:
     seq: int
     op: str
     face_id: int
-
-
-@dataclass
-class Page:
-    identities: list[Identity]
-    next_page_token: str = ""
-    total: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def sha256_hex(data: bytes) -> str:
