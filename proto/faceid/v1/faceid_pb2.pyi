@@ -1,0 +1,349 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Box(_message.Message):
+    __slots__ = ("left", "top", "right", "bottom")
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    RIGHT_FIELD_NUMBER: _ClassVar[int]
+    BOTTOM_FIELD_NUMBER: _ClassVar[int]
+    left: float
+    top: float
+    right: float
+    bottom: float
+    def __init__(self, left: _Optional[float] = ..., top: _Optional[float] = ..., right: _Optional[float] = ..., bottom: _Optional[float] = ...) -> None: ...
+
+class Point(_message.Message):
+    __slots__ = ("x", "y")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    x: float
+    y: float
+    def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ...) -> None: ...
+
+class Embedding(_message.Message):
+    __slots__ = ("values", "model")
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    model: str
+    def __init__(self, values: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class Probe(_message.Message):
+    __slots__ = ("photo", "embedding")
+    PHOTO_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    photo: bytes
+    embedding: Embedding
+    def __init__(self, photo: _Optional[bytes] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ...) -> None: ...
+
+class Gallery(_message.Message):
+    __slots__ = ("name", "model", "dimension", "identity_count", "face_count", "index_kind", "index_training", "index_memory_bytes", "create_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FACE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    INDEX_KIND_FIELD_NUMBER: _ClassVar[int]
+    INDEX_TRAINING_FIELD_NUMBER: _ClassVar[int]
+    INDEX_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model: str
+    dimension: int
+    identity_count: int
+    face_count: int
+    index_kind: str
+    index_training: bool
+    index_memory_bytes: int
+    create_time: str
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., identity_count: _Optional[int] = ..., face_count: _Optional[int] = ..., index_kind: _Optional[str] = ..., index_training: _Optional[bool] = ..., index_memory_bytes: _Optional[int] = ..., create_time: _Optional[str] = ...) -> None: ...
+
+class CreateGalleryRequest(_message.Message):
+    __slots__ = ("gallery_id",)
+    GALLERY_ID_FIELD_NUMBER: _ClassVar[int]
+    gallery_id: str
+    def __init__(self, gallery_id: _Optional[str] = ...) -> None: ...
+
+class GetGalleryRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListGalleriesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListGalleriesResponse(_message.Message):
+    __slots__ = ("galleries",)
+    GALLERIES_FIELD_NUMBER: _ClassVar[int]
+    galleries: _containers.RepeatedCompositeFieldContainer[Gallery]
+    def __init__(self, galleries: _Optional[_Iterable[_Union[Gallery, _Mapping]]] = ...) -> None: ...
+
+class DeleteGalleryRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteGalleryResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EnrollRequest(_message.Message):
+    __slots__ = ("parent", "identity_id", "probe", "all_faces", "display_name", "attributes_json")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_ID_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FIELD_NUMBER: _ClassVar[int]
+    ALL_FACES_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_JSON_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    identity_id: str
+    probe: Probe
+    all_faces: bool
+    display_name: str
+    attributes_json: str
+    def __init__(self, parent: _Optional[str] = ..., identity_id: _Optional[str] = ..., probe: _Optional[_Union[Probe, _Mapping]] = ..., all_faces: _Optional[bool] = ..., display_name: _Optional[str] = ..., attributes_json: _Optional[str] = ...) -> None: ...
+
+class EnrolledFace(_message.Message):
+    __slots__ = ("name", "face_id", "box", "detection_score")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FACE_ID_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    DETECTION_SCORE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    face_id: int
+    box: Box
+    detection_score: float
+    def __init__(self, name: _Optional[str] = ..., face_id: _Optional[int] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., detection_score: _Optional[float] = ...) -> None: ...
+
+class EnrollResponse(_message.Message):
+    __slots__ = ("faces",)
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    faces: _containers.RepeatedCompositeFieldContainer[EnrolledFace]
+    def __init__(self, faces: _Optional[_Iterable[_Union[EnrolledFace, _Mapping]]] = ...) -> None: ...
+
+class BulkEnrollResult(_message.Message):
+    __slots__ = ("index", "faces", "error_code", "error_message")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    faces: _containers.RepeatedCompositeFieldContainer[EnrolledFace]
+    error_code: int
+    error_message: str
+    def __init__(self, index: _Optional[int] = ..., faces: _Optional[_Iterable[_Union[EnrolledFace, _Mapping]]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class IdentifyRequest(_message.Message):
+    __slots__ = ("parent", "probe", "top_k", "threshold", "min_similarity", "nprobe", "rerank_factor")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    probe: Probe
+    top_k: int
+    threshold: float
+    min_similarity: float
+    nprobe: int
+    rerank_factor: int
+    def __init__(self, parent: _Optional[str] = ..., probe: _Optional[_Union[Probe, _Mapping]] = ..., top_k: _Optional[int] = ..., threshold: _Optional[float] = ..., min_similarity: _Optional[float] = ..., nprobe: _Optional[int] = ..., rerank_factor: _Optional[int] = ...) -> None: ...
+
+class Match(_message.Message):
+    __slots__ = ("identity", "identity_id", "display_name", "attributes_json", "face_id", "distance", "similarity", "is_match")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_JSON_FIELD_NUMBER: _ClassVar[int]
+    FACE_ID_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    IS_MATCH_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    identity_id: str
+    display_name: str
+    attributes_json: str
+    face_id: int
+    distance: float
+    similarity: float
+    is_match: bool
+    def __init__(self, identity: _Optional[str] = ..., identity_id: _Optional[str] = ..., display_name: _Optional[str] = ..., attributes_json: _Optional[str] = ..., face_id: _Optional[int] = ..., distance: _Optional[float] = ..., similarity: _Optional[float] = ..., is_match: _Optional[bool] = ...) -> None: ...
+
+class FaceMatches(_message.Message):
+    __slots__ = ("box", "detection_score", "matches")
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    DETECTION_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    box: Box
+    detection_score: float
+    matches: _containers.RepeatedCompositeFieldContainer[Match]
+    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., detection_score: _Optional[float] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ...) -> None: ...
+
+class IdentifyResponse(_message.Message):
+    __slots__ = ("faces", "threshold")
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    faces: _containers.RepeatedCompositeFieldContainer[FaceMatches]
+    threshold: float
+    def __init__(self, faces: _Optional[_Iterable[_Union[FaceMatches, _Mapping]]] = ..., threshold: _Optional[float] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ("parent", "probe", "identity", "other", "threshold")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    OTHER_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    probe: Probe
+    identity: str
+    other: Probe
+    threshold: float
+    def __init__(self, parent: _Optional[str] = ..., probe: _Optional[_Union[Probe, _Mapping]] = ..., identity: _Optional[str] = ..., other: _Optional[_Union[Probe, _Mapping]] = ..., threshold: _Optional[float] = ...) -> None: ...
+
+class VerifyResponse(_message.Message):
+    __slots__ = ("distance", "similarity", "is_match", "threshold", "face_id")
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    IS_MATCH_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FACE_ID_FIELD_NUMBER: _ClassVar[int]
+    distance: float
+    similarity: float
+    is_match: bool
+    threshold: float
+    face_id: int
+    def __init__(self, distance: _Optional[float] = ..., similarity: _Optional[float] = ..., is_match: _Optional[bool] = ..., threshold: _Optional[float] = ..., face_id: _Optional[int] = ...) -> None: ...
+
+class Identity(_message.Message):
+    __slots__ = ("name", "identity_id", "display_name", "attributes_json", "face_ids", "create_time", "update_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_JSON_FIELD_NUMBER: _ClassVar[int]
+    FACE_IDS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    identity_id: str
+    display_name: str
+    attributes_json: str
+    face_ids: _containers.RepeatedScalarFieldContainer[int]
+    create_time: str
+    update_time: str
+    def __init__(self, name: _Optional[str] = ..., identity_id: _Optional[str] = ..., display_name: _Optional[str] = ..., attributes_json: _Optional[str] = ..., face_ids: _Optional[_Iterable[int]] = ..., create_time: _Optional[str] = ..., update_time: _Optional[str] = ...) -> None: ...
+
+class GetIdentityRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListIdentitiesRequest(_message.Message):
+    __slots__ = ("parent", "page_size", "page_token")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    page_size: int
+    page_token: str
+    def __init__(self, parent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListIdentitiesResponse(_message.Message):
+    __slots__ = ("identities", "next_page_token")
+    IDENTITIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    identities: _containers.RepeatedCompositeFieldContainer[Identity]
+    next_page_token: str
+    def __init__(self, identities: _Optional[_Iterable[_Union[Identity, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class UpdateIdentityRequest(_message.Message):
+    __slots__ = ("name", "display_name", "attributes_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    display_name: str
+    attributes_json: str
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., attributes_json: _Optional[str] = ...) -> None: ...
+
+class DeleteIdentityRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteIdentityResponse(_message.Message):
+    __slots__ = ("face_ids",)
+    FACE_IDS_FIELD_NUMBER: _ClassVar[int]
+    face_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, face_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DeleteFaceRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteFaceResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DetectRequest(_message.Message):
+    __slots__ = ("photo",)
+    PHOTO_FIELD_NUMBER: _ClassVar[int]
+    photo: bytes
+    def __init__(self, photo: _Optional[bytes] = ...) -> None: ...
+
+class DetectedFace(_message.Message):
+    __slots__ = ("box", "score", "landmarks")
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    LANDMARKS_FIELD_NUMBER: _ClassVar[int]
+    box: Box
+    score: float
+    landmarks: _containers.RepeatedCompositeFieldContainer[Point]
+    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., score: _Optional[float] = ..., landmarks: _Optional[_Iterable[_Union[Point, _Mapping]]] = ...) -> None: ...
+
+class DetectResponse(_message.Message):
+    __slots__ = ("faces", "width", "height")
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    faces: _containers.RepeatedCompositeFieldContainer[DetectedFace]
+    width: int
+    height: int
+    def __init__(self, faces: _Optional[_Iterable[_Union[DetectedFace, _Mapping]]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+
+class EmbedRequest(_message.Message):
+    __slots__ = ("photo", "aligned")
+    PHOTO_FIELD_NUMBER: _ClassVar[int]
+    ALIGNED_FIELD_NUMBER: _ClassVar[int]
+    photo: bytes
+    aligned: bool
+    def __init__(self, photo: _Optional[bytes] = ..., aligned: _Optional[bool] = ...) -> None: ...
+
+class EmbeddedFace(_message.Message):
+    __slots__ = ("face", "embedding")
+    FACE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    face: DetectedFace
+    embedding: Embedding
+    def __init__(self, face: _Optional[_Union[DetectedFace, _Mapping]] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ...) -> None: ...
+
+class EmbedResponse(_message.Message):
+    __slots__ = ("faces",)
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    faces: _containers.RepeatedCompositeFieldContainer[EmbeddedFace]
+    def __init__(self, faces: _Optional[_Iterable[_Union[EmbeddedFace, _Mapping]]] = ...) -> None: ...
