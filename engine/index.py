@@ -78,7 +78,7 @@ class IndexConfig:
     #: Training sample: this many points per list (FAISS wants ≥ 39), at most all vectors.
     train_points_per_list: int = 64
     #: Default lists probed, as a fraction of nlist (at least ``nprobe_min``).
-    nprobe_fraction: float = 1 / 16
+    nprobe_fraction: float = 1 / 8
     nprobe_min: int = 16
     #: Default re-rank factor.
     rerank_factor: int = 4

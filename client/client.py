@@ -1,0 +1,558 @@
+"""Python clients for faceid's gRPC API: :class:`FaceIdClient` (blocking) and :class:`AsyncFaceIdClient`.
+
+Both return plain dataclasses, never protobuf messages; reuse one channel for all
+calls; give every call a default deadline; and retry UNAVAILABLE with exponential
+backoff on the calls that are safe to repeat (reads, identify, verify, deletes),
+through gRPC's own retry policy.  Errors raise :class:`FaceIdClientError` with the
+status code's name and the server's message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import grpc
+
+from faceid.proto.faceid.v1 import faceid_pb2 as pb
+from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
+
+MIB = 1024 * 1024
+_IDEMPOTENT = [
+    "GetGallery",
+    "ListGalleries",
+    "DeleteGallery",
+    "Identify",
+    "Verify",
+    "GetIdentity",
+    "ListIdentities",
+    "DeleteIdentity",
+    "DeleteFace",
+    "Detect",
+    "Embed",
+]
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "faceid.v1.FaceId", "method": m} for m in _IDEMPOTENT],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+def channel_options(max_message_bytes: int = 32 * MIB) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.keepalive_time_ms", 60_000),
+    ]
+
+
+class FaceIdClientError(Exception):
+    """A call failed: ``code`` is the status name (``"NOT_FOUND"``, …), ``message`` the server's words."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _error(exc: grpc.RpcError) -> FaceIdClientError:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return FaceIdClientError(code.name if code else "UNKNOWN", details or "")
+
+
+# ---- plain results ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Box:
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+
+@dataclass(frozen=True)
+class Gallery:
+    name: str
+    model: str
+    identity_count: int
+    face_count: int
+    index_kind: str
+    index_training: bool
+    index_memory_bytes: int
+
+
+@dataclass(frozen=True)
+class EnrolledFace:
+    face_id: int
+    box: Box | None
+
+
+@dataclass(frozen=True)
+class Match:
+    identity_id: str
+    display_name: str
+    attributes: dict[str, Any]
+    face_id: int
+    distance: float
+    similarity: float
+    is_match: bool
+
+
+@dataclass(frozen=True)
+class FaceMatches:
+    box: Box | None
+    detection_score: float
+    matches: list[Match]
+
+
+@dataclass(frozen=True)
+class Verification:
+    distance: float
+    similarity: float
+    is_match: bool
+    threshold: float
+    face_id: int
+
+
+@dataclass(frozen=True)
+class Identity:
+    identity_id: str
+    display_name: str
+    attributes: dict[str, Any]
+    face_ids: list[int]
+    create_time: str
+    update_time: str
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    box: Box
+    score: float
+    landmarks: list[tuple[float, float]]
+    embedding: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    index: int
+    faces: list[EnrolledFace]
+    error_code: str = ""
+    error_message: str = ""
+
+
+# ---- translation -----------------------------------------------------------------------------
+def _box(message: pb.Box, present: bool = True) -> Box | None:
+    return Box(message.left, message.top, message.right, message.bottom) if present else None
+
+
+def _gallery(m: pb.Gallery) -> Gallery:
+    return Gallery(
+        m.name.split("/", 1)[1],
+        m.model,
+        m.identity_count,
+        m.face_count,
+        m.index_kind,
+        m.index_training,
+        m.index_memory_bytes,
+    )
+
+
+def _attrs(text: str) -> dict[str, Any]:
+    return json.loads(text) if text else {}
+
+
+def _identity(m: pb.Identity) -> Identity:
+    return Identity(
+        m.identity_id,
+        m.display_name,
+        _attrs(m.attributes_json),
+        list(m.face_ids),
+        m.create_time,
+        m.update_time,
+    )
+
+
+def _enrolled(m: pb.EnrolledFace) -> EnrolledFace:
+    return EnrolledFace(m.face_id, _box(m.box, m.HasField("box")))
+
+
+def _face_matches(m: pb.FaceMatches) -> FaceMatches:
+    return FaceMatches(
+        _box(m.box, m.HasField("box")),
+        m.detection_score,
+        [
+            Match(
+                x.identity_id,
+                x.display_name,
+                _attrs(x.attributes_json),
+                x.face_id,
+                x.distance,
+                x.similarity,
+                x.is_match,
+            )
+            for x in m.matches
+        ],
+    )
+
+
+def _detected(m: pb.DetectedFace, embedding: Sequence[float] = ()) -> DetectedFace:
+    return DetectedFace(
+        Box(m.box.left, m.box.top, m.box.right, m.box.bottom),
+        m.score,
+        [(p.x, p.y) for p in m.landmarks],
+        list(embedding),
+    )
+
+
+def _probe(photo: bytes | None, embedding: Sequence[float] | None, model: str = "") -> pb.Probe:
+    if (photo is None) == (embedding is None):
+        raise ValueError("give exactly one of photo and embedding")
+    if photo is not None:
+        return pb.Probe(photo=photo)
+    return pb.Probe(embedding=pb.Embedding(values=list(embedding or ()), model=model))
+
+
+def gallery_name(gallery: str) -> str:
+    return f"galleries/{gallery}"
+
+
+def identity_name(gallery: str, identity_id: str) -> str:
+    return f"galleries/{gallery}/identities/{quote(identity_id, safe='')}"
+
+
+def enroll_request(
+    gallery: str,
+    identity_id: str,
+    photo: bytes | None = None,
+    embedding: Sequence[float] | None = None,
+    all_faces: bool = False,
+    display_name: str = "",
+    attributes: dict[str, Any] | None = None,
+) -> pb.EnrollRequest:
+    return pb.EnrollRequest(
+        parent=gallery_name(gallery),
+        identity_id=identity_id,
+        probe=_probe(photo, embedding),
+        all_faces=all_faces,
+        display_name=display_name,
+        attributes_json=json.dumps(attributes) if attributes else "",
+    )
+
+
+def identify_request(
+    gallery: str,
+    photo: bytes | None = None,
+    embedding: Sequence[float] | None = None,
+    top_k: int = 5,
+    threshold: float = 0.0,
+    min_similarity: float = 0.0,
+    nprobe: int = 0,
+    rerank_factor: int = 0,
+) -> pb.IdentifyRequest:
+    return pb.IdentifyRequest(
+        parent=gallery_name(gallery),
+        probe=_probe(photo, embedding),
+        top_k=top_k,
+        threshold=threshold,
+        min_similarity=min_similarity,
+        nprobe=nprobe,
+        rerank_factor=rerank_factor,
+    )
+
+
+def verify_request(
+    gallery: str,
+    photo: bytes | None = None,
+    embedding: Sequence[float] | None = None,
+    identity_id: str | None = None,
+    other_photo: bytes | None = None,
+    other_embedding: Sequence[float] | None = None,
+    threshold: float = 0.0,
+) -> pb.VerifyRequest:
+    request = pb.VerifyRequest(
+        parent=gallery_name(gallery), probe=_probe(photo, embedding), threshold=threshold
+    )
+    if identity_id is not None:
+        request.identity = identity_name(gallery, identity_id)
+    else:
+        request.other.CopyFrom(_probe(other_photo, other_embedding))
+    return request
+
+
+def update_request(
+    gallery: str, identity_id: str, display_name: str | None, attributes: dict[str, Any] | None
+) -> pb.UpdateIdentityRequest:
+    request = pb.UpdateIdentityRequest(name=identity_name(gallery, identity_id))
+    if display_name is not None:
+        request.display_name = display_name
+    if attributes is not None:
+        request.attributes_json = json.dumps(attributes)
+    return request
+
+
+class FaceIdClient:
+    """Blocking client.  ``with FaceIdClient("127.0.0.1:50051") as c: c.identify("staff", photo=…)``."""
+
+    def __init__(
+        self,
+        target: str,
+        timeout: float = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        options = channel_options()
+        self.channel = (
+            grpc.secure_channel(target, credentials, options)
+            if credentials
+            else grpc.insecure_channel(target, options)
+        )
+        self.stub = pb_grpc.FaceIdStub(self.channel)
+        self.timeout = timeout
+        self.metadata = list(metadata)
+
+    def __enter__(self) -> FaceIdClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return getattr(self.stub, method)(
+                request, timeout=timeout or self.timeout, metadata=self.metadata
+            )
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    # galleries
+    def create_gallery(self, gallery: str) -> Gallery:
+        return _gallery(self._call("CreateGallery", pb.CreateGalleryRequest(gallery_id=gallery)))
+
+    def get_gallery(self, gallery: str) -> Gallery:
+        return _gallery(self._call("GetGallery", pb.GetGalleryRequest(name=gallery_name(gallery))))
+
+    def list_galleries(self) -> list[Gallery]:
+        return [_gallery(g) for g in self._call("ListGalleries", pb.ListGalleriesRequest()).galleries]
+
+    def delete_gallery(self, gallery: str) -> None:
+        self._call("DeleteGallery", pb.DeleteGalleryRequest(name=gallery_name(gallery)))
+
+    # enrolment
+    def enroll(
+        self,
+        gallery: str,
+        identity_id: str,
+        photo: bytes | None = None,
+        embedding: Sequence[float] | None = None,
+        *,
+        all_faces: bool = False,
+        display_name: str = "",
+        attributes: dict[str, Any] | None = None,
+    ) -> list[EnrolledFace]:
+        request = enroll_request(gallery, identity_id, photo, embedding, all_faces, display_name, attributes)
+        return [_enrolled(f) for f in self._call("Enroll", request).faces]
+
+    def bulk_enroll(
+        self, requests: Iterable[pb.EnrollRequest], timeout: float | None = None
+    ) -> Iterator[BulkResult]:
+        """One result per request, in order; build requests with :func:`enroll_request`."""
+        try:
+            for r in self.stub.BulkEnroll(iter(requests), timeout=timeout, metadata=self.metadata):
+                code = grpc.StatusCode.OK.name
+                for status in grpc.StatusCode:
+                    if status.value[0] == r.error_code:
+                        code = status.name
+                yield BulkResult(
+                    r.index,
+                    [_enrolled(f) for f in r.faces],
+                    "" if r.error_code == 0 else code,
+                    r.error_message,
+                )
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+
+    # identify / verify
+    def identify(
+        self,
+        gallery: str,
+        photo: bytes | None = None,
+        embedding: Sequence[float] | None = None,
+        top_k: int = 5,
+        **options: Any,
+    ) -> list[FaceMatches]:
+        response = self._call("Identify", identify_request(gallery, photo, embedding, top_k, **options))
+        return [_face_matches(f) for f in response.faces]
+
+    def verify(
+        self,
+        gallery: str,
+        photo: bytes | None = None,
+        embedding: Sequence[float] | None = None,
+        **against: Any,
+    ) -> Verification:
+        r = self._call("Verify", verify_request(gallery, photo, embedding, **against))
+        return Verification(r.distance, r.similarity, r.is_match, r.threshold, r.face_id)
+
+    # identities
+    def get_identity(self, gallery: str, identity_id: str) -> Identity:
+        return _identity(
+            self._call("GetIdentity", pb.GetIdentityRequest(name=identity_name(gallery, identity_id)))
+        )
+
+    def list_identities(self, gallery: str, page_size: int = 100) -> Iterator[Identity]:
+        """Every identity, fetched a page at a time."""
+        token = ""
+        while True:
+            page = self._call(
+                "ListIdentities",
+                pb.ListIdentitiesRequest(parent=gallery_name(gallery), page_size=page_size, page_token=token),
+            )
+            yield from (_identity(i) for i in page.identities)
+            token = page.next_page_token
+            if not token:
+                return
+
+    def update_identity(
+        self,
+        gallery: str,
+        identity_id: str,
+        display_name: str | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> Identity:
+        return _identity(
+            self._call("UpdateIdentity", update_request(gallery, identity_id, display_name, attributes))
+        )
+
+    def delete_identity(self, gallery: str, identity_id: str) -> list[int]:
+        request = pb.DeleteIdentityRequest(name=identity_name(gallery, identity_id))
+        return list(self._call("DeleteIdentity", request).face_ids)
+
+    def delete_face(self, gallery: str, face_id: int) -> None:
+        self._call("DeleteFace", pb.DeleteFaceRequest(name=f"galleries/{gallery}/faces/{face_id}"))
+
+    # utilities
+    def detect(self, photo: bytes) -> list[DetectedFace]:
+        return [_detected(f) for f in self._call("Detect", pb.DetectRequest(photo=photo)).faces]
+
+    def embed(self, photo: bytes, aligned: bool = False) -> list[DetectedFace | list[float]]:
+        faces = self._call("Embed", pb.EmbedRequest(photo=photo, aligned=aligned)).faces
+        if aligned:
+            return [list(f.embedding.values) for f in faces]
+        return [_detected(f.face, f.embedding.values) for f in faces]
+
+
+class AsyncFaceIdClient:
+    """asyncio client with the same methods as :class:`FaceIdClient` (awaitable)."""
+
+    def __init__(
+        self,
+        target: str,
+        timeout: float = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        options = channel_options()
+        self.channel = (
+            grpc.aio.secure_channel(target, credentials, options)
+            if credentials
+            else grpc.aio.insecure_channel(target, options)
+        )
+        self.stub = pb_grpc.FaceIdStub(self.channel)
+        self.timeout = timeout
+        self.metadata = list(metadata)
+
+    async def __aenter__(self) -> AsyncFaceIdClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _call(self, method: str, request: Any) -> Any:
+        try:
+            return await getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+
+    async def create_gallery(self, gallery: str) -> Gallery:
+        return _gallery(await self._call("CreateGallery", pb.CreateGalleryRequest(gallery_id=gallery)))
+
+    async def get_gallery(self, gallery: str) -> Gallery:
+        return _gallery(await self._call("GetGallery", pb.GetGalleryRequest(name=gallery_name(gallery))))
+
+    async def enroll(
+        self,
+        gallery: str,
+        identity_id: str,
+        photo: bytes | None = None,
+        embedding: Sequence[float] | None = None,
+        **options: Any,
+    ) -> list[EnrolledFace]:
+        request = enroll_request(gallery, identity_id, photo, embedding, **options)
+        return [_enrolled(f) for f in (await self._call("Enroll", request)).faces]
+
+    async def identify(
+        self,
+        gallery: str,
+        photo: bytes | None = None,
+        embedding: Sequence[float] | None = None,
+        top_k: int = 5,
+        **options: Any,
+    ) -> list[FaceMatches]:
+        response = await self._call("Identify", identify_request(gallery, photo, embedding, top_k, **options))
+        return [_face_matches(f) for f in response.faces]
+
+    async def verify(
+        self,
+        gallery: str,
+        photo: bytes | None = None,
+        embedding: Sequence[float] | None = None,
+        **against: Any,
+    ) -> Verification:
+        r = await self._call("Verify", verify_request(gallery, photo, embedding, **against))
+        return Verification(r.distance, r.similarity, r.is_match, r.threshold, r.face_id)
+
+    async def get_identity(self, gallery: str, identity_id: str) -> Identity:
+        request = pb.GetIdentityRequest(name=identity_name(gallery, identity_id))
+        return _identity(await self._call("GetIdentity", request))
+
+    async def list_identities(self, gallery: str, page_size: int = 100) -> AsyncIterator[Identity]:
+        token = ""
+        while True:
+            page = await self._call(
+                "ListIdentities",
+                pb.ListIdentitiesRequest(parent=gallery_name(gallery), page_size=page_size, page_token=token),
+            )
+            for i in page.identities:
+                yield _identity(i)
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def delete_identity(self, gallery: str, identity_id: str) -> list[int]:
+        request = pb.DeleteIdentityRequest(name=identity_name(gallery, identity_id))
+        return list((await self._call("DeleteIdentity", request)).face_ids)

@@ -1,0 +1,122 @@
+"""Build and run the gRPC server: the FaceId service, health checking, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from dataclasses import asdict
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from faceid.engine.service import FaceService, ServiceConfig
+from faceid.proto.faceid.v1 import faceid_pb2, faceid_pb2_grpc
+from faceid.server.config import ServerConfig
+from faceid.server.servicer import FaceIdServicer
+
+log = logging.getLogger("faceid.server")
+SERVICE_NAME = faceid_pb2.DESCRIPTOR.services_by_name["FaceId"].full_name
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line (no photos or embeddings are ever logged)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", config.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", config.keepalive_timeout_ms),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+class Server:
+    """A started faceid server; ``stop`` drains it and snapshots every gallery."""
+
+    def __init__(self, config: ServerConfig, service: FaceService | None = None) -> None:
+        self.config = config
+        self.service = service or FaceService(
+            ServiceConfig(data_dir=config.data_dir, database_url=config.database_url or None)
+        )
+        self.servicer = FaceIdServicer(self.service, config)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.grpc = grpc.aio.server(
+            options=grpc_options(config), maximum_concurrent_rpcs=config.max_concurrent_rpcs
+        )
+        faceid_pb2_grpc.add_FaceIdServicer_to_server(self.servicer, self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.grpc,
+        )
+        self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
+
+    async def start(self) -> None:
+        await self.grpc.start()
+        for name in ("", SERVICE_NAME):
+            await _set(self.health, name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "faceid serving on %s:%d (%s)",
+            self.config.host,
+            self.port,
+            json.dumps({k: str(v) for k, v in asdict(self.config).items()}),
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting calls, let those in progress finish (grace period), snapshot, close."""
+        for name in ("", SERVICE_NAME):
+            await _set(self.health, name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.grpc.stop(self.config.grace_seconds)
+        self.servicer.executor.shutdown(wait=True)
+        await asyncio.get_running_loop().run_in_executor(None, self.service.close)
+        log.info("faceid stopped; index snapshots written")
+
+
+async def _set(servicer: Any, name: str, status: Any) -> None:
+    result = servicer.set(name, status)
+    if asyncio.iscoroutine(result):
+        await result
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    server = Server(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"faceid listening on {config.host}:{server.port}", flush=True)
+    await stop.wait()
+    await server.stop()

@@ -1,0 +1,79 @@
+"""Server configuration in one typed place: defaults, then a TOML file, then FACEID_* environment
+variables, then command-line flags (each overriding the one before)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    #: Address to listen on; 127.0.0.1 by default (put TLS or a proxy in front for other hosts).
+    host: str = "127.0.0.1"
+    port: int = 50051
+    #: Data directory: the SQLite database and the index snapshots.
+    data_dir: Path = Path("faceid-data")
+    #: SQLAlchemy URL of the store; default SQLite in the data directory.
+    database_url: str = ""
+    #: Largest request or response (photos are large): 32 MiB.
+    max_message_bytes: int = 32 * MIB
+    #: Threads for CPU-bound work (decoding, detection, embedding, search).
+    workers: int = 4
+    #: Micro-batching: gather concurrent requests for this long (ms) or until max_batch items wait.
+    batch_window_ms: float = 1.0
+    max_batch: int = 256
+    #: Calls in progress beyond this are refused at once with RESOURCE_EXHAUSTED (load shedding).
+    max_concurrent_rpcs: int = 512
+    #: Keepalive: ping an idle connection every this many ms; drop it when no answer in the timeout.
+    keepalive_time_ms: int = 60_000
+    keepalive_timeout_ms: int = 20_000
+    #: On SIGTERM: stop accepting, let calls in progress finish for this long, snapshot, exit.
+    grace_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be between 0 and 65535")
+        if self.max_message_bytes < 1 * MIB:
+            raise ValueError("max_message_bytes must be at least 1 MiB")
+        if self.workers < 1 or self.max_batch < 1 or self.max_concurrent_rpcs < 1:
+            raise ValueError("workers, max_batch and max_concurrent_rpcs must be positive")
+
+    @classmethod
+    def load(
+        cls, file: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any
+    ) -> ServerConfig:
+        values: dict[str, Any] = {}
+        if file is not None:
+            with file.open("rb") as handle:
+                values.update(tomllib.load(handle).get("server", {}))
+        env = os.environ if env is None else env
+        for f in fields(cls):
+            key = f"FACEID_{f.name.upper()}"
+            if key in env:
+                values[f.name] = env[key]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **{k: _coerce(cls, k, v) for k, v in values.items()})
+
+
+def _coerce(cls: type[ServerConfig], name: str, value: Any) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    if name not in known:
+        raise ValueError(f"unknown server setting {name!r}; known: {', '.join(sorted(known))}")
+    default = getattr(cls(), name)
+    if isinstance(default, Path):
+        return Path(value)
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+    if isinstance(default, int):
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    return str(value)

@@ -1,0 +1,465 @@
+"""The gRPC servicer: protobuf in, :class:`FaceService` calls (in worker threads), protobuf out.
+
+It translates and nothing more: names are parsed here, every domain error becomes
+its status code with the domain's message, and anything unexpected becomes
+INTERNAL with a reference to the log line — never a traceback.  Biometric data
+(photos, embeddings) is never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar, cast
+from urllib.parse import quote, unquote
+
+import grpc
+import numpy as np
+import sqlalchemy.exc
+
+from faceid.engine.detect import Box, Detection
+from faceid.engine.errors import (
+    AlreadyExistsError,
+    FaceIdError,
+    FailedPreconditionError,
+    InvalidInputError,
+    NotFoundError,
+    UnavailableError,
+)
+from faceid.engine.index import SearchParams
+from faceid.engine.pipeline import Face
+from faceid.engine.service import EmbeddingInput, EnrolledFace, FaceMatches, FaceService, Match
+from faceid.engine.store import Identity
+from faceid.proto.faceid.v1 import faceid_pb2 as pb
+from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
+from faceid.server.batching import MicroBatcher
+from faceid.server.config import ServerConfig
+
+log = logging.getLogger("faceid.server")
+T = TypeVar("T")
+
+_CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a client sees for an exception."""
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return code, str(exc)
+    if isinstance(exc, sqlalchemy.exc.OperationalError):
+        return grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry later"
+    if isinstance(exc, FaceIdError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    ref = uuid.uuid4().hex[:12]
+    log.error("internal error %s: %s", ref, type(exc).__name__, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error (reference {ref} in the server log)"
+
+
+def rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Turn domain errors into status codes for a unary method."""
+
+    @functools.wraps(method)
+    async def wrapper(self: FaceIdServicer, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            code, message = status_of(exc)
+            await context.abort(code, message)
+            raise AssertionError("unreachable") from None  # abort raises
+
+    return wrapper
+
+
+# ---- names ---------------------------------------------------------------------------------
+def gallery_of(name: str, field: str = "name") -> str:
+    parts = name.split("/")
+    if len(parts) != 2 or parts[0] != "galleries" or not parts[1]:
+        raise InvalidInputError(f"{field} must be 'galleries/{{gallery}}'; got {name!r}")
+    return parts[1]
+
+
+def identity_of(name: str) -> tuple[str, str]:
+    parts = name.split("/", 3)
+    if len(parts) != 4 or parts[0] != "galleries" or parts[2] != "identities" or not parts[1] or not parts[3]:
+        raise InvalidInputError(f"name must be 'galleries/{{gallery}}/identities/{{identity}}'; got {name!r}")
+    return parts[1], unquote(parts[3])
+
+
+def face_of(name: str) -> tuple[str, int]:
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "galleries" or parts[2] != "faces" or not parts[3].isdigit():
+        raise InvalidInputError(f"name must be 'galleries/{{gallery}}/faces/{{face_id}}'; got {name!r}")
+    return parts[1], int(parts[3])
+
+
+def identity_name(gallery: str, external_id: str) -> str:
+    return f"galleries/{gallery}/identities/{quote(external_id, safe='')}"
+
+
+def parse_attributes(text: str) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise InvalidInputError("attributes_json is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidInputError("attributes_json must be a JSON object")
+    return value
+
+
+# ---- translation -----------------------------------------------------------------------------
+def box_pb(box: Box | None) -> pb.Box | None:
+    return None if box is None else pb.Box(left=box.left, top=box.top, right=box.right, bottom=box.bottom)
+
+
+def embedding_in(message: pb.Embedding) -> EmbeddingInput:
+    return EmbeddingInput(np.asarray(message.values, dtype=np.float32), message.model)
+
+
+def detected_pb(d: Detection) -> pb.DetectedFace:
+    return pb.DetectedFace(
+        box=box_pb(d.box), score=d.score, landmarks=[pb.Point(x=float(x), y=float(y)) for x, y in d.landmarks]
+    )
+
+
+def match_pb(gallery: str, m: Match) -> pb.Match:
+    return pb.Match(
+        identity=identity_name(gallery, m.external_id),
+        identity_id=m.external_id,
+        display_name=m.display_name,
+        attributes_json=json.dumps(m.attributes) if m.attributes else "",
+        face_id=m.face_id,
+        distance=m.distance,
+        similarity=m.similarity,
+        is_match=m.is_match,
+    )
+
+
+def identity_pb(gallery: str, i: Identity) -> pb.Identity:
+    return pb.Identity(
+        name=identity_name(gallery, i.external_id),
+        identity_id=i.external_id,
+        display_name=i.display_name,
+        attributes_json=json.dumps(i.attributes) if i.attributes else "",
+        face_ids=list(i.face_ids),
+        create_time=i.created_at.isoformat(),
+        update_time=i.updated_at.isoformat(),
+    )
+
+
+def enrolled_pb(gallery: str, f: EnrolledFace) -> pb.EnrolledFace:
+    return pb.EnrolledFace(
+        name=f"galleries/{gallery}/faces/{f.face_id}",
+        face_id=f.face_id,
+        box=box_pb(f.box),
+        detection_score=f.detection_score or 0.0,
+    )
+
+
+class FaceIdServicer(pb_grpc.FaceIdServicer):
+    """``faceid.v1.FaceId`` over a :class:`FaceService`."""
+
+    def __init__(self, service: FaceService, config: ServerConfig) -> None:
+        self.service = service
+        self.config = config
+        self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="faceid-worker")
+        window = config.batch_window_ms / 1000
+        self.search_batcher: MicroBatcher[tuple[EmbeddingInput, int], list[Match]] = MicroBatcher(
+            self._search_batch, self.executor, window, config.max_batch
+        )
+        self.embed_batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
+            self._embed_batch, self.executor, window, config.max_batch
+        )
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    # ---- batch functions (worker threads) ---------------------------------------------------------
+    def _search_batch(self, key: Hashable, items: list[tuple[EmbeddingInput, int]]) -> list[list[Match]]:
+        gallery, threshold, nprobe, rerank = cast(tuple[str, float, int, int], key)
+        top = max(k for _, k in items)
+        params = SearchParams(nprobe=nprobe or None, rerank_factor=rerank or None)
+        results = self.service.identify_embeddings(
+            gallery, [e for e, _ in items], top, threshold or None, params
+        )
+        return [r[:k] for r, (_, k) in zip(results, items, strict=True)]
+
+    def _embed_batch(self, key: Hashable, chips: list[np.ndarray]) -> list[np.ndarray]:
+        return list(self.service.pipeline.embedder.embed(np.stack(chips)))
+
+    async def _faces(self, photo: bytes) -> list[Face]:
+        """Detect and align in a worker thread; embed in a network batch shared with other calls."""
+        pipeline = self.service.pipeline
+
+        def detect() -> tuple[list[Detection], np.ndarray]:
+            image = pipeline.decode(photo)
+            found = pipeline.detect(image)
+            return found, pipeline.align(image, found)
+
+        found, chips = await self._call(detect)
+        if not found:
+            return []
+        embeddings = await self.embed_batcher.submit("embed", list(chips))
+        return [Face(d, e) for d, e in zip(found, embeddings, strict=True)]
+
+    # ---- galleries -------------------------------------------------------------------------------
+    def _gallery_pb(self, name: str) -> pb.Gallery:
+        s = self.service.stats(name)
+        return pb.Gallery(
+            name=f"galleries/{name}",
+            model=f"{s.gallery.model_name}/{s.gallery.model_version}",
+            dimension=s.gallery.dim,
+            identity_count=s.identities,
+            face_count=s.faces,
+            index_kind=s.index.kind,
+            index_training=s.index.training,
+            index_memory_bytes=s.index.memory_bytes,
+            create_time=s.gallery.created_at.isoformat(),
+        )
+
+    @rpc
+    async def CreateGallery(self, request: pb.CreateGalleryRequest, context: Any) -> pb.Gallery:
+        gallery = request.gallery_id
+        if "/" in gallery:
+            raise InvalidInputError("gallery_id must not contain '/'")
+        await self._call(self.service.create_gallery, gallery)
+        return await self._call(self._gallery_pb, gallery)
+
+    @rpc
+    async def GetGallery(self, request: pb.GetGalleryRequest, context: Any) -> pb.Gallery:
+        return await self._call(self._gallery_pb, gallery_of(request.name))
+
+    @rpc
+    async def ListGalleries(self, request: pb.ListGalleriesRequest, context: Any) -> pb.ListGalleriesResponse:
+        names = [g.name for g in self.service.list_galleries()]
+        galleries = [await self._call(self._gallery_pb, n) for n in names]
+        return pb.ListGalleriesResponse(galleries=galleries)
+
+    @rpc
+    async def DeleteGallery(self, request: pb.DeleteGalleryRequest, context: Any) -> pb.DeleteGalleryResponse:
+        await self._call(self.service.delete_gallery, gallery_of(request.name))
+        return pb.DeleteGalleryResponse()
+
+    # ---- enrolment -------------------------------------------------------------------------------
+    async def _enroll(self, request: pb.EnrollRequest) -> list[pb.EnrolledFace]:
+        gallery = gallery_of(request.parent, "parent")
+        attributes = parse_attributes(request.attributes_json)
+        name = request.display_name or None
+        kind = request.probe.WhichOneof("kind")
+        if kind == "photo":
+            faces = await self._call(
+                self.service.enroll_photo,
+                gallery,
+                request.identity_id,
+                request.probe.photo,
+                request.all_faces,
+                name,
+                attributes,
+            )
+        elif kind == "embedding":
+            faces = await self._call(
+                self.service.enroll_embeddings,
+                gallery,
+                [request.identity_id],
+                [embedding_in(request.probe.embedding)],
+                name,
+                attributes,
+            )
+        else:
+            raise InvalidInputError("probe must hold a photo or an embedding")
+        return [enrolled_pb(gallery, f) for f in faces]
+
+    @rpc
+    async def Enroll(self, request: pb.EnrollRequest, context: Any) -> pb.EnrollResponse:
+        return pb.EnrollResponse(faces=await self._enroll(request))
+
+    async def BulkEnroll(
+        self, request_iterator: AsyncIterator[pb.EnrollRequest], context: Any
+    ) -> AsyncIterator[pb.BulkEnrollResult]:
+        index = 0
+        async for request in request_iterator:
+            try:
+                faces = await self._enroll(request)
+                yield pb.BulkEnrollResult(index=index, faces=faces)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                code, message = status_of(exc)
+                yield pb.BulkEnrollResult(index=index, error_code=code.value[0], error_message=message)
+            index += 1
+
+    # ---- identify and verify ---------------------------------------------------------------------
+    @rpc
+    async def Identify(self, request: pb.IdentifyRequest, context: Any) -> pb.IdentifyResponse:
+        gallery = gallery_of(request.parent, "parent")
+        top_k = request.top_k or 5
+        if not 1 <= top_k <= self.service.config.max_top_k:
+            raise InvalidInputError(
+                f"top_k must be between 1 and {self.service.config.max_top_k}; got {top_k}"
+            )
+        threshold = self.service._threshold(request.threshold or None)
+        if not -1 <= request.min_similarity <= 1:
+            raise InvalidInputError("min_similarity must be between -1 and 1")
+        if request.nprobe < 0 or request.rerank_factor < 0:
+            raise InvalidInputError("nprobe and rerank_factor must not be negative")
+        key = (gallery, threshold, request.nprobe, request.rerank_factor)
+        kind = request.probe.WhichOneof("kind")
+        results: list[FaceMatches]
+        if kind == "embedding":
+            [matches] = await self.search_batcher.submit(
+                key, [(embedding_in(request.probe.embedding), top_k)]
+            )
+            results = [FaceMatches(None, None, matches)]
+        elif kind == "photo":
+            self.service._state(gallery)  # NOT_FOUND before the photo is decoded
+            faces = await self._faces(request.probe.photo)
+            inputs = [(EmbeddingInput(f.embedding), top_k) for f in faces]
+            lists = await self.search_batcher.submit(key, inputs) if inputs else []
+            results = [FaceMatches(f.box, f.detection.score, m) for f, m in zip(faces, lists, strict=True)]
+        else:
+            raise InvalidInputError("probe must hold a photo or an embedding")
+        return pb.IdentifyResponse(
+            threshold=threshold,
+            faces=[
+                pb.FaceMatches(
+                    box=box_pb(r.box),
+                    detection_score=r.detection_score or 0.0,
+                    matches=[
+                        match_pb(gallery, m)
+                        for m in r.matches
+                        if m.similarity >= request.min_similarity or not request.min_similarity
+                    ],
+                )
+                for r in results
+            ],
+        )
+
+    def _probe(self, probe: pb.Probe) -> bytes | EmbeddingInput:
+        kind = probe.WhichOneof("kind")
+        if kind == "photo":
+            return bytes(probe.photo)
+        if kind == "embedding":
+            return embedding_in(probe.embedding)
+        raise InvalidInputError("probe must hold a photo or an embedding")
+
+    @rpc
+    async def Verify(self, request: pb.VerifyRequest, context: Any) -> pb.VerifyResponse:
+        gallery = gallery_of(request.parent, "parent")
+        threshold = request.threshold or None
+        against = request.WhichOneof("against")
+        if against == "identity":
+            target = request.identity
+            if target.startswith("galleries/"):
+                owner, target = identity_of(target)
+                if owner != gallery:
+                    raise InvalidInputError("identity must belong to the gallery named in parent")
+            v = await self._call(
+                self.service.verify_identity, gallery, self._probe(request.probe), target, threshold
+            )
+        elif against == "other":
+            v = await self._call(
+                self.service.verify_pair,
+                gallery,
+                self._probe(request.probe),
+                self._probe(request.other),
+                threshold,
+            )
+        else:
+            raise InvalidInputError("give an identity or a second probe to verify against")
+        return pb.VerifyResponse(
+            distance=v.distance,
+            similarity=v.similarity,
+            is_match=v.is_match,
+            threshold=v.threshold,
+            face_id=v.face_id or 0,
+        )
+
+    # ---- identities ------------------------------------------------------------------------------
+    @rpc
+    async def GetIdentity(self, request: pb.GetIdentityRequest, context: Any) -> pb.Identity:
+        gallery, external_id = identity_of(request.name)
+        return identity_pb(gallery, await self._call(self.service.get_identity, gallery, external_id))
+
+    @rpc
+    async def ListIdentities(
+        self, request: pb.ListIdentitiesRequest, context: Any
+    ) -> pb.ListIdentitiesResponse:
+        gallery = gallery_of(request.parent, "parent")
+        page, token = await self._call(
+            self.service.list_identities, gallery, request.page_size or 100, request.page_token
+        )
+        return pb.ListIdentitiesResponse(
+            identities=[identity_pb(gallery, i) for i in page], next_page_token=token
+        )
+
+    @rpc
+    async def UpdateIdentity(self, request: pb.UpdateIdentityRequest, context: Any) -> pb.Identity:
+        gallery, external_id = identity_of(request.name)
+        name = request.display_name if request.HasField("display_name") else None
+        attributes = (
+            parse_attributes(request.attributes_json) if request.HasField("attributes_json") else None
+        )
+        if request.HasField("attributes_json") and attributes is None:
+            attributes = {}
+        updated = await self._call(self.service.update_identity, gallery, external_id, name, attributes)
+        return identity_pb(gallery, updated)
+
+    @rpc
+    async def DeleteIdentity(
+        self, request: pb.DeleteIdentityRequest, context: Any
+    ) -> pb.DeleteIdentityResponse:
+        gallery, external_id = identity_of(request.name)
+        removed = await self._call(self.service.delete_identity, gallery, external_id)
+        return pb.DeleteIdentityResponse(face_ids=removed)
+
+    @rpc
+    async def DeleteFace(self, request: pb.DeleteFaceRequest, context: Any) -> pb.DeleteFaceResponse:
+        gallery, face_id = face_of(request.name)
+        await self._call(self.service.delete_face, gallery, face_id)
+        return pb.DeleteFaceResponse()
+
+    # ---- utilities -------------------------------------------------------------------------------
+    @rpc
+    async def Detect(self, request: pb.DetectRequest, context: Any) -> pb.DetectResponse:
+        pipeline = self.service.pipeline
+
+        def detect() -> tuple[list[Detection], tuple[int, ...]]:
+            image = pipeline.decode(request.photo)
+            return pipeline.detect(image), image.shape
+
+        found, shape = await self._call(detect)
+        return pb.DetectResponse(faces=[detected_pb(d) for d in found], width=shape[1], height=shape[0])
+
+    @rpc
+    async def Embed(self, request: pb.EmbedRequest, context: Any) -> pb.EmbedResponse:
+        model = self.service.model.id
+        if request.aligned:
+            [vector] = await self._call(self.service.pipeline.embed_chips, [request.photo])
+            return pb.EmbedResponse(
+                faces=[pb.EmbeddedFace(embedding=pb.Embedding(values=vector.tolist(), model=model))]
+            )
+        faces = await self._faces(request.photo)
+        return pb.EmbedResponse(
+            faces=[
+                pb.EmbeddedFace(
+                    face=detected_pb(f.detection),
+                    embedding=pb.Embedding(values=f.embedding.tolist(), model=model),
+                )
+                for f in faces
+            ]
+        )
