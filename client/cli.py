@@ -1,42 +1,243 @@
 """The ``faceid`` command.
 
-``faceid faces PHOTO…`` runs the face pipeline in this process and prints every
-face found: box, detection score, five landmarks and the embedding's norm (or
-the whole embedding with ``--json``).
+    faceid serve [--data-dir DIR] [--port N] [--config FILE]     run the server (embedded defaults)
+    faceid galleries [create|delete NAME]                         list, create, delete galleries
+    faceid enroll GALLERY PATH [--identity ID]                    a photo, or a folder IDENTITY/photo.jpg
+    faceid identify GALLERY PHOTO [--top-k N]
+    faceid verify GALLERY PHOTO (--identity ID | --other PHOTO)
+    faceid identities GALLERY [list|show ID|delete ID]
+    faceid stats GALLERY
+    faceid faces PHOTO…                                           the pipeline in this process, no server
+
+Output is for people; ``--json`` prints JSON for scripts.  The server address is
+``--server`` or $FACEID_SERVER (default 127.0.0.1:50051).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import json
+import os
 import sys
-from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from faceid.engine.config import PipelineConfig
-from faceid.engine.errors import FaceIdError
-from faceid.engine.pipeline import Face, FacePipeline
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
-def _face_record(face: Face, with_embedding: bool) -> dict[str, Any]:
-    b = face.box
-    record: dict[str, Any] = {
-        "box": {"left": b.left, "top": b.top, "right": b.right, "bottom": b.bottom},
-        "score": face.detection.score,
-        "landmarks": face.detection.landmarks.tolist(),
-    }
-    if with_embedding:
-        record["embedding"] = face.embedding.tolist()
-    return record
+def _print_json(value: Any) -> None:
+    def default(o: Any) -> Any:
+        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+            return dataclasses.asdict(o)
+        if hasattr(o, "tolist"):
+            return o.tolist()
+        return str(o)
+
+    print(json.dumps(value, default=default, indent=2))
 
 
+def _client(args: argparse.Namespace) -> Any:
+    from faceid.client.client import FaceIdClient
+
+    return FaceIdClient(args.server, timeout=args.timeout)
+
+
+# ---- serve -----------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from faceid.server.app import configure_logging, serve
+    from faceid.server.config import ServerConfig
+
+    config = ServerConfig.load(
+        args.config,
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+        log_level=args.log_level,
+    )
+    configure_logging(config.log_level)
+    asyncio.run(serve(config))
+    return 0
+
+
+# ---- galleries and stats ---------------------------------------------------------------------
+def cmd_galleries(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        if args.action == "create":
+            result: Any = c.create_gallery(args.name)
+        elif args.action == "delete":
+            c.delete_gallery(args.name)
+            result = {"deleted": args.name}
+        else:
+            result = c.list_galleries()
+    if args.json:
+        _print_json(result)
+    elif args.action == "list":
+        for g in result:
+            print(
+                f"{g.name:<24} {g.identity_count:>9,} identities {g.face_count:>10,} faces  "
+                f"index {g.index_kind}"
+            )
+        if not result:
+            print("no galleries yet: faceid galleries create NAME")
+    else:
+        print(f"{args.action}d gallery {args.name}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        g = c.get_gallery(args.gallery)
+    if args.json:
+        _print_json(g)
+    else:
+        print(
+            f"gallery {g.name}: model {g.model}\n  {g.identity_count:,} identities, {g.face_count:,} faces\n"
+            f"  index {g.index_kind}{' (training)' if g.index_training else ''}, "
+            f"{g.index_memory_bytes / 2**20:.1f} MiB"
+        )
+    return 0
+
+
+# ---- enrol -----------------------------------------------------------------------------------
+def photos_by_identity(path: Path) -> Iterator[tuple[str, Path]]:
+    """(identity, photo) for a folder laid out as IDENTITY/photo.jpg."""
+    for folder in sorted(p for p in path.iterdir() if p.is_dir()):
+        for photo in sorted(folder.iterdir()):
+            if photo.suffix.lower() in PHOTO_SUFFIXES:
+                yield folder.name, photo
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from faceid.client.client import enroll_request
+
+    path: Path = args.path
+    if path.is_file():
+        items = [(args.identity or path.stem, path)]
+    elif path.is_dir():
+        items = list(photos_by_identity(path))
+    else:
+        print(f"{path}: no such file or folder", file=sys.stderr)
+        return 2
+    if not items:
+        print(f"{path}: no photos found (expected IDENTITY/photo.jpg inside)", file=sys.stderr)
+        return 2
+    requests = (
+        enroll_request(args.gallery, identity, photo.read_bytes(), all_faces=args.all_faces)
+        for identity, photo in items
+    )
+    enrolled, skipped = 0, []
+    progress = None
+    if not args.json:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(items), unit="photo", desc=f"enrolling into {args.gallery}")
+    with _client(args) as c:
+        for result in c.bulk_enroll(requests):
+            identity, photo = items[result.index]
+            if result.error_code:
+                skipped.append(
+                    {
+                        "photo": str(photo),
+                        "identity": identity,
+                        "code": result.error_code,
+                        "reason": result.error_message,
+                    }
+                )
+            else:
+                enrolled += len(result.faces)
+            if progress:
+                progress.update()
+    if progress:
+        progress.close()
+    if args.json:
+        _print_json({"photos": len(items), "faces_enrolled": enrolled, "skipped": skipped})
+        return 0
+    print(f"enrolled {enrolled} faces from {len(items) - len(skipped)} of {len(items)} photos")
+    if skipped:
+        print(f"skipped {len(skipped)}:")
+        for s in skipped:
+            print(f"  {s['photo']}: {s['reason']}")
+    return 0
+
+
+# ---- identify / verify -----------------------------------------------------------------------
+def cmd_identify(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        faces = c.identify(args.gallery, photo=args.photo.read_bytes(), top_k=args.top_k)
+    if args.json:
+        _print_json(faces)
+        return 0
+    if not faces:
+        print("no face found in the photo")
+    for i, f in enumerate(faces):
+        b = f.box
+        print(f"face {i} at ({b.left:.0f}, {b.top:.0f})–({b.right:.0f}, {b.bottom:.0f}):")
+        for m in f.matches:
+            mark = "MATCH" if m.is_match else "     "
+            name = f" ({m.display_name})" if m.display_name else ""
+            print(f"  {mark} {m.identity_id}{name}  distance {m.distance:.3f}  similarity {m.similarity:.3f}")
+        if not f.matches:
+            print("  (the gallery is empty)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        if args.identity:
+            v = c.verify(args.gallery, photo=args.photo.read_bytes(), identity_id=args.identity)
+        else:
+            v = c.verify(args.gallery, photo=args.photo.read_bytes(), other_photo=args.other.read_bytes())
+    if args.json:
+        _print_json(v)
+    else:
+        verdict = "same person" if v.is_match else "different people"
+        print(
+            f"{verdict}: distance {v.distance:.3f} (threshold {v.threshold:.3f}), "
+            f"similarity {v.similarity:.3f}"
+        )
+    return 0
+
+
+def cmd_identities(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        if args.action == "show":
+            result: Any = c.get_identity(args.gallery, args.identity)
+        elif args.action == "delete":
+            result = {"deleted": args.identity, "face_ids": c.delete_identity(args.gallery, args.identity)}
+        else:
+            result = list(c.list_identities(args.gallery))
+    if args.json:
+        _print_json(result)
+    elif args.action == "list":
+        for i in result:
+            print(f"{i.identity_id:<32} {len(i.face_ids):>4} faces  {i.display_name}")
+        print(f"{len(result)} identities")
+    elif args.action == "show":
+        print(
+            f"{result.identity_id}: {result.display_name or '(no display name)'}\n"
+            f"  faces {result.face_ids}\n  attributes {json.dumps(result.attributes)}\n"
+            f"  created {result.create_time}, updated {result.update_time}"
+        )
+    else:
+        print(f"deleted {args.identity} and its {len(result['face_ids'])} faces")
+    return 0
+
+
+# ---- local pipeline --------------------------------------------------------------------------
 def cmd_faces(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from faceid.engine.config import PipelineConfig
+    from faceid.engine.errors import FaceIdError
+    from faceid.engine.pipeline import FacePipeline
+
     config = PipelineConfig()
-    config = replace(config, detect=replace(config.detect, upsample=args.upsample))
-    pipeline = FacePipeline(config)
-    status = 0
-    results = []
+    pipeline = FacePipeline(replace(config, detect=replace(config.detect, upsample=args.upsample)))
+    status, results = 0, []
     for path in args.photos:
         try:
             faces = pipeline.process(Path(path).read_bytes())
@@ -45,38 +246,111 @@ def cmd_faces(args: argparse.Namespace) -> int:
             status = 1
             continue
         if args.json:
-            results.append({"photo": str(path), "faces": [_face_record(f, True) for f in faces]})
+            results.append(
+                {
+                    "photo": str(path),
+                    "faces": [
+                        {
+                            "box": dataclasses.asdict(f.box),
+                            "score": f.detection.score,
+                            "landmarks": f.detection.landmarks.tolist(),
+                            "embedding": f.embedding.tolist(),
+                        }
+                        for f in faces
+                    ],
+                }
+            )
             continue
         print(f"{path}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
         for i, f in enumerate(faces):
             b = f.box
             print(
                 f"  face {i}: box ({b.left:.0f}, {b.top:.0f})–({b.right:.0f}, {b.bottom:.0f}) "
-                f"score {f.detection.score:.2f}, embedding norm {float((f.embedding**2).sum()) ** 0.5:.3f}"
+                f"score {f.detection.score:.2f}"
             )
     if args.json:
-        json.dump(results, sys.stdout)
-        print()
+        _print_json(results)
     return status
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="faceid", description="faceid face identification engine")
-    sub = parser.add_subparsers(dest="command", required=True)
-    faces = sub.add_parser("faces", help="detect, align and embed the faces in photos (in this process)")
-    faces.add_argument("photos", nargs="+", type=Path, help="photo files (JPEG, PNG, WEBP, GIF, BMP, TIFF)")
-    faces.add_argument(
-        "--upsample", type=int, default=1, help="detector upsampling (0-3; 1 finds ~40 px faces)"
+    parser = argparse.ArgumentParser(
+        prog="faceid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    faces.add_argument("--json", action="store_true", help="print JSON with the embeddings")
-    faces.set_defaults(func=cmd_faces)
+    parser.add_argument("--server", default=os.environ.get("FACEID_SERVER", "127.0.0.1:50051"))
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    parser.add_argument("--json", action="store_true", help="JSON output for scripts")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the server")
+    p.add_argument("--config", type=Path, default=None, help="TOML file with a [server] table")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: SQLite in the data dir)")
+    p.add_argument("--log-level", default=None)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("galleries", help="list, create or delete galleries")
+    p.add_argument("action", nargs="?", choices=["list", "create", "delete"], default="list")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_galleries)
+
+    p = sub.add_parser("enroll", help="enrol a photo, or a folder laid out as IDENTITY/photo.jpg")
+    p.add_argument("gallery")
+    p.add_argument("path", type=Path)
+    p.add_argument("--identity", help="identity of a single photo (default: the file name)")
+    p.add_argument("--all-faces", action="store_true", help="enrol every face, not only the largest")
+    p.set_defaults(func=cmd_enroll)
+
+    p = sub.add_parser("identify", help="who is in this photo")
+    p.add_argument("gallery")
+    p.add_argument("photo", type=Path)
+    p.add_argument("--top-k", type=int, default=5)
+    p.set_defaults(func=cmd_identify)
+
+    p = sub.add_parser("verify", help="is this photo of that identity (or of the person in another photo)")
+    p.add_argument("gallery")
+    p.add_argument("photo", type=Path)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--identity")
+    group.add_argument("--other", type=Path)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("identities", help="list, show or delete identities")
+    p.add_argument("gallery")
+    p.add_argument("action", nargs="?", choices=["list", "show", "delete"], default="list")
+    p.add_argument("identity", nargs="?")
+    p.set_defaults(func=cmd_identities)
+
+    p = sub.add_parser("stats", help="a gallery's counts and index")
+    p.add_argument("gallery")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("faces", help="detect, align and embed the faces in photos (in this process)")
+    p.add_argument("photos", nargs="+", type=Path)
+    p.add_argument("--upsample", type=int, default=1)
+    p.set_defaults(func=cmd_faces)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    result: int = args.func(args)
-    return result
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "action", None) in ("create", "delete") and not (
+        getattr(args, "name", None) or getattr(args, "identity", None)
+    ):
+        parser.error(f"{args.command} {args.action} needs a name")
+    try:
+        result: int = args.func(args)
+        return result
+    except Exception as exc:
+        from faceid.client.client import FaceIdClientError
+
+        if isinstance(exc, FaceIdClientError):
+            print(f"faceid: {exc.code}: {exc.message}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":
