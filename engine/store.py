@@ -370,13 +370,20 @@ class Store:
         """Identity rows by row id, in one query (identify's metadata lookup)."""
         if not identity_ids:
             return {}
-        with self.session() as s:
-            rows = s.scalars(
-                select(IdentityRow).where(
-                    IdentityRow.gallery_id == gallery_id, IdentityRow.id.in_(list(identity_ids))
-                )
-            )
-            return {r.id: _identity(r) for r in rows}
+        t = IdentityRow.__table__
+        query = select(
+            t.c.id,
+            t.c.gallery_id,
+            t.c.external_id,
+            t.c.display_name,
+            t.c.attributes,
+            t.c.created_at,
+            t.c.updated_at,
+        ).where(t.c.gallery_id == gallery_id, t.c.id.in_(list(identity_ids)))
+        with self.engine.connect() as c:  # Core rows, no ORM objects: this is identify's hot path
+            return {
+                r[0]: Identity(r[0], r[1], r[2], r[3], dict(r[4] or {}), r[5], r[6]) for r in c.execute(query)
+            }
 
     def get_identity(self, gallery_id: int, external_id: str) -> Identity | None:
         with self.session() as s:

@@ -7,4 +7,3 @@ from faceid.proto import generate
 
 def test_generated_code_matches_the_proto() -> None:
     assert generate.main(["--check"]) == 0, "run: python -m faceid.proto.generate"
-
