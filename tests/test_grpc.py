@@ -1,0 +1,230 @@
+"""End to end through a real server process on a loopback port, with the real client."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from faceid.client.client import FaceIdClient, FaceIdClientError, enroll_request
+
+from .conftest import encode
+
+
+class ServerProcess:
+    """``faceid serve`` in a child process on a free loopback port."""
+
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        self.data_dir = data_dir
+        self.extra = extra
+        self.proc: subprocess.Popen[str] | None = None
+        self.address = ""
+
+    def start(self) -> ServerProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "faceid.client.cli",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(self.data_dir),
+            "--log-level",
+            "WARNING",
+            *self.extra,
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = re.search(r"listening on ([\d.]+:\d+)", line)
+        if not match:
+            self.proc.kill()
+            raise RuntimeError(
+                f"server did not start: {line} {self.proc.stderr.read() if self.proc.stderr else ''}"
+            )
+        self.address = match.group(1)
+        return self
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    s = ServerProcess(tmp_path_factory.mktemp("server")).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[FaceIdClient]:
+    with FaceIdClient(server.address, timeout=60) as c:
+        yield c
+
+
+def unit(seed: int) -> list[float]:
+    v = np.random.default_rng(seed).normal(size=128)
+    return (v / np.linalg.norm(v)).tolist()
+
+
+def code_of(call: object) -> str:
+    assert callable(call)
+    with pytest.raises(FaceIdClientError) as info:
+        call()
+    assert info.value.message and "Traceback" not in info.value.message
+    return info.value.code
+
+
+def test_health_checking_says_serving(server: ServerProcess) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="faceid.v1.FaceId")
+        )
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_each_error_has_its_status_code_and_a_message(client: FaceIdClient) -> None:
+    client.create_gallery("codes")
+    assert code_of(lambda: client.create_gallery("codes")) == "ALREADY_EXISTS"
+    assert code_of(lambda: client.get_gallery("nope")) == "NOT_FOUND"
+    assert code_of(lambda: client.identify("codes", photo=b"not a photo")) == "INVALID_ARGUMENT"
+    assert code_of(lambda: client.identify("codes", embedding=[0.1] * 7)) == "INVALID_ARGUMENT"
+    assert code_of(lambda: client.identify("codes", embedding=unit(1), top_k=10_000)) == "INVALID_ARGUMENT"
+    assert code_of(lambda: client.enroll("codes", "x", embedding=[float("nan")] * 128)) == "INVALID_ARGUMENT"
+    assert code_of(lambda: client.get_identity("codes", "nobody")) == "NOT_FOUND"
+    bad_model = enroll_request("codes", "x", embedding=unit(1))
+    bad_model.probe.embedding.model = "facenet/2015"
+    assert code_of(lambda: client._call("Enroll", bad_model)) == "FAILED_PRECONDITION"
+    huge = b"\xff" * (40 * 1024 * 1024)
+    assert code_of(lambda: client.identify("codes", photo=huge)) == "RESOURCE_EXHAUSTED"
+    assert (
+        code_of(lambda: client._call("Identify", client_identify(unit(2)), timeout=1e-4))
+        == "DEADLINE_EXCEEDED"
+    )
+    assert client.get_gallery("codes").face_count == 0
+
+
+def client_identify(embedding: list[float]) -> object:
+    from faceid.client.client import identify_request
+
+    return identify_request("codes", embedding=embedding)
+
+
+def test_embeddings_enrol_identify_update_and_delete(client: FaceIdClient) -> None:
+    client.create_gallery("vectors")
+    for i in range(20):
+        client.enroll(
+            "vectors", f"person {i}/x", embedding=unit(i), display_name=f"P{i}", attributes={"n": i}
+        )
+    [face] = client.identify("vectors", embedding=unit(7), top_k=3)
+    assert face.box is None and face.matches[0].identity_id == "person 7/x" and face.matches[0].is_match
+    assert face.matches[0].attributes == {"n": 7} and not face.matches[1].is_match
+    ident = client.update_identity("vectors", "person 7/x", display_name="Seven")
+    assert ident.display_name == "Seven" and ident.attributes == {"n": 7}
+    assert len(list(client.list_identities("vectors", page_size=6))) == 20
+    assert client.verify("vectors", embedding=unit(7), identity_id="person 7/x").is_match
+    assert not client.verify("vectors", embedding=unit(7), other_embedding=unit(8)).is_match
+    removed = client.delete_identity("vectors", "person 7/x")
+    assert len(removed) == 1
+    [face] = client.identify("vectors", embedding=unit(7), top_k=3)
+    assert "person 7/x" not in [m.identity_id for m in face.matches]
+
+
+def test_bulk_enrol_reports_each_item_and_a_bad_photo_fails_alone(client: FaceIdClient, faces: Path) -> None:
+    client.create_gallery("bulk")
+    photo = (faces / "fr_openface_examples7" / "images" / "obama" / "001.jpg").read_bytes()
+    requests = [
+        enroll_request("bulk", "obama", photo),
+        enroll_request("bulk", "junk", b"\x00garbage"),
+        enroll_request("bulk", "nobody", encode(np.full((100, 100, 3), 200, np.uint8))),
+        enroll_request("bulk", "vector", embedding=unit(3)),
+    ]
+    results = list(client.bulk_enroll(requests))
+    assert [r.index for r in results] == [0, 1, 2, 3]
+    assert results[0].faces and not results[0].error_code
+    assert results[1].error_code == "INVALID_ARGUMENT" and "not an image" in results[1].error_message
+    assert results[2].error_code == "INVALID_ARGUMENT" and "no face" in results[2].error_message
+    assert results[3].faces
+    assert client.get_gallery("bulk").face_count == 2
+
+
+def test_photos_round_trip_and_survive_a_restart(faces: Path, tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    root = faces / "lfw_orig_subset10_krasserm" / "images"
+    people = sorted(p for p in root.iterdir() if p.is_dir())
+    try:
+        with FaceIdClient(server.address, timeout=120) as c:
+            c.create_gallery("people")
+            requests = [
+                enroll_request("people", p.name, photo.read_bytes())
+                for p in people
+                for photo in sorted(p.iterdir())[:2]
+            ]
+            assert all(not r.error_code for r in c.bulk_enroll(requests))
+            probe = sorted(people[0].iterdir())[5].read_bytes()
+            [face] = c.identify("people", photo=probe, top_k=3)
+            assert face.matches[0].identity_id == people[0].name and face.box is not None
+            assert c.verify("people", photo=probe, identity_id=people[0].name).is_match
+            detected = c.detect(probe)
+            assert len(detected) == 1 and len(detected[0].landmarks) == 5
+            [embedded] = c.embed(probe)
+            assert len(embedded.embedding) == 128  # type: ignore[union-attr]
+            c.delete_identity("people", people[1].name)
+            before = c.identify("people", photo=probe, top_k=5)
+    finally:
+        assert server.stop() == 0
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        with FaceIdClient(server.address, timeout=120) as c:
+            assert c.identify("people", photo=probe, top_k=5) == before
+            assert c.get_gallery("people").identity_count == len(people) - 1
+    finally:
+        server.stop()
+
+
+def test_the_command_line_enrols_a_folder_and_identifies(
+    server: ServerProcess, faces: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "people"
+    src = faces / "lfw_orig_subset10_krasserm" / "images"
+    for person in sorted(p for p in src.iterdir() if p.is_dir())[:3]:
+        (folder / person.name).mkdir(parents=True)
+        for photo in sorted(person.iterdir())[:2]:
+            (folder / person.name / photo.name).write_bytes(photo.read_bytes())
+    (folder / sorted(src.iterdir())[0].name / "broken.jpg").write_bytes(b"\xff\xd8 broken")
+
+    def faceid(*args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "faceid.client.cli", "--server", server.address, *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    faceid("galleries", "create", "cli")
+    summary = faceid("enroll", "cli", str(folder))
+    assert "enrolled 6 faces from 6 of 7 photos" in summary and "broken.jpg" in summary
+    first = sorted(p for p in src.iterdir() if p.is_dir())[0]
+    output = faceid("identify", "cli", str(sorted(first.iterdir())[4]))
+    assert f"MATCH {first.name}" in output
+    assert first.name in faceid("identities", "cli", "list")
