@@ -82,7 +82,7 @@ def client(server: ServerProcess) -> Iterator[FaceIdClient]:
 
 def unit(seed: int) -> list[float]:
     v = np.random.default_rng(seed).normal(size=128)
-    return (v / np.linalg.norm(v)).tolist()
+    return [float(x) for x in v / np.linalg.norm(v)]
 
 
 def code_of(call: object) -> str:
