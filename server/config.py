@@ -26,9 +26,12 @@ class ServerConfig:
     max_message_bytes: int = 32 * MIB
     #: Threads for CPU-bound work (decoding, detection, embedding, search).
     workers: int = 4
-    #: Micro-batching: gather concurrent requests for this long (ms) or until max_batch items wait.
-    batch_window_ms: float = 1.0
+    #: Micro-batching (adaptive): while ``batch_inflight`` batches run, new requests wait and go
+    #: together in the next batch (at most ``max_batch`` items); ``batch_window_ms`` > 0 also holds
+    #: a request arriving at an idle server that long to gather more.
+    batch_window_ms: float = 0.0
     max_batch: int = 256
+    batch_inflight: int = 2
     #: Calls in progress beyond this are refused at once with RESOURCE_EXHAUSTED (load shedding).
     max_concurrent_rpcs: int = 512
     #: Keepalive: ping an idle connection every this many ms; drop it when no answer in the timeout.
@@ -43,8 +46,8 @@ class ServerConfig:
             raise ValueError("port must be between 0 and 65535")
         if self.max_message_bytes < 1 * MIB:
             raise ValueError("max_message_bytes must be at least 1 MiB")
-        if self.workers < 1 or self.max_batch < 1 or self.max_concurrent_rpcs < 1:
-            raise ValueError("workers, max_batch and max_concurrent_rpcs must be positive")
+        if min(self.workers, self.max_batch, self.max_concurrent_rpcs, self.batch_inflight) < 1:
+            raise ValueError("workers, max_batch, batch_inflight and max_concurrent_rpcs must be positive")
 
     @classmethod
     def load(

@@ -179,10 +179,10 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
         self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="faceid-worker")
         window = config.batch_window_ms / 1000
         self.search_batcher: MicroBatcher[tuple[EmbeddingInput, int], list[Match]] = MicroBatcher(
-            self._search_batch, self.executor, window, config.max_batch
+            self._search_batch, self.executor, window, config.max_batch, config.batch_inflight
         )
         self.embed_batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
-            self._embed_batch, self.executor, window, config.max_batch
+            self._embed_batch, self.executor, window, config.max_batch, config.batch_inflight
         )
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

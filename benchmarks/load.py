@@ -1,0 +1,398 @@
+"""Load generator: drives a faceid server over gRPC and reports throughput, latency and errors.
+
+    python -m faceid.benchmarks.load --spawn --gallery-size 100000 --workload identify-embedding \\
+        --concurrency 32 --duration 20
+
+``--spawn`` starts ``faceid serve`` on a fresh data directory (extra server flags
+through ``--server-env KEY=VALUE``); otherwise ``--server HOST:PORT`` names a
+running one.  The gallery is filled through BulkEnroll with synthetic unit
+embeddings (``--gallery-size``).  Workloads: identify-embedding, identify-photo,
+enroll-embedding, and mix (``--enroll-ratio`` of the calls enrol, the rest
+identify by embedding).  Calls run from ``--processes`` processes with
+``--concurrency`` calls in flight in total, after ``--warmup`` seconds.
+
+With ``--ceiling`` the same harness also drives a trivial gRPC handler (one that
+answers Identify with an empty response) on this machine, and faceid's throughput
+is reported as a fraction of it: the ceiling of Python gRPC here.
+
+Prints its parameters and figures; writes JSON and a latency-distribution plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from faceid.benchmarks.common import faces_dir, machine, write_json
+from faceid.client.client import channel_options, enroll_request, identify_request
+from faceid.proto.faceid.v1 import faceid_pb2 as pb
+from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
+
+GALLERY = "load"
+
+
+def unit_vectors(n: int, seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, 128)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v
+
+
+# ---- servers ----------------------------------------------------------------------------------
+def spawn_server(data_dir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "faceid.client.cli",
+        "serve",
+        "--port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        "--log-level",
+        "WARNING",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"listening on ([\d.]+:\d+)", line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"the server did not start: {line!r}")
+    return proc, match.group(1)
+
+
+class TrivialServicer(pb_grpc.FaceIdServicer):
+    async def Identify(self, request: pb.IdentifyRequest, context: Any) -> pb.IdentifyResponse:  # noqa: N802
+        return pb.IdentifyResponse()
+
+
+def _trivial_main(port_queue: Any) -> None:
+    async def run() -> None:
+        server = grpc.aio.server(options=channel_options())
+        pb_grpc.add_FaceIdServicer_to_server(TrivialServicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        port_queue.put(port)
+        await server.wait_for_termination()
+
+    asyncio.run(run())
+
+
+def fill_gallery(address: str, n: int, batch: int = 1000) -> float:
+    """Create the gallery and enrol ``n`` synthetic faces through BulkEnroll; returns seconds."""
+    channel = grpc.insecure_channel(address, channel_options())
+    stub = pb_grpc.FaceIdStub(channel)
+    try:
+        stub.CreateGallery(pb.CreateGalleryRequest(gallery_id=GALLERY))
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+            raise
+    start = time.perf_counter()
+    done = 0
+    while done < n:
+        m = min(batch * 10, n - done)
+        vecs = unit_vectors(m, done)
+        requests = (enroll_request(GALLERY, f"p{done + i}", embedding=vecs[i].tolist()) for i in range(m))
+        for r in stub.BulkEnroll(requests):
+            if r.error_code:
+                raise RuntimeError(f"enrolment failed: {r.error_message}")
+        done += m
+        print(f"\rgallery: {done:,}/{n:,} faces", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    channel.close()
+    return time.perf_counter() - start
+
+
+# ---- load -------------------------------------------------------------------------------------
+def _requests(workload: str, seed: int, photos: list[bytes], enroll_ratio: float, top_k: int) -> Any:
+    rng = random.Random(seed)
+    queries = unit_vectors(512, 10_000 + seed)
+    n = 0
+    while True:
+        n += 1
+        if workload == "identify-photo":
+            yield "Identify", identify_request(GALLERY, photo=photos[n % len(photos)], top_k=top_k)
+        elif workload == "enroll-embedding" or (workload == "mix" and rng.random() < enroll_ratio):
+            vec = unit_vectors(1, 1_000_000 + seed * 1_000_000 + n)[0]
+            yield "Enroll", enroll_request(GALLERY, f"new-{seed}-{n}", embedding=vec.tolist())
+        else:
+            yield (
+                "Identify",
+                identify_request(GALLERY, embedding=queries[n % len(queries)].tolist(), top_k=top_k),
+            )
+
+
+async def _worker_loop(
+    address: str,
+    workload: str,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    seed: int,
+    photos: list[bytes],
+    enroll_ratio: float,
+    top_k: int,
+) -> dict[str, Any]:
+    channel = grpc.aio.insecure_channel(address, channel_options())
+    stub = pb_grpc.FaceIdStub(channel)
+    latencies: list[float] = []
+    codes: Counter[str] = Counter()
+    start = time.perf_counter()
+    measure_from = start + warmup
+    end = measure_from + duration
+    gen = _requests(workload, seed, photos, enroll_ratio, top_k)
+
+    async def one() -> None:
+        while True:
+            now = time.perf_counter()
+            if now >= end:
+                return
+            method, request = next(gen)
+            t0 = time.perf_counter()
+            try:
+                await getattr(stub, method)(request, timeout=30)
+                code = "OK"
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code().name
+            t1 = time.perf_counter()
+            if t0 >= measure_from:
+                latencies.append(t1 - t0)
+                codes[code] += 1
+
+    await asyncio.gather(*(one() for _ in range(concurrency)))
+    await channel.close()
+    return {"latencies": latencies, "codes": dict(codes), "seconds": duration}
+
+
+def _process_main(args: tuple[Any, ...], out: Any) -> None:
+    out.put(asyncio.run(_worker_loop(*args)))
+
+
+def run_load(
+    address: str,
+    workload: str,
+    concurrency: int,
+    processes: int,
+    warmup: float,
+    duration: float,
+    photos: list[bytes],
+    enroll_ratio: float,
+    top_k: int,
+) -> dict[str, Any]:
+    """Drive ``address`` and summarise: throughput, latency percentiles (ms), errors by code."""
+    per = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_process_main,
+            args=((address, workload, c, warmup, duration, i, photos, enroll_ratio, top_k), out),
+        )
+        for i, c in enumerate(per)
+        if c
+    ]
+    for p in procs:
+        p.start()
+    parts = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    lat = np.array([x for part in parts for x in part["latencies"]]) * 1e3
+    codes: Counter[str] = Counter()
+    for part in parts:
+        codes.update(part["codes"])
+    ok = codes.get("OK", 0)
+    pct = {f"p{q}": float(np.percentile(lat, q)) if len(lat) else float("nan") for q in (50, 90, 99, 99.9)}
+    return {
+        "workload": workload,
+        "concurrency": concurrency,
+        "processes": len(procs),
+        "duration_s": duration,
+        "requests": len(lat),
+        "ok_per_s": ok / duration,
+        "latency_ms": {**pct, "max": float(lat.max(initial=0))},
+        "codes": dict(codes),
+        "latencies_ms": lat.tolist(),
+    }
+
+
+def summary(r: dict[str, Any]) -> str:
+    lat = r["latency_ms"]
+    errors = {k: v for k, v in r["codes"].items() if k != "OK"}
+    return (
+        f"{r['workload']:<18} c={r['concurrency']:<3} {r['ok_per_s']:8.0f} ok/s  p50 {lat['p50']:6.2f}  "
+        f"p90 {lat['p90']:6.2f}  p99 {lat['p99']:6.2f}  p99.9 {lat['p99.9']:6.2f}  max {lat['max']:7.2f} ms  "
+        f"errors {errors or 0}"
+    )
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        lat = np.sort(np.asarray(r["latencies_ms"]))
+        if len(lat):
+            ax.plot(
+                lat,
+                1 - np.arange(len(lat)) / len(lat),
+                label=f"{r.get('label', r['workload'])} c={r['concurrency']}",
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("fraction of calls slower")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--server", default="", help="HOST:PORT of a running server")
+    ap.add_argument("--spawn", action="store_true", help="start a server on a fresh data directory")
+    ap.add_argument("--server-env", action="append", default=[], help="FACEID_SETTING=value for --spawn")
+    ap.add_argument("--gallery-size", type=int, default=10_000)
+    ap.add_argument(
+        "--workload",
+        default="identify-embedding",
+        help="identify-embedding, identify-photo, enroll-embedding, mix; comma-separated for several",
+    )
+    ap.add_argument("--enroll-ratio", type=float, default=0.05)
+    ap.add_argument("--concurrency", default="32", help="comma-separated")
+    ap.add_argument("--processes", type=int, default=1)
+    ap.add_argument("--top-k", type=int, default=10)
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument(
+        "--ceiling", action="store_true", help="also drive a trivial handler (Python gRPC's ceiling)"
+    )
+    ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--name", default="load")
+    args = ap.parse_args(argv)
+    workloads = args.workload.split(",")
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    photos = [
+        p.read_bytes()
+        for p in sorted((faces_dir() / "lfw_orig_subset10_krasserm" / "images").glob("*/*"))[:20]
+    ]
+    if "identify-photo" in workloads and not photos:
+        raise SystemExit("identify-photo needs photos: set FACEID_FACES_DIR")
+
+    proc = None
+    tmp = None
+    if args.spawn:
+        tmp = tempfile.TemporaryDirectory(prefix="faceid-load-")
+        env = dict(kv.split("=", 1) for kv in args.server_env)
+        proc, address = spawn_server(Path(tmp.name), env)
+    elif args.server:
+        address = args.server
+    else:
+        raise SystemExit("give --server HOST:PORT or --spawn")
+    print(
+        f"load: server {address}{' (spawned, ' + ' '.join(args.server_env) + ')' if args.spawn else ''}, "
+        f"gallery {args.gallery_size:,}, workloads {workloads}, concurrency {concurrencies}, processes "
+        f"{args.processes}, top_k {args.top_k}, warm-up {args.warmup:g} s, {args.duration:g} s each"
+    )
+    print(f"machine: {machine()}")
+    results: list[dict[str, Any]] = []
+    payload: dict[str, Any] = {
+        "benchmark": "load",
+        "server": address,
+        "gallery_size": args.gallery_size,
+        "top_k": args.top_k,
+        "server_env": args.server_env,
+    }
+    try:
+        payload["fill_seconds"] = fill_gallery(address, args.gallery_size)
+        channel = grpc.insecure_channel(address)
+        gallery = pb_grpc.FaceIdStub(channel).GetGallery(pb.GetGalleryRequest(name=f"galleries/{GALLERY}"))
+        channel.close()
+        payload["index"] = {"kind": gallery.index_kind, "faces": gallery.face_count}
+        print(f"gallery: {gallery.face_count:,} faces, index {gallery.index_kind}")
+        for workload in workloads:
+            for c in concurrencies:
+                r = run_load(
+                    address,
+                    workload,
+                    c,
+                    args.processes,
+                    args.warmup,
+                    args.duration,
+                    photos,
+                    args.enroll_ratio,
+                    args.top_k,
+                )
+                results.append(r)
+                print(summary(r))
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        if tmp is not None:
+            tmp.cleanup()
+    if args.ceiling:
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        trivial = ctx.Process(target=_trivial_main, args=(q,), daemon=True)
+        trivial.start()
+        port = q.get(timeout=60)
+        for c in concurrencies:
+            r = run_load(
+                f"127.0.0.1:{port}",
+                "identify-embedding",
+                c,
+                args.processes,
+                args.warmup,
+                args.duration,
+                photos,
+                0.0,
+                args.top_k,
+            )
+            r["label"] = "trivial handler"
+            results.append(r)
+            print("trivial handler   " + summary(r)[18:])
+            ours = [
+                x
+                for x in results
+                if x["workload"] == "identify-embedding" and x["concurrency"] == c and "label" not in x
+            ]
+            if ours:
+                print(
+                    f"  faceid identify-embedding at c={c}: "
+                    f"{ours[0]['ok_per_s'] / r['ok_per_s']:.0%} of the ceiling"
+                )
+        trivial.terminate()
+    payload["results"] = results
+    payload["machine"] = machine()
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(results, args.out / f"{args.name}.png")
+    for r in results:
+        r.pop("latencies_ms", None)
+    write_json(args.out / f"{args.name}.json", payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
