@@ -195,6 +195,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    if url.startswith("postgresql"):
+        # No server-side prepared statements: psycopg prepares a query after 5 runs, and the plan it
+        # keeps was made when the tables were empty (a sequential scan, 1 s per enrol at 200k faces).
+        connect_args = {"prepare_threshold": None, **kwargs.pop("connect_args", {})}
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
