@@ -98,6 +98,7 @@ def run(database: str, n: int, batch: int, faces_per_identity: int, work: Path) 
             "index_kind": stats.index.kind,
             "identify_top10_batch1": split1,
             "identify_top10_batch100": split100,
+            "identify_top10_batch100_warm": warm100,
         }
         print(
             f"{database}: {n:,} faces in {seconds:.1f} s = {n / seconds:,.0f} faces/s "
