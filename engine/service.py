@@ -70,6 +70,9 @@ class ServiceConfig:
     snapshot_every: int = 100_000
     #: Largest top_k a caller may ask for.
     max_top_k: int = 100
+    #: Identity rows kept in memory for identify's results (warmed at start, filled on enrol);
+    #: beyond it the least recently used go, and identify reads them from SQL in one query.
+    identity_cache: int = 1_000_000
 
     def url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'faceid.db'}"
@@ -232,11 +235,12 @@ class FaceService:
             leftover.unlink(missing_ok=True)
         self.store = Store(make_engine(config.url()))
         self._galleries: dict[str, _GalleryState] = {}
-        self._identity_cache = IdentityCache()
+        self._identity_cache = IdentityCache(config.identity_cache)
         self._registry_lock = threading.Lock()
         upgrade(self.store.engine)
         for gallery in self.store.list_galleries():
             self._galleries[gallery.name] = self._open_index(gallery)
+        self._warm_identity_cache()
 
     @property
     def pipeline(self) -> FacePipeline:
@@ -281,6 +285,15 @@ class FaceService:
             elif c.op == "remove":
                 index.remove([c.face_id])
         return len(changes)
+
+    def _warm_identity_cache(self) -> None:
+        room = self._identity_cache.capacity
+        for state in self._galleries.values():
+            for rows in self.store.iter_identities(state.gallery.id):
+                if room <= 0:
+                    return
+                self._identity_cache.put_many({r.id: r for r in rows[:room]})
+                room -= len(rows)
 
     def _rebuild(self, gallery: Gallery) -> FaissGalleryIndex:
         index = FaissGalleryIndex(gallery.dim, replace(self.config.index, background=False))
@@ -400,10 +413,12 @@ class FaceService:
     def _enroll(self, state: _GalleryState, faces: list[NewFace]) -> list[int]:
         with state.lock:
             try:
-                ids, identity_ids, seq = self.store.add_faces(state.gallery, faces)
+                created: dict[int, Identity] = {}
+                ids, identity_ids, seq = self.store.add_faces(state.gallery, faces, created)
             except sqlalchemy.exc.OperationalError as exc:
                 raise UnavailableError(f"the database is unavailable ({exc.orig}); retry later") from None
             state.index.add(ids, np.stack([f.embedding for f in faces]), identity_ids)
+            self._identity_cache.put_many(created)
             state.applied_seq = max(state.applied_seq, seq)
             self._after_write(state, len(ids))
         return ids

@@ -251,11 +251,13 @@ class Store:
             return _rowcount(s.execute(delete(GalleryRow).where(GalleryRow.id == gallery_id))) > 0
 
     # ---- faces --------------------------------------------------------------------------------
-    def add_faces(self, gallery: Gallery, faces: Sequence[NewFace]) -> tuple[list[int], list[int], int]:
+    def add_faces(
+        self, gallery: Gallery, faces: Sequence[NewFace], created: dict[int, Identity] | None = None
+    ) -> tuple[list[int], list[int], int]:
         """Enrol faces (creating identities that do not exist yet) in one transaction.
 
         Returns the new face ids and their identities' row ids, in order, and the sequence
-        number of the last change.
+        number of the last change; the identities it created go into ``created`` when given.
         """
         if not faces:
             return [], [], self.last_seq(gallery.id)
@@ -285,10 +287,17 @@ class Store:
                     }
                     for eid, f in first.items()
                 ]
-                created = s.execute(
+                created_rows = s.execute(
                     insert(IdentityRow).returning(IdentityRow.external_id, IdentityRow.id), rows
                 )
-                existing.update(dict(created.all()))
+                new_ids = dict(created_rows.all())
+                existing.update(new_ids)
+                if created is not None:
+                    for eid, f in first.items():
+                        i = new_ids[eid]
+                        created[i] = Identity(
+                            i, gallery.id, eid, f.display_name or "", dict(f.attributes or {}), now, now
+                        )
             face_rows = [
                 {
                     "gallery_id": gallery.id,
@@ -389,6 +398,34 @@ class Store:
             return {
                 r[0]: Identity(r[0], r[1], r[2], r[3], dict(r[4] or {}), r[5], r[6]) for r in c.execute(query)
             }
+
+    def iter_identities(self, gallery_id: int, chunk: int = 50_000) -> Iterator[list[Identity]]:
+        """Every identity of a gallery in row-id order, ``chunk`` at a time (cache warm-up)."""
+        t = IdentityRow.__table__
+        after = -1
+        while True:
+            query = (
+                select(
+                    t.c.id,
+                    t.c.gallery_id,
+                    t.c.external_id,
+                    t.c.display_name,
+                    t.c.attributes,
+                    t.c.created_at,
+                    t.c.updated_at,
+                )
+                .where(t.c.gallery_id == gallery_id, t.c.id > after)
+                .order_by(t.c.id)
+                .limit(chunk)
+            )
+            with self.engine.connect() as c:
+                rows = [
+                    Identity(r[0], r[1], r[2], r[3], dict(r[4] or {}), r[5], r[6]) for r in c.execute(query)
+                ]
+            if not rows:
+                return
+            yield rows
+            after = rows[-1].id
 
     def get_identity(self, gallery_id: int, external_id: str) -> Identity | None:
         with self.session() as s:

@@ -295,3 +295,18 @@ def test_photos_enrol_identify_and_verify(faces: Path, tmp_path: Path, pipeline:
         service.enroll_photo("people", "nobody", b"")
     assert service.stats("people").faces == 30
     service.close()
+
+
+def test_identify_shows_identity_changes_at_once(service: FaceService) -> None:
+    service.create_gallery("g")
+    service.enroll_embeddings(
+        "g", ["x", "y"], [EmbeddingInput(unit(1)), EmbeddingInput(unit(2))], display_name="Old"
+    )
+    assert service.identify_embeddings("g", [EmbeddingInput(unit(1))], top_k=1)[0][0].display_name == "Old"
+    service.update_identity("g", "x", display_name="New", attributes={"k": 1})
+    [match] = service.identify_embeddings("g", [EmbeddingInput(unit(1))], top_k=1)[0]
+    assert (match.display_name, match.attributes) == ("New", {"k": 1})
+    service.delete_identity("g", "x")
+    assert [
+        m.external_id for m in service.identify_embeddings("g", [EmbeddingInput(unit(1))], top_k=2)[0]
+    ] == ["y"]
