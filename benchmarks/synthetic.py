@@ -46,8 +46,15 @@ class LfwEmbeddings:
     paths: list[str]  # image path relative to lfw/images
 
 
-def embed_lfw(data: Path | None = None, cache: Path = Path("results/lfw_embeddings.npz")) -> LfwEmbeddings:
-    """faceid's default embedding of every LFW image (cached; ~5 minutes on 2 cores the first time)."""
+def embed_lfw(
+    data: Path | None = None, cache: Path = Path("results/lfw_embeddings.npz"), limit: int = 0
+) -> LfwEmbeddings:
+    """faceid's default embedding of every LFW image (cached; ~5 minutes on 2 cores the first time).
+
+    ``limit`` keeps the first N images (in path order) for quick runs, cached separately.
+    """
+    if limit:
+        cache = cache.with_name(f"{cache.stem}_{limit}{cache.suffix}")
     if cache.is_file():
         z = np.load(cache, allow_pickle=False)
         return LfwEmbeddings(z["vectors"], z["labels"], z["names"].tolist(), z["paths"].tolist())
@@ -56,6 +63,8 @@ def embed_lfw(data: Path | None = None, cache: Path = Path("results/lfw_embeddin
 
     root = (data or faces_dir()) / "lfw" / "images"
     paths = sorted(root.glob("*/*.jpg"))
+    if limit:
+        paths = paths[:limit]
     names = sorted({p.parent.name for p in paths})
     label_of = {n: i for i, n in enumerate(names)}
     pipeline = FacePipeline()
@@ -162,12 +171,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=Path("results/lfw_embeddings.npz"))
+    ap.add_argument("--lfw-limit", type=int, default=0, help="use only the first N LFW images (quick runs)")
     ap.add_argument("--identities", type=int, default=20_000)
     ap.add_argument("--faces-per-identity", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("results"))
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    lfw = embed_lfw(args.data, args.cache)
+    lfw = embed_lfw(args.data, args.cache, args.lfw_limit)
     print(
         f"LFW embeddings: {len(lfw.vectors)} faces of {len(lfw.names)} people "
         f"({time.perf_counter() - t0:.0f} s)"

@@ -338,6 +338,33 @@ class FaissGalleryIndex:
         self._maybe_train()
         return len(rows)
 
+    def bulk_load(
+        self, ids: npt.ArrayLike, vectors: npt.ArrayLike, groups: npt.ArrayLike | None = None
+    ) -> None:
+        """Fill an empty index in one go, building IVF-PQ directly when the vectors are enough
+        (no exact index in between: rebuilds and benchmarks of very large galleries)."""
+        id_array = np.ascontiguousarray(ids, dtype=np.int64).ravel()
+        group_array = None if groups is None else np.ascontiguousarray(groups, dtype=np.int64).ravel()
+        with self._lock.write():
+            if self.store.size:
+                raise ValueError("bulk_load needs an empty index")
+            store = VectorStore(self.dim)
+            step = 1_000_000
+            for start in range(0, len(id_array), step):
+                chunk = _check_vectors(np.asarray(vectors[start : start + step]), self.dim)  # type: ignore[index]
+                part = None if group_array is None else group_array[start : start + step]
+                store.add(id_array[start : start + step], chunk, part)
+            self.store = store
+        if len(id_array) >= max(self.config.train_min, 39):
+            with self._lock.write():
+                self._journal = []
+            self._train_and_swap(*self.store.items(), True)
+        else:
+            with self._lock.write():
+                self._index.add_with_ids(
+                    store.vectors[: store.size].astype(np.float32), np.arange(store.size)
+                )
+
     # ---- reads ----------------------------------------------------------------------------
     def count(self) -> int:
         return self.store.live

@@ -31,3 +31,70 @@ def test_embed_throughput_measures_every_batch_size_and_dlib(tmp_path: Path) -> 
     assert payload["dlib_faces_per_s"] > 0
     assert len(payload["detector"]) == 4
     assert (tmp_path / "embed_throughput.json").is_file()
+
+
+def test_synthetic_index_scale_and_calibration_run_on_a_slice_of_lfw(faces: Path, tmp_path: Path) -> None:
+    from faceid.benchmarks import calibrate, index_scale, synthetic
+
+    common = ["--lfw-limit", "400", "--cache", str(tmp_path / "lfw.npz"), "--out", str(tmp_path)]
+    synth = synthetic.main([*common, "--identities", "200"])
+    assert len(synth["real"]["same"]) == 7 and len(synth["synthetic"]["different"]) == 7
+    scale = index_scale.main(
+        [
+            *common,
+            "--n",
+            "3000",
+            "--nprobes",
+            "4,16",
+            "--reranks",
+            "2",
+            "--single",
+            "5",
+            "--variants",
+            "IVF{nlist},PQ16x4fs",
+        ]
+    )
+    assert scale["gallery_size"] > 3000 and len(scale["variants"][0]["points"]) == 2
+    assert (tmp_path / "index_scale_3000.png").stat().st_size > 0
+    table = calibrate.main([*common, "--fmr", "1e-2"])["table"]
+    assert 0 < table[0]["threshold"] < 2
+
+
+def test_enrolment_benchmark_runs_on_both_databases(tmp_path: Path) -> None:
+    from faceid.benchmarks import enroll_throughput
+
+    from .test_store import _postgres_available
+
+    databases = "sqlite" if _postgres_available() else "sqlite,postgresql"
+    payload = enroll_throughput.main(
+        ["--n", "2000", "--batch", "500", "--databases", databases, "--out", str(tmp_path)]
+    )
+    assert [r["database"] for r in payload["results"]] == databases.split(",")
+
+
+def test_load_generator_drives_a_spawned_server_and_the_ceiling(tmp_path: Path) -> None:
+    from faceid.benchmarks import load
+
+    payload = load.main(
+        [
+            "--spawn",
+            "--gallery-size",
+            "300",
+            "--workload",
+            "identify-embedding,mix",
+            "--concurrency",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--ceiling",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "smoke",
+        ]
+    )
+    assert len(payload["results"]) == 3
+    assert all(r["requests"] > 0 for r in payload["results"])
+    assert (tmp_path / "smoke.png").stat().st_size > 0

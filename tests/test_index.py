@@ -257,3 +257,16 @@ def test_many_removals_compact_the_index() -> None:
     assert index.store.size == index.count() == 5_000  # rebuilt without the removed rows
     _, ids = index.search(x[15_000:15_010], 1)
     assert ids[:, 0].tolist() == list(range(15_000, 15_010))
+
+
+@pytest.mark.parametrize(("n", "kind"), [(500, "exact"), (3000, "ivf_pq")])
+def test_bulk_load_builds_the_right_index_directly(n: int, kind: str) -> None:
+    x = clustered(n)
+    index = FaissGalleryIndex(DIM, IndexConfig(train_min=2000))
+    index.bulk_load(np.arange(n) + 10, x, groups=np.arange(n) // 2)
+    assert index.stats().kind == kind and index.count() == n
+    _, ids, groups = index.search_with_groups(x[:20], 1, SearchParams(nprobe=64, rerank_factor=8))
+    assert (ids[:, 0] == np.arange(20) + 10).mean() >= 0.95
+    assert (groups[:, 0] == np.arange(20) // 2).mean() >= 0.95
+    with pytest.raises(ValueError, match="empty"):
+        index.bulk_load([1], x[:1])
