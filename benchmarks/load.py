@@ -23,11 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
-import os
 import random
-import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,31 +50,6 @@ def unit_vectors(n: int, seed: int) -> np.ndarray:
 
 
 # ---- servers ----------------------------------------------------------------------------------
-def spawn_server(data_dir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "faceid.client.cli",
-        "serve",
-        "--port",
-        "0",
-        "--data-dir",
-        str(data_dir),
-        "--log-level",
-        "WARNING",
-    ]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"listening on ([\d.]+:\d+)", line)
-    if not match:
-        proc.kill()
-        raise RuntimeError(f"the server did not start: {line!r}")
-    return proc, match.group(1)
-
-
 class TrivialServicer(pb_grpc.FaceIdServicer):
     async def Identify(self, request: pb.IdentifyRequest, context: Any) -> pb.IdentifyResponse:  # noqa: N802
         return pb.IdentifyResponse()
@@ -305,7 +277,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.spawn:
         tmp = tempfile.TemporaryDirectory(prefix="faceid-load-")
         env = dict(kv.split("=", 1) for kv in args.server_env)
-        proc, address = spawn_server(Path(tmp.name), env)
+        from faceid.server.app import spawn  # here: the load processes need not import the engine
+
+        proc, address = spawn(Path(tmp.name), env=env)
     elif args.server:
         address = args.server
     else:

@@ -380,12 +380,10 @@ class Store:
             after = int(ids[-1])
 
     # ---- identities ---------------------------------------------------------------------------
-    def identities_by_id(self, gallery_id: int, identity_ids: Sequence[int]) -> dict[int, Identity]:
-        """Identity rows by row id, in one query (identify's metadata lookup)."""
-        if not identity_ids:
-            return {}
+    def _identity_rows(self, gallery_id: int, *where: Any, limit: int | None = None) -> list[Identity]:
+        """Identities as Core rows (no ORM objects: identify's hot path and the cache warm-up)."""
         t = IdentityRow.__table__
-        query = select(
+        columns = (
             t.c.id,
             t.c.gallery_id,
             t.c.external_id,
@@ -393,37 +391,22 @@ class Store:
             t.c.attributes,
             t.c.created_at,
             t.c.updated_at,
-        ).where(t.c.gallery_id == gallery_id, t.c.id.in_(list(identity_ids)))
-        with self.engine.connect() as c:  # Core rows, no ORM objects: this is identify's hot path
-            return {
-                r[0]: Identity(r[0], r[1], r[2], r[3], dict(r[4] or {}), r[5], r[6]) for r in c.execute(query)
-            }
+        )
+        query = select(*columns).where(t.c.gallery_id == gallery_id, *where).order_by(t.c.id).limit(limit)
+        with self.engine.connect() as c:
+            return [Identity(r[0], r[1], r[2], r[3], dict(r[4] or {}), r[5], r[6]) for r in c.execute(query)]
+
+    def identities_by_id(self, gallery_id: int, identity_ids: Sequence[int]) -> dict[int, Identity]:
+        """Identity rows by row id, in one query (identify's metadata lookup)."""
+        if not identity_ids:
+            return {}
+        rows = self._identity_rows(gallery_id, IdentityRow.__table__.c.id.in_(list(identity_ids)))
+        return {r.id: r for r in rows}
 
     def iter_identities(self, gallery_id: int, chunk: int = 50_000) -> Iterator[list[Identity]]:
         """Every identity of a gallery in row-id order, ``chunk`` at a time (cache warm-up)."""
-        t = IdentityRow.__table__
         after = -1
-        while True:
-            query = (
-                select(
-                    t.c.id,
-                    t.c.gallery_id,
-                    t.c.external_id,
-                    t.c.display_name,
-                    t.c.attributes,
-                    t.c.created_at,
-                    t.c.updated_at,
-                )
-                .where(t.c.gallery_id == gallery_id, t.c.id > after)
-                .order_by(t.c.id)
-                .limit(chunk)
-            )
-            with self.engine.connect() as c:
-                rows = [
-                    Identity(r[0], r[1], r[2], r[3], dict(r[4] or {}), r[5], r[6]) for r in c.execute(query)
-                ]
-            if not rows:
-                return
+        while rows := self._identity_rows(gallery_id, IdentityRow.__table__.c.id > after, limit=chunk):
             yield rows
             after = rows[-1].id
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -107,6 +112,42 @@ async def _set(servicer: Any, name: str, status: Any) -> None:
     result = servicer.set(name, status)
     if asyncio.iscoroutine(result):
         await result
+
+
+def spawn(
+    data_dir: Path, *flags: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """Start ``faceid serve`` in a child process on a free loopback port; returns it and its address.
+
+    For tests and benchmarks; stop it with SIGTERM (graceful) or SIGKILL (a crash).
+    """
+    cmd = [
+        sys.executable,
+        "-m",
+        "faceid.client.cli",
+        "serve",
+        "--port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        "--log-level",
+        "WARNING",
+        *flags,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"listening on ([\d.]+:\d+)", line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"the server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+    return proc, match.group(1)
 
 
 async def serve(config: ServerConfig) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
 import sys
@@ -16,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from faceid.client.client import FaceIdClient, FaceIdClientError, enroll_request, identify_request
+from faceid.server.app import spawn
 
 from .conftest import encode
 
@@ -30,35 +29,7 @@ class ServerProcess:
         self.address = ""
 
     def start(self) -> ServerProcess:
-        cmd = [
-            sys.executable,
-            "-m",
-            "faceid.client.cli",
-            "serve",
-            "--port",
-            "0",
-            "--data-dir",
-            str(self.data_dir),
-            "--log-level",
-            "WARNING",
-            *self.extra,
-        ]
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = re.search(r"listening on ([\d.]+:\d+)", line)
-        if not match:
-            self.proc.kill()
-            raise RuntimeError(
-                f"server did not start: {line} {self.proc.stderr.read() if self.proc.stderr else ''}"
-            )
-        self.address = match.group(1)
+        self.proc, self.address = spawn(self.data_dir, *self.extra)
         return self
 
     def stop(self) -> int:
