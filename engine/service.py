@@ -341,6 +341,10 @@ class FaceService:
             raise NotFoundError(f"gallery {name!r} does not exist; create it first or check the name")
         return state
 
+    def gallery(self, name: str) -> Gallery:
+        """The gallery's record (NotFoundError when there is none); no database work."""
+        return self._state(name).gallery
+
     def create_gallery(self, name: str) -> Gallery:
         _check_name("gallery name", name, MAX_NAME)
         with self._registry_lock:
@@ -400,7 +404,8 @@ class FaceService:
         if not 1 <= top_k <= self.config.max_top_k:
             raise InvalidInputError(f"top_k must be between 1 and {self.config.max_top_k}; got {top_k}")
 
-    def _threshold(self, threshold: float | None) -> float:
+    def decision_threshold(self, threshold: float | None) -> float:
+        """The caller's distance threshold, checked, or the model's default when none is given."""
         if threshold is None or threshold == 0:
             return self.model.default_threshold
         if not 0 < threshold <= 2:
@@ -552,7 +557,7 @@ class FaceService:
         if not embeddings:
             raise InvalidInputError("give at least one embedding")
         vectors = np.stack([self._check_embedding(state.gallery, e) for e in embeddings])
-        return self._search(state, vectors, top_k, self._threshold(threshold), params)
+        return self._search(state, vectors, top_k, self.decision_threshold(threshold), params)
 
     def identify_photo(
         self,
@@ -569,7 +574,7 @@ class FaceService:
         if not faces:
             return []
         vectors = np.stack([f.embedding for f in faces]).astype(np.float32)
-        lists = self._search(state, vectors, top_k, self._threshold(threshold), params)
+        lists = self._search(state, vectors, top_k, self.decision_threshold(threshold), params)
         return [FaceMatches(f.box, f.detection.score, m) for f, m in zip(faces, lists, strict=True)]
 
     # ---- verify -------------------------------------------------------------------------------
@@ -586,7 +591,7 @@ class FaceService:
     ) -> Verification:
         """Probe against an identity: the distance to its nearest enrolled face."""
         state = self._state(gallery)
-        t = self._threshold(threshold)
+        t = self.decision_threshold(threshold)
         identity = self.store.get_identity(state.gallery.id, external_id)
         if identity is None:
             raise NotFoundError(f"identity {external_id!r} does not exist in gallery {gallery!r}")
@@ -609,7 +614,7 @@ class FaceService:
     ) -> Verification:
         """Two probes against each other (the gallery names the model they are compared under)."""
         state = self._state(gallery)
-        t = self._threshold(threshold)
+        t = self.decision_threshold(threshold)
         dist = float(np.linalg.norm(self._probe(state.gallery, a) - self._probe(state.gallery, b)))
         return Verification(dist, similarity(dist), dist < t, t)
 

@@ -312,7 +312,7 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
             raise InvalidInputError(
                 f"top_k must be between 1 and {self.service.config.max_top_k}; got {top_k}"
             )
-        threshold = self.service._threshold(request.threshold or None)
+        threshold = self.service.decision_threshold(request.threshold or None)
         if not -1 <= request.min_similarity <= 1:
             raise InvalidInputError("min_similarity must be between -1 and 1")
         if request.nprobe < 0 or request.rerank_factor < 0:
@@ -326,7 +326,7 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
             )
             results = [FaceMatches(None, None, matches)]
         elif kind == "photo":
-            self.service._state(gallery)  # NOT_FOUND before the photo is decoded
+            self.service.gallery(gallery)  # NOT_FOUND before the photo is decoded
             faces = await self._faces(request.probe.photo)
             inputs = [(EmbeddingInput(f.embedding), top_k) for f in faces]
             lists = await self.search_batcher.submit(key, inputs) if inputs else []
