@@ -1,4 +1,4 @@
-"""The ``faceid`` command.
+"""The faceid command.
 
     faceid serve [--data-dir DIR] [--port N] [--config FILE]     run the server (embedded defaults)
     faceid galleries [create|delete NAME]                         list, create, delete galleries
@@ -9,8 +9,8 @@
     faceid stats GALLERY
     faceid faces PHOTO…                                           the pipeline in this process, no server
 
-Output is for people; ``--json`` prints JSON for scripts.  The server address is
-``--server`` or $FACEID_SERVER (default 127.0.0.1:50051).
+Output is for people; --json prints JSON for scripts.  The server address is
+--server or $FACEID_SERVER (default 127.0.0.1:50051).
 """
 
 from __future__ import annotations
