@@ -98,3 +98,14 @@ def test_load_generator_drives_a_spawned_server_and_the_ceiling(tmp_path: Path) 
     assert len(payload["results"]) == 3
     assert all(r["requests"] > 0 for r in payload["results"])
     assert (tmp_path / "smoke.png").stat().st_size > 0
+
+
+def test_accuracy_through_the_grpc_api_runs_every_protocol(faces: Path, tmp_path: Path) -> None:
+    from faceid.benchmarks import accuracy
+
+    args = ["--pairs", "2", "--probes", "15", "--distractors", "300", "--lfw-limit", "300"]
+    payload = accuracy.main([*args, "--out", str(tmp_path), "--cache", str(tmp_path / "lfw.npz")])
+    assert payload["verification"]["pairs"] == 20
+    assert 0 <= payload["closed_set"]["rank1"] <= payload["closed_set"]["rank5"] <= 1
+    assert "fnir_at_fpir_0.01" in payload["open_set"]["with_distractors"]
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
