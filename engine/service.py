@@ -125,6 +125,16 @@ class EmbeddingInput:
     model: str = ""  # "name/version"; empty = the gallery's model
 
 
+@dataclass(frozen=True)
+class EnrollItem:
+    """One embedding to enrol and the identity it belongs to (metadata used when the identity is new)."""
+
+    external_id: str
+    embedding: EmbeddingInput
+    display_name: str | None = None
+    attributes: dict[str, Any] | None = None
+
+
 @dataclass
 class GalleryStats:
     gallery: Gallery
@@ -447,6 +457,21 @@ class FaceService:
             NewFace(eid, self._check_embedding(state.gallery, e), display_name, attributes)
             for eid, e in zip(external_ids, embeddings, strict=True)
         ]
+        ids = self._enroll(state, faces)
+        return [EnrolledFace(i, f.external_id) for i, f in zip(ids, faces, strict=True)]
+
+    def enroll_items(self, gallery: str, items: Sequence[EnrollItem]) -> list[EnrolledFace]:
+        """Enrol ready embeddings with per-item identity metadata, all in one transaction: every
+        item is checked first, so one bad item refuses the whole call and nothing is written."""
+        state = self._state(gallery)
+        if not items:
+            raise InvalidInputError("give at least one embedding")
+        faces = []
+        for item in items:
+            _check_name("external_id", item.external_id, MAX_EXTERNAL_ID)
+            _check_attributes(item.attributes)
+            vector = self._check_embedding(state.gallery, item.embedding)
+            faces.append(NewFace(item.external_id, vector, item.display_name, item.attributes))
         ids = self._enroll(state, faces)
         return [EnrolledFace(i, f.external_id) for i, f in zip(ids, faces, strict=True)]
 

@@ -33,7 +33,7 @@ from faceid.engine.errors import (
 )
 from faceid.engine.index import SearchParams
 from faceid.engine.pipeline import Face
-from faceid.engine.service import EmbeddingInput, EnrolledFace, FaceMatches, FaceService, Match
+from faceid.engine.service import EmbeddingInput, EnrolledFace, EnrollItem, FaceMatches, FaceService, Match
 from faceid.engine.store import Identity
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
@@ -42,6 +42,8 @@ from faceid.server.config import ServerConfig
 
 log = logging.getLogger("faceid.server")
 T = TypeVar("T")
+BULK_BATCH = 500  # embedding items enrolled in one transaction
+BULK_WAIT = 0.005  # seconds to wait for more items before enrolling those already received
 
 _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -288,20 +290,89 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
     async def Enroll(self, request: pb.EnrollRequest, context: Any) -> pb.EnrollResponse:
         return pb.EnrollResponse(faces=await self._enroll(request))
 
+    async def _enroll_batch(self, requests: list[pb.EnrollRequest], first: int) -> list[pb.BulkEnrollResult]:
+        """Embedding items of one gallery in one transaction; if that is refused, item by item so
+        that each gets its own result."""
+        try:
+            gallery = gallery_of(requests[0].parent, "parent")
+            items = [
+                EnrollItem(
+                    r.identity_id,
+                    embedding_in(r.probe.embedding),
+                    r.display_name or None,
+                    parse_attributes(r.attributes_json),
+                )
+                for r in requests
+            ]
+            faces = await self._call(self.service.enroll_items, gallery, items)
+            return [
+                pb.BulkEnrollResult(index=first + i, faces=[enrolled_pb(gallery, f)])
+                for i, f in enumerate(faces)
+            ]
+        except FaceIdError:
+            if len(requests) == 1:
+                raise
+        return [await self._enroll_result(r, first + i) for i, r in enumerate(requests)]
+
+    async def _enroll_result(self, request: pb.EnrollRequest, index: int) -> pb.BulkEnrollResult:
+        try:
+            return pb.BulkEnrollResult(index=index, faces=await self._enroll(request))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            code, message = status_of(exc)
+            return pb.BulkEnrollResult(index=index, error_code=code.value[0], error_message=message)
+
     async def BulkEnroll(
         self, request_iterator: AsyncIterator[pb.EnrollRequest], context: Any
     ) -> AsyncIterator[pb.BulkEnrollResult]:
+        """Results in request order.  Consecutive embedding items for one gallery are enrolled
+        together (up to ``BULK_BATCH``, or what arrived within ``BULK_WAIT`` seconds); photos one by one."""
+        stream = request_iterator.__aiter__()
         index = 0
-        async for request in request_iterator:
-            try:
-                faces = await self._enroll(request)
-                yield pb.BulkEnrollResult(index=index, faces=faces)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                code, message = status_of(exc)
-                yield pb.BulkEnrollResult(index=index, error_code=code.value[0], error_message=message)
-            index += 1
+        pending: list[pb.EnrollRequest] = []
+        next_item: asyncio.Future[pb.EnrollRequest] | None = None
+        ended = False
+        while not ended or pending:
+            request = None
+            if not ended:
+                if next_item is None:
+                    next_item = asyncio.ensure_future(stream.__anext__())
+                try:
+                    if pending:
+                        request = await asyncio.wait_for(asyncio.shield(next_item), BULK_WAIT)
+                    else:
+                        request = await next_item
+                    next_item = None
+                except TimeoutError:
+                    pass  # nothing more arrived at once: enrol what is waiting
+                except StopAsyncIteration:
+                    ended, next_item = True, None
+            batchable = (
+                request is not None
+                and request.probe.WhichOneof("kind") == "embedding"
+                and (not pending or request.parent == pending[0].parent)
+            )
+            if batchable and request is not None:
+                pending.append(request)
+                request = None
+                if len(pending) < BULK_BATCH and not ended:
+                    continue
+            if pending:
+                try:
+                    results = await self._enroll_batch(pending, index)
+                except Exception:
+                    results = [await self._enroll_result(r, index + i) for i, r in enumerate(pending)]
+                for result in results:
+                    yield result
+                index += len(pending)
+                pending = []
+            if request is not None:
+                if request.probe.WhichOneof("kind") == "embedding":
+                    pending.append(request)  # another gallery: starts the next batch
+                else:
+                    yield await self._enroll_result(request, index)
+                    index += 1
 
     # ---- identify and verify ---------------------------------------------------------------------
     @rpc

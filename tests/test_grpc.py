@@ -192,3 +192,19 @@ def test_the_command_line_enrols_a_folder_and_identifies(
     output = faceid("identify", "cli", str(sorted(first.iterdir())[4]))
     assert f"MATCH {first.name}" in output
     assert first.name in faceid("identities", "cli", "list")
+
+
+def test_bulk_enrol_of_many_embeddings_batches_them_and_keeps_each_result(client: FaceIdClient) -> None:
+    client.create_gallery("many")
+    client.create_gallery("other")
+    requests = [enroll_request("many", f"p{i}", embedding=unit(1000 + i)) for i in range(1200)]
+    requests[600] = enroll_request("many", "bad", embedding=[0.5] * 128)  # not unit length
+    requests[900] = enroll_request("other", "elsewhere", embedding=unit(5))
+    results = list(client.bulk_enroll(requests))
+    assert [r.index for r in results] == list(range(1200))
+    assert results[600].error_code == "INVALID_ARGUMENT" and "unit length" in results[600].error_message
+    assert all(not r.error_code and len(r.faces) == 1 for i, r in enumerate(results) if i != 600)
+    assert client.get_gallery("many").face_count == 1198
+    assert client.get_gallery("other").face_count == 1
+    [face] = client.identify("many", embedding=unit(1000 + 1199), top_k=1)
+    assert face.matches[0].identity_id == "p1199"
