@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from faceid.benchmarks.common import (
     Progress,
+    centre_most,
     faces_dir,
     kfold_accuracy,
     machine,
@@ -53,12 +55,8 @@ def embed_photos(client: FaceIdClient, paths: list[Path]) -> tuple[np.ndarray, n
     for i, path in enumerate(paths):
         faces = [f for f in client.embed(path.read_bytes()) if isinstance(f, DetectedFace)]
         if faces:
-            face = min(
-                faces,
-                key=lambda f: (
-                    ((f.box.left + f.box.right) / 2 - 125) ** 2 + ((f.box.top + f.box.bottom) / 2 - 125) ** 2
-                ),
-            )
+            with Image.open(path) as im:  # the header gives the size; nothing is decoded
+                face = centre_most(faces, *im.size)
             out[i], found[i] = face.embedding, True
         progress.update()
     return out, found

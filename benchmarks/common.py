@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,34 @@ def read_pairs(csv_path: Path) -> list[Pair]:
             Pair(int(row["fold"]), row["label"] == "1", root / row["path1"], root / row["path2"])
             for row in csv.DictReader(f)
         ]
+
+
+class _Box(Protocol):
+    @property
+    def left(self) -> float: ...
+    @property
+    def top(self) -> float: ...
+    @property
+    def right(self) -> float: ...
+    @property
+    def bottom(self) -> float: ...
+
+
+class _HasBox(Protocol):
+    @property
+    def box(self) -> _Box: ...
+
+
+FaceT = TypeVar("FaceT", bound=_HasBox)
+
+
+def centre_most(faces: list[FaceT], width: float, height: float) -> FaceT:
+    """The face nearest the photo's centre: LFW's subject (engine detections or client results)."""
+    cx, cy = width / 2, height / 2
+    return min(
+        faces,
+        key=lambda f: ((f.box.left + f.box.right) / 2 - cx) ** 2 + ((f.box.top + f.box.bottom) / 2 - cy) ** 2,
+    )
 
 
 def kfold_accuracy(

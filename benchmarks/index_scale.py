@@ -104,9 +104,8 @@ def run_variant(
         print(f"  {factory}: {stage} {fraction:.0%}", end="\r", flush=True)
 
     index.on_progress = progress
-    index.config = replace(config, train_min=1)
     t0 = time.perf_counter()
-    index.bulk_load(np.arange(len(gallery)), gallery)
+    index.bulk_load(np.arange(len(gallery)), gallery, train=True)
     t_total = time.perf_counter() - t0
     t_train = stages.get("add", time.perf_counter()) - stages.get("train", t0)
     stats = index.stats()

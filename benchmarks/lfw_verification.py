@@ -36,6 +36,7 @@ from faceid.benchmarks.common import (
     Pair,
     Progress,
     best_threshold,
+    centre_most,
     faces_dir,
     kfold_accuracy,
     machine,
@@ -46,17 +47,9 @@ from faceid.benchmarks.common import (
 )
 from faceid.engine.align import face_chips
 from faceid.engine.config import EmbedConfig, PipelineConfig
-from faceid.engine.detect import Box, Detection, FaceDetector
+from faceid.engine.detect import Box, FaceDetector
 from faceid.engine.embedder import Embedder
 from faceid.engine.pipeline import FacePipeline
-
-
-def centre_most(detections: list[Detection], width: int, height: int) -> Detection:
-    cx, cy = width / 2, height / 2
-    return min(
-        detections,
-        key=lambda d: ((d.box.left + d.box.right) / 2 - cx) ** 2 + ((d.box.top + d.box.bottom) / 2 - cy) ** 2,
-    )
 
 
 def median_box(boxes: list[Box], width: int, height: int) -> Box:

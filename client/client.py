@@ -62,6 +62,9 @@ def channel_options(max_message_bytes: int = 32 * MIB) -> list[tuple[str, Any]]:
     ]
 
 
+_CODE_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
+
+
 class FaceIdClientError(Exception):
     """A call failed: ``code`` is the status name (``"NOT_FOUND"``, …), ``message`` the server's words."""
 
@@ -380,16 +383,8 @@ class FaceIdClient:
         """One result per request, in order; build requests with :func:`enroll_request`."""
         try:
             for r in self.stub.BulkEnroll(iter(requests), timeout=timeout, metadata=self.metadata):
-                code = grpc.StatusCode.OK.name
-                for status in grpc.StatusCode:
-                    if status.value[0] == r.error_code:
-                        code = status.name
-                yield BulkResult(
-                    r.index,
-                    [_enrolled(f) for f in r.faces],
-                    "" if r.error_code == 0 else code,
-                    r.error_message,
-                )
+                code = _CODE_NAMES.get(r.error_code, "UNKNOWN") if r.error_code else ""
+                yield BulkResult(r.index, [_enrolled(f) for f in r.faces], code, r.error_message)
         except grpc.RpcError as exc:
             raise _error(exc) from None
 

@@ -32,7 +32,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -108,7 +108,6 @@ class IndexStats:
     default_rerank_factor: int = 0
     trained_on: int = 0
     memory_bytes: int = 0
-    params: dict[str, Any] = field(default_factory=dict)
 
 
 class GalleryIndex(Protocol):
@@ -208,7 +207,7 @@ class VectorStore:
             return np.zeros(len(ids), np.intp), np.zeros(len(ids), bool)
         labels = self.labels[: self.size]
         if self._order is None:
-            rows = np.minimum(np.searchsorted(labels, ids), self.size - 1)
+            rows = np.minimum(np.searchsorted(labels, ids, side="left"), self.size - 1)
         else:
             sorted_labels = labels[self._order]
             rows = self._order[np.minimum(np.searchsorted(sorted_labels, ids), self.size - 1)]
@@ -339,10 +338,15 @@ class FaissGalleryIndex:
         return len(rows)
 
     def bulk_load(
-        self, ids: npt.ArrayLike, vectors: npt.ArrayLike, groups: npt.ArrayLike | None = None
+        self,
+        ids: npt.ArrayLike,
+        vectors: npt.ArrayLike,
+        groups: npt.ArrayLike | None = None,
+        train: bool | None = None,
     ) -> None:
-        """Fill an empty index in one go, building IVF-PQ directly when the vectors are enough
-        (no exact index in between: rebuilds and benchmarks of very large galleries)."""
+        """Fill an empty index in one go, building IVF-PQ directly (no exact index in between:
+        rebuilds and benchmarks of very large galleries) when ``train`` says so, or, when it is
+        None, when the vectors reach ``train_min``."""
         id_array = np.ascontiguousarray(ids, dtype=np.int64).ravel()
         group_array = None if groups is None else np.ascontiguousarray(groups, dtype=np.int64).ravel()
         with self._lock.write():
@@ -355,7 +359,7 @@ class FaissGalleryIndex:
                 part = None if group_array is None else group_array[start : start + step]
                 store.add(id_array[start : start + step], chunk, part)
             self.store = store
-        if len(id_array) >= max(self.config.train_min, 39):
+        if (len(id_array) >= self.config.train_min if train is None else train) and len(id_array) >= 39:
             with self._lock.write():
                 self._journal = []
             self._train_and_swap(*self.store.items(), True)
@@ -609,12 +613,14 @@ class FaissGalleryIndex:
         )
         store.size, store.live = size, n
         labels = store.labels[:size]
-        # dead rows were not saved: give them sortable placeholder labels that no face has
+        # Dead rows were not saved.  Each hole repeats the label of the live row before it (-1 at
+        # the start), so the column stays sorted and a binary search lands on the live row first.
         holes = np.ones(size, bool)
         holes[rows] = False
         if holes.any():
-            store.labels[:size][holes] = -1 - np.arange(int(holes.sum()))
-        if not bool(np.all(np.diff(labels) > 0)):
+            before = np.maximum.accumulate(np.where(holes, -1, np.arange(size)))
+            labels[holes] = np.where(before[holes] >= 0, labels[np.maximum(before[holes], 0)], -1)
+        if not bool(np.all(np.diff(labels) >= 0)):
             store._order = np.argsort(labels, kind="stable")
         self._index, self._kind = index, header["kind"]
         self._nlist, self._trained_on = int(header["nlist"]), int(header["trained_on"])

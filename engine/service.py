@@ -47,7 +47,7 @@ from faceid.engine.errors import (
 from faceid.engine.index import FaissGalleryIndex, IndexConfig, IndexStats, SearchParams, SnapshotError
 from faceid.engine.migrate import upgrade
 from faceid.engine.models import DLIB_RESNET_V1, EmbeddingModel
-from faceid.engine.pipeline import Face, FacePipeline
+from faceid.engine.pipeline import FacePipeline
 from faceid.engine.store import Gallery, Identity, NewFace, Store, make_engine, sha256_hex
 
 log = logging.getLogger("faceid.service")
@@ -142,7 +142,6 @@ class GalleryStats:
     faces: int
     index: IndexStats
     applied_seq: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -288,12 +287,20 @@ class FaceService:
         changes = self.store.changes_since(gallery.id, seq)
         added = [c.face_id for c in changes if c.op == "add"]
         records = self.store.face_records(gallery.id, added) if added else {}
+        run: list[int] = []  # consecutive adds, applied in one call
+
+        def flush() -> None:
+            if run:
+                index.add(run, np.stack([records[f][1] for f in run]), [records[f][0] for f in run])
+                run.clear()
+
         for c in changes:
             if c.op == "add" and c.face_id in records:
-                identity_id, vector = records[c.face_id]
-                index.add([c.face_id], vector[None], [identity_id])
+                run.append(c.face_id)
             elif c.op == "remove":
+                flush()
                 index.remove([c.face_id])
+        flush()
         return len(changes)
 
     def _warm_identity_cache(self) -> None:
@@ -371,9 +378,6 @@ class FaceService:
             )
             return gallery
 
-    def get_gallery(self, name: str) -> GalleryStats:
-        return self.stats(name)
-
     def list_galleries(self) -> list[Gallery]:
         return sorted((s.gallery for s in self._galleries.values()), key=lambda g: g.name)
 
@@ -410,7 +414,7 @@ class FaceService:
             )
         return v / norm
 
-    def _check_top_k(self, top_k: int) -> None:
+    def check_top_k(self, top_k: int) -> None:
         if not 1 <= top_k <= self.config.max_top_k:
             raise InvalidInputError(f"top_k must be between 1 and {self.config.max_top_k}; got {top_k}")
 
@@ -474,9 +478,6 @@ class FaceService:
             faces.append(NewFace(item.external_id, vector, item.display_name, item.attributes))
         ids = self._enroll(state, faces)
         return [EnrolledFace(i, f.external_id) for i, f in zip(ids, faces, strict=True)]
-
-    def detect_faces(self, photo: bytes) -> list[Face]:
-        return self.pipeline.process(photo)
 
     def enroll_photo(
         self,
@@ -578,7 +579,7 @@ class FaceService:
     ) -> list[list[Match]]:
         """The ``top_k`` nearest identities of each embedding, best first (one batched search)."""
         state = self._state(gallery)
-        self._check_top_k(top_k)
+        self.check_top_k(top_k)
         if not embeddings:
             raise InvalidInputError("give at least one embedding")
         vectors = np.stack([self._check_embedding(state.gallery, e) for e in embeddings])
@@ -594,7 +595,7 @@ class FaceService:
     ) -> list[FaceMatches]:
         """One result list per face in the photo (largest face first), each with its box."""
         state = self._state(gallery)
-        self._check_top_k(top_k)
+        self.check_top_k(top_k)
         faces = self.pipeline.process(photo)
         if not faces:
             return []

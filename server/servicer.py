@@ -379,10 +379,7 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
     async def Identify(self, request: pb.IdentifyRequest, context: Any) -> pb.IdentifyResponse:
         gallery = gallery_of(request.parent, "parent")
         top_k = request.top_k or 5
-        if not 1 <= top_k <= self.service.config.max_top_k:
-            raise InvalidInputError(
-                f"top_k must be between 1 and {self.service.config.max_top_k}; got {top_k}"
-            )
+        self.service.check_top_k(top_k)  # here, not in the batch: a bad call must not fail its batch-mates
         threshold = self.service.decision_threshold(request.threshold or None)
         if not -1 <= request.min_similarity <= 1:
             raise InvalidInputError("min_similarity must be between -1 and 1")

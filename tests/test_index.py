@@ -270,3 +270,20 @@ def test_bulk_load_builds_the_right_index_directly(n: int, kind: str) -> None:
     assert (groups[:, 0] == np.arange(20) // 2).mean() >= 0.95
     with pytest.raises(ValueError, match="empty"):
         index.bulk_load([1], x[:1])
+
+
+def test_a_loaded_snapshot_with_removed_rows_keeps_ids_sorted_for_cheap_appends(tmp_path: Path) -> None:
+    x = clustered(1000)
+    index = FaissGalleryIndex(DIM)
+    index.add(np.arange(1, 1001), x, groups=np.arange(1, 1001) * 10)
+    index.remove([1, 2, 500, 501, 1000])
+    index.save(tmp_path / "g.index", seq=1)
+    loaded, _ = FaissGalleryIndex.load(tmp_path / "g.index")
+    assert loaded.store._order is None  # no re-sort on every later add
+    loaded.add([2000], clustered(1, seed=4), groups=[7])
+    assert loaded.store._order is None
+    assert loaded.groups_of([3, 499, 502, 999, 2000]).tolist() == [30, 4990, 5020, 9990, 7]
+    assert loaded.groups_of([1, 2, 500, 501, 1000]).tolist() == [-1] * 5
+    _, ids = loaded.search(x[[2, 498, 501, 998]], 1)
+    assert ids[:, 0].tolist() == [3, 499, 502, 999]
+    assert loaded.remove([500, 3]) == 1 and loaded.count() == 995
