@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import signal
 import tempfile
 import time
@@ -193,6 +194,7 @@ def plot(curves: dict[str, Any], out: Path) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--server", default="", help="HOST:PORT of a running server (default: spawn one)")
+    ap.add_argument("--api-key", default=os.environ.get("FACEID_API_KEY", ""), help="for --server")
     ap.add_argument("--distractors", type=int, default=1_000_000)
     ap.add_argument("--pairs", type=int, default=0, help="first N pairs per fold (0: all 600)")
     ap.add_argument(
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not address:
         from faceid.server.app import spawn
 
-        proc, address = spawn(Path(tmp.name))
+        proc, address, args.api_key = spawn(Path(tmp.name))
     print(
         f"accuracy: server {address}, distractors {args.distractors:,}, pairs/fold {args.pairs or 600}, "
         f"probes {args.probes or 'all'}"
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload: dict[str, Any] = {"benchmark": "accuracy", "distractors": args.distractors}
     curves: dict[str, Any] = {"det": {}}
     try:
-        with FaceIdClient(address, timeout=300) as client:
+        with FaceIdClient(address, timeout=300, api_key=args.api_key) as client:
             payload["verification"], curves["roc"] = verification(client, lfw, args.pairs)
             groups = read_protocol(lfw)
             enrol, probes = groups["eval/enrol"], groups["eval/probe"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import random
 import signal
 import sys
@@ -36,7 +37,7 @@ import grpc
 import numpy as np
 
 from faceid.benchmarks.common import faces_dir, machine, write_json
-from faceid.client.client import channel_options, enroll_request, identify_request
+from faceid.client.client import call_metadata, channel_options, enroll_request, identify_request
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
 
@@ -67,12 +68,13 @@ def _trivial_main(port_queue: Any) -> None:
     asyncio.run(run())
 
 
-def fill_gallery(address: str, n: int, batch: int = 1000) -> float:
+def fill_gallery(address: str, n: int, api_key: str = "", batch: int = 1000) -> float:
     """Create the gallery and enrol ``n`` synthetic faces through BulkEnroll; returns seconds."""
     channel = grpc.insecure_channel(address, channel_options())
     stub = pb_grpc.FaceIdStub(channel)
+    md = call_metadata(api_key, ())
     try:
-        stub.CreateGallery(pb.CreateGalleryRequest(gallery_id=GALLERY))
+        stub.CreateGallery(pb.CreateGalleryRequest(gallery_id=GALLERY), metadata=md)
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
             raise
@@ -82,7 +84,7 @@ def fill_gallery(address: str, n: int, batch: int = 1000) -> float:
         m = min(batch * 10, n - done)
         vecs = unit_vectors(m, done)
         requests = (enroll_request(GALLERY, f"p{done + i}", embedding=vecs[i].tolist()) for i in range(m))
-        for r in stub.BulkEnroll(requests):
+        for r in stub.BulkEnroll(requests, metadata=md):
             if r.error_code:
                 raise RuntimeError(f"enrolment failed: {r.error_message}")
         done += m
@@ -121,8 +123,10 @@ async def _worker_loop(
     photos: list[bytes],
     enroll_ratio: float,
     top_k: int,
+    api_key: str,
 ) -> dict[str, Any]:
     channel = grpc.aio.insecure_channel(address, channel_options())
+    md = call_metadata(api_key, ())
     stub = pb_grpc.FaceIdStub(channel)
     latencies: list[float] = []
     codes: Counter[str] = Counter()
@@ -139,7 +143,7 @@ async def _worker_loop(
             method, request = next(gen)
             t0 = time.perf_counter()
             try:
-                await getattr(stub, method)(request, timeout=30)
+                await getattr(stub, method)(request, timeout=30, metadata=md)
                 code = "OK"
             except grpc.aio.AioRpcError as exc:
                 code = exc.code().name
@@ -167,6 +171,7 @@ def run_load(
     photos: list[bytes],
     enroll_ratio: float,
     top_k: int,
+    api_key: str = "",
 ) -> dict[str, Any]:
     """Drive ``address`` and summarise: throughput, latency percentiles (ms), errors by code."""
     per = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
@@ -175,7 +180,7 @@ def run_load(
     procs = [
         ctx.Process(
             target=_process_main,
-            args=((address, workload, c, warmup, duration, i, photos, enroll_ratio, top_k), out),
+            args=((address, workload, c, warmup, duration, i, photos, enroll_ratio, top_k, api_key), out),
         )
         for i, c in enumerate(per)
         if c
@@ -243,6 +248,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--server", default="", help="HOST:PORT of a running server")
+    ap.add_argument("--api-key", default=os.environ.get("FACEID_API_KEY", ""), help="for --server")
     ap.add_argument("--spawn", action="store_true", help="start a server on a fresh data directory")
     ap.add_argument("--server-env", action="append", default=[], help="FACEID_SETTING=value for --spawn")
     ap.add_argument("--gallery-size", type=int, default=10_000)
@@ -279,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         env = dict(kv.split("=", 1) for kv in args.server_env)
         from faceid.server.app import spawn  # here: the load processes need not import the engine
 
-        proc, address = spawn(Path(tmp.name), env=env)
+        proc, address, args.api_key = spawn(Path(tmp.name), env=env)
     elif args.server:
         address = args.server
     else:
@@ -299,9 +305,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "server_env": args.server_env,
     }
     try:
-        payload["fill_seconds"] = fill_gallery(address, args.gallery_size)
+        payload["fill_seconds"] = fill_gallery(address, args.gallery_size, args.api_key)
         channel = grpc.insecure_channel(address)
-        gallery = pb_grpc.FaceIdStub(channel).GetGallery(pb.GetGalleryRequest(name=f"galleries/{GALLERY}"))
+        gallery = pb_grpc.FaceIdStub(channel).GetGallery(
+            pb.GetGalleryRequest(name=f"galleries/{GALLERY}"), metadata=call_metadata(args.api_key, ())
+        )
         channel.close()
         payload["index"] = {"kind": gallery.index_kind, "faces": gallery.face_count}
         print(f"gallery: {gallery.face_count:,} faces, index {gallery.index_kind}")
@@ -317,6 +325,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     photos,
                     args.enroll_ratio,
                     args.top_k,
+                    args.api_key,
                 )
                 results.append(r)
                 print(summary(r))

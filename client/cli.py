@@ -8,9 +8,13 @@
     faceid identities GALLERY [list|show ID|delete ID]
     faceid stats GALLERY
     faceid faces PHOTO…                                           the pipeline in this process, no server
+    faceid keys create --gallery NAME --role reader|writer|admin  API keys (on the server's database)
+    faceid keys list | revoke KEY_ID
 
 Output is for people; --json prints JSON for scripts.  The server address is
---server or $FACEID_SERVER (default 127.0.0.1:50051).
+--server or $FACEID_SERVER (default 127.0.0.1:50051); the API key is --api-key or
+$FACEID_API_KEY; --ca-file (and --cert-file/--key-file for mutual TLS) make the
+connection TLS.
 """
 
 from __future__ import annotations
@@ -40,9 +44,11 @@ def _print_json(value: Any) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from faceid.client.client import FaceIdClient
+    from faceid.client.client import FaceIdClient, tls_credentials
 
-    return FaceIdClient(args.server, timeout=args.timeout)
+    tls = args.ca_file or args.cert_file
+    credentials = tls_credentials(args.ca_file, args.cert_file, args.key_file) if tls else None
+    return FaceIdClient(args.server, timeout=args.timeout, credentials=credentials, api_key=args.api_key)
 
 
 # ---- serve -----------------------------------------------------------------------------------
@@ -57,9 +63,67 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         database_url=args.database_url,
         log_level=args.log_level,
+        auth=False if args.no_auth else None,
+        tls_cert_file=args.tls_cert,
+        tls_key_file=args.tls_key,
+        tls_client_ca_file=args.tls_client_ca,
     )
     configure_logging(config.log_level)
     asyncio.run(serve(config))
+    return 0
+
+
+# ---- keys ------------------------------------------------------------------------------------
+def cmd_keys(args: argparse.Namespace) -> int:
+    """API keys, read and written on the server's database directly (works with the server up or down)."""
+    from faceid.engine.errors import InvalidInputError
+    from faceid.engine.keys import ALL_GALLERIES, KeyStore, Role, describe, parse_scope
+    from faceid.engine.migrate import upgrade
+    from faceid.engine.service import ServiceConfig
+    from faceid.engine.store import make_engine
+    from faceid.server.config import ServerConfig
+
+    server = ServerConfig.load(args.config, data_dir=args.data_dir, database_url=args.database_url)
+    url = ServiceConfig(data_dir=server.data_dir, database_url=server.database_url or None).url()
+    engine = make_engine(url)
+    upgrade(engine)
+    keys = KeyStore(engine)
+    try:
+        if args.action == "create":
+            galleries = [ALL_GALLERIES] if args.all_galleries else parse_scope(args.gallery or [])
+            if not galleries:
+                raise InvalidInputError("give --gallery NAME (repeat it for several) or --all-galleries")
+            new = keys.create(Role.parse(args.role), galleries, args.description)
+            if args.json:
+                _print_json({**describe(new.key), "api_key": new.token})
+            else:
+                scope = "every gallery" if new.key.all_galleries else ", ".join(new.key.galleries)
+                print(f"created {args.role} key {new.key.key_id} for {scope}; shown once, keep it safe:")
+                print(new.token)
+        elif args.action == "revoke":
+            if not args.key_id:
+                raise InvalidInputError("give the key id to revoke (`faceid keys list` shows them)")
+            revoked = keys.revoke(args.key_id)
+            print(json.dumps(describe(revoked)) if args.json else f"revoked key {revoked.key_id}")
+        else:
+            listed = keys.all(include_revoked=args.all)
+            if args.json:
+                _print_json([describe(k) for k in listed])
+            for k in [] if args.json else listed:
+                state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+                print(
+                    f"{k.key_id}  {k.role.name.lower():<6}  {','.join(k.galleries):<24} {state:<18} "
+                    f"{k.description}"
+                )
+    except Exception as exc:
+        from faceid.engine.errors import FaceIdError
+
+        if isinstance(exc, FaceIdError):
+            print(f"faceid keys: {exc}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        engine.dispose()
     return 0
 
 
@@ -280,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", default=os.environ.get("FACEID_SERVER", "127.0.0.1:50051"))
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
     parser.add_argument("--json", action="store_true", help="JSON output for scripts")
+    parser.add_argument("--api-key", default=os.environ.get("FACEID_API_KEY"), help="or $FACEID_API_KEY")
+    parser.add_argument("--ca-file", default=os.environ.get("FACEID_CA_FILE"), help="TLS: CA to trust")
+    parser.add_argument("--cert-file", default=os.environ.get("FACEID_CERT_FILE"), help="mutual TLS")
+    parser.add_argument("--key-file", default=os.environ.get("FACEID_KEY_FILE"), help="mutual TLS")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the server")
@@ -289,7 +357,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: SQLite in the data dir)")
     p.add_argument("--log-level", default=None)
+    p.add_argument("--no-auth", action="store_true", help="serve without API keys (trusted networks only)")
+    p.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TLS")
+    p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", default=None, help="PEM CA: require client certificates (mTLS)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("keys", help="create, list or revoke API keys (on the server's database)")
+    p.add_argument("action", nargs="?", choices=["list", "create", "revoke"], default="list")
+    p.add_argument("key_id", nargs="?", help="the key to revoke")
+    p.add_argument("--role", choices=["reader", "writer", "admin"], default="reader")
+    p.add_argument("--gallery", action="append", help="a gallery the key may use (repeatable)")
+    p.add_argument("--all-galleries", action="store_true", help="the key may use every gallery")
+    p.add_argument("--description", default="", help="who or what the key is for")
+    p.add_argument("--all", action="store_true", help="list revoked keys too")
+    p.add_argument("--config", type=Path, default=None, help="the server's TOML file")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--database-url", default=None)
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("galleries", help="list, create or delete galleries")
     p.add_argument("action", nargs="?", choices=["list", "create", "delete"], default="list")
@@ -337,8 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "action", None) in ("create", "delete") and not (
-        getattr(args, "name", None) or getattr(args, "identity", None)
+    if (
+        args.command != "keys"
+        and getattr(args, "action", None) in ("create", "delete")
+        and not (getattr(args, "name", None) or getattr(args, "identity", None))
     ):
         parser.error(f"{args.command} {args.action} needs a name")
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -60,6 +61,25 @@ def channel_options(max_message_bytes: int = 32 * MIB) -> list[tuple[str, Any]]:
         ("grpc.service_config", _SERVICE_CONFIG),
         ("grpc.keepalive_time_ms", 60_000),
     ]
+
+
+def tls_credentials(
+    ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
+) -> grpc.ChannelCredentials:
+    """TLS to the server: trust ``ca_file`` (default: the system's roots); with ``cert_file`` and
+    ``key_file``, also show a client certificate (mutual TLS)."""
+
+    def read(path: str | None) -> bytes | None:
+        if not path:
+            return None
+        return Path(path).read_bytes()
+
+    return grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
+
+
+def call_metadata(api_key: str | None, metadata: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The metadata sent with every call: the API key as ``authorization: Bearer …`` when given."""
+    return [*metadata, *([("authorization", f"Bearer {api_key}")] if api_key else [])]
 
 
 _CODE_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
@@ -310,7 +330,11 @@ def update_request(
 
 
 class FaceIdClient:
-    """Blocking client.  ``with FaceIdClient("127.0.0.1:50051") as c: c.identify("staff", photo=…)``."""
+    """Blocking client: ``with FaceIdClient(address, api_key=…) as c: c.identify("staff", photo=…)``.
+
+    ``api_key`` is sent with every call; ``credentials`` (see :func:`tls_credentials`) make the
+    channel TLS.
+    """
 
     def __init__(
         self,
@@ -318,6 +342,7 @@ class FaceIdClient:
         timeout: float = 30.0,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        api_key: str | None = None,
     ) -> None:
         options = channel_options()
         self.channel = (
@@ -327,7 +352,7 @@ class FaceIdClient:
         )
         self.stub = pb_grpc.FaceIdStub(self.channel)
         self.timeout = timeout
-        self.metadata = list(metadata)
+        self.metadata = call_metadata(api_key, metadata)
 
     def __enter__(self) -> FaceIdClient:
         return self
@@ -467,6 +492,7 @@ class AsyncFaceIdClient:
         timeout: float = 30.0,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
+        api_key: str | None = None,
     ) -> None:
         options = channel_options()
         self.channel = (
@@ -476,7 +502,7 @@ class AsyncFaceIdClient:
         )
         self.stub = pb_grpc.FaceIdStub(self.channel)
         self.timeout = timeout
-        self.metadata = list(metadata)
+        self.metadata = call_metadata(api_key, metadata)
 
     async def __aenter__(self) -> AsyncFaceIdClient:
         return self

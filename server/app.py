@@ -13,14 +13,16 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from faceid.engine.keys import ALL_GALLERIES, KeyRing, KeyStore, NewKey, Role
 from faceid.engine.service import FaceService, ServiceConfig
 from faceid.proto.faceid.v1 import faceid_pb2, faceid_pb2_grpc
+from faceid.server.auth import AuthInterceptor
 from faceid.server.config import ServerConfig
 from faceid.server.servicer import FaceIdServicer
 
@@ -71,9 +73,18 @@ class Server:
             ServiceConfig(data_dir=config.data_dir, database_url=config.database_url or None)
         )
         self.servicer = FaceIdServicer(self.service, config)
+        self.keys = KeyRing(KeyStore(self.service.store.engine))
+        #: The admin key made on a first start (no key was ever created): printed once by ``serve``.
+        self.first_key: NewKey | None = None
+        if config.auth and not self.keys.keys.any_created():
+            self.first_key = self.keys.keys.create(Role.ADMIN, [ALL_GALLERIES], "first admin key")
+            self.keys.refresh()
+        self._refresher: asyncio.Task[None] | None = None
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.grpc = grpc.aio.server(
-            options=grpc_options(config), maximum_concurrent_rpcs=config.max_concurrent_rpcs
+            options=grpc_options(config),
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            interceptors=[AuthInterceptor(self.keys)] if config.auth else [],
         )
         faceid_pb2_grpc.add_FaceIdServicer_to_server(self.servicer, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -85,10 +96,20 @@ class Server:
             ),
             self.grpc,
         )
-        self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        if config.tls:
+            self.port = self.grpc.add_secure_port(address, server_credentials(config))
+        else:
+            self.port = self.grpc.add_insecure_port(address)
 
     async def start(self) -> None:
+        if not self.config.auth:
+            log.warning("authentication is OFF (--no-auth): anyone who reaches the port can read and write")
+        if not self.config.tls and self.config.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("serving on %s without TLS: keys and photos cross the network", self.config.host)
         await self.grpc.start()
+        if self.config.auth:
+            self._refresher = asyncio.create_task(self._refresh_keys())
         for name in ("", SERVICE_NAME):
             await _set(self.health, name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -102,10 +123,32 @@ class Server:
         """Stop accepting calls, let those in progress finish (grace period), snapshot, close."""
         for name in ("", SERVICE_NAME):
             await _set(self.health, name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._refresher is not None:
+            self._refresher.cancel()
         await self.grpc.stop(self.config.grace_seconds)
         self.servicer.executor.shutdown(wait=True)
         await asyncio.get_running_loop().run_in_executor(None, self.service.close)
         log.info("faceid stopped; index snapshots written")
+
+    async def _refresh_keys(self) -> None:
+        """Reload the keys now and then, so that ``faceid keys`` changes reach a running server."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.config.key_refresh_seconds)
+            try:
+                await loop.run_in_executor(None, self.keys.refresh)
+            except Exception as exc:  # the database is down: keep the keys we have
+                log.warning("could not reload API keys: %s", type(exc).__name__)
+
+
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
+    """TLS from the configured PEM files; with a client CA, clients must show a certificate it signed."""
+    chain = Path(config.tls_cert_file).read_bytes()
+    key = Path(config.tls_key_file).read_bytes()
+    ca = Path(config.tls_client_ca_file).read_bytes() if config.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=ca, require_client_auth=ca is not None
+    )
 
 
 async def _set(servicer: Any, name: str, status: Any) -> None:
@@ -114,10 +157,15 @@ async def _set(servicer: Any, name: str, status: Any) -> None:
         await result
 
 
-def spawn(
-    data_dir: Path, *flags: str, env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[str], str]:
-    """Start ``faceid serve`` in a child process on a free loopback port; returns it and its address.
+class Spawned(NamedTuple):
+    proc: subprocess.Popen[str]
+    address: str
+    #: The admin key the server printed on its first start ("" when it printed none).
+    admin_key: str
+
+
+def spawn(data_dir: Path, *flags: str, env: dict[str, str] | None = None) -> Spawned:
+    """Start ``faceid serve`` in a child process on a free loopback port.
 
     For tests and benchmarks; stop it with SIGTERM (graceful) or SIGKILL (a crash).
     """
@@ -142,12 +190,14 @@ def spawn(
         env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"listening on ([\d.]+:\d+)", line)
-    if not match:
-        proc.kill()
-        raise RuntimeError(f"the server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
-    return proc, match.group(1)
+    admin_key = ""
+    while line := proc.stdout.readline():
+        if key := re.search(r"admin key .*: (faceid_\S+)", line):
+            admin_key = key.group(1)
+        if match := re.search(r"listening on ([\w.\[\]:]+:\d+)", line):
+            return Spawned(proc, match.group(1), admin_key)
+    proc.kill()
+    raise RuntimeError(f"the server did not start: {proc.stderr.read() if proc.stderr else ''}")
 
 
 async def serve(config: ServerConfig) -> None:
@@ -158,6 +208,11 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if server.first_key is not None:
+        print(
+            f"faceid admin key (shown once, keep it safe): {server.first_key.token}",
+            flush=True,
+        )
     print(f"faceid listening on {config.host}:{server.port}", flush=True)
     await stop.wait()
     await server.stop()

@@ -40,6 +40,15 @@ class ServerConfig:
     #: On SIGTERM: stop accepting, let calls in progress finish for this long, snapshot, exit.
     grace_seconds: float = 10.0
     log_level: str = "INFO"
+    #: API keys are required unless this is turned off (``--no-auth``; logged as a warning).
+    auth: bool = True
+    #: Keys created or revoked by ``faceid keys`` in another process take effect within this period.
+    key_refresh_seconds: float = 2.0
+    #: TLS: the server's certificate chain and private key (PEM files); both or neither.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: Mutual TLS: CA certificate(s) that client certificates must chain to; clients without one are refused.
+    tls_client_ca_file: str = ""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -48,6 +57,16 @@ class ServerConfig:
             raise ValueError("max_message_bytes must be at least 1 MiB")
         if min(self.workers, self.max_batch, self.max_concurrent_rpcs, self.batch_inflight) < 1:
             raise ValueError("workers, max_batch, batch_inflight and max_concurrent_rpcs must be positive")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("TLS needs both tls_cert_file and tls_key_file")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("mutual TLS (tls_client_ca_file) needs tls_cert_file and tls_key_file too")
+        if self.key_refresh_seconds <= 0:
+            raise ValueError("key_refresh_seconds must be positive")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
 
     @classmethod
     def load(

@@ -27,9 +27,11 @@ class ServerProcess:
         self.extra = extra
         self.proc: subprocess.Popen[str] | None = None
         self.address = ""
+        self.admin_key = ""  # printed on the first start only; kept across restarts
 
     def start(self) -> ServerProcess:
-        self.proc, self.address = spawn(self.data_dir, *self.extra)
+        self.proc, self.address, key = spawn(self.data_dir, *self.extra)
+        self.admin_key = key or self.admin_key
         return self
 
     def stop(self) -> int:
@@ -47,7 +49,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def client(server: ServerProcess) -> Iterator[FaceIdClient]:
-    with FaceIdClient(server.address, timeout=60) as c:
+    with FaceIdClient(server.address, timeout=60, api_key=server.admin_key) as c:
         yield c
 
 
@@ -135,7 +137,7 @@ def test_photos_round_trip_and_survive_a_restart(faces: Path, tmp_path: Path) ->
     root = faces / "lfw_orig_subset10_krasserm" / "images"
     people = sorted(p for p in root.iterdir() if p.is_dir())
     try:
-        with FaceIdClient(server.address, timeout=120) as c:
+        with FaceIdClient(server.address, timeout=120, api_key=server.admin_key) as c:
             c.create_gallery("people")
             requests = [
                 enroll_request("people", p.name, photo.read_bytes())
@@ -155,9 +157,9 @@ def test_photos_round_trip_and_survive_a_restart(faces: Path, tmp_path: Path) ->
             before = c.identify("people", photo=probe, top_k=5)
     finally:
         assert server.stop() == 0
-    server = ServerProcess(tmp_path / "data").start()
+    server.start()  # the same data directory: no new admin key, the first one still works
     try:
-        with FaceIdClient(server.address, timeout=120) as c:
+        with FaceIdClient(server.address, timeout=120, api_key=server.admin_key) as c:
             assert c.identify("people", photo=probe, top_k=5) == before
             assert c.get_gallery("people").identity_count == len(people) - 1
     finally:
@@ -177,7 +179,16 @@ def test_the_command_line_enrols_a_folder_and_identifies(
 
     def faceid(*args: str) -> str:
         out = subprocess.run(
-            [sys.executable, "-m", "faceid.client.cli", "--server", server.address, *args],
+            [
+                sys.executable,
+                "-m",
+                "faceid.client.cli",
+                "--server",
+                server.address,
+                "--api-key",
+                server.admin_key,
+                *args,
+            ],
             capture_output=True,
             text=True,
             timeout=300,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+from faceid.engine import keys  # noqa: F401  (its table belongs to the schema)
 from faceid.engine.store import Base
 
 connection = context.config.attributes["connection"]
