@@ -26,7 +26,8 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,16 @@ class _GalleryState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     since_snapshot: int = 0
     snapshotting: bool = False
+    #: A store write failed: it may have committed all the same (the connection died after COMMIT),
+    #: so the next write first replays the change log from ``applied_seq``.
+    uncertain: bool = False
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether a database error means "cannot reach the database now" (worth retrying)."""
+    return isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError) or (
+        isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+    )
 
 
 class IdentityCache:
@@ -319,6 +330,28 @@ class FaceService:
         index.config = self.config.index
         return index
 
+    @contextmanager
+    def _writing(self, state: _GalleryState) -> Iterator[None]:
+        """The gallery's write lock, with the index caught up after a write whose outcome is unknown."""
+        with state.lock:
+            try:
+                if state.uncertain:
+                    replayed = self._replay(state.gallery, state.index, state.applied_seq)
+                    state.applied_seq = max(state.applied_seq, self.store.last_seq(state.gallery.id))
+                    state.uncertain = False
+                    log.info(
+                        "gallery %s: caught up %d changes after a failed write", state.gallery.name, replayed
+                    )
+                yield
+            except sqlalchemy.exc.SQLAlchemyError as exc:
+                state.uncertain = True
+                if is_unavailable(exc):  # the cause goes to the log, not to the caller
+                    log.warning(
+                        "gallery %s: database unavailable: %s", state.gallery.name, str(exc).split("\n")[0]
+                    )
+                    raise UnavailableError("the database is unavailable; retry later") from None
+                raise
+
     def snapshot(self, name: str) -> None:
         """Write the gallery's index snapshot now (also done on close and every N changes)."""
         state = self._state(name)
@@ -430,12 +463,9 @@ class FaceService:
 
     # ---- enrolment ----------------------------------------------------------------------------
     def _enroll(self, state: _GalleryState, faces: list[NewFace]) -> list[int]:
-        with state.lock:
-            try:
-                created: dict[int, Identity] = {}
-                ids, identity_ids, seq = self.store.add_faces(state.gallery, faces, created)
-            except sqlalchemy.exc.OperationalError as exc:
-                raise UnavailableError(f"the database is unavailable ({exc.orig}); retry later") from None
+        with self._writing(state):
+            created: dict[int, Identity] = {}
+            ids, identity_ids, seq = self.store.add_faces(state.gallery, faces, created)
             state.index.add(ids, np.stack([f.embedding for f in faces]), identity_ids)
             self._identity_cache.put_many(created)
             state.applied_seq = max(state.applied_seq, seq)
@@ -686,7 +716,7 @@ class FaceService:
     def delete_identity(self, gallery: str, external_id: str) -> list[int]:
         """Delete an identity with all its faces (store and index); returns the removed face ids."""
         state = self._state(gallery)
-        with state.lock:
+        with self._writing(state):
             result = self.store.delete_identity(state.gallery.id, external_id)
             if result is None:
                 raise NotFoundError(f"identity {external_id!r} does not exist in gallery {gallery!r}")
@@ -699,7 +729,7 @@ class FaceService:
 
     def delete_face(self, gallery: str, face_id: int) -> None:
         state = self._state(gallery)
-        with state.lock:
+        with self._writing(state):
             removed, seq = self.store.delete_faces(state.gallery.id, [face_id])
             if not removed:
                 raise NotFoundError(f"face {face_id} does not exist in gallery {gallery!r}")

@@ -7,7 +7,8 @@ it reflects, and on start the index replays the changes after it.  The change lo
 holds ids only, never embeddings, so erasing a face erases its embedding.
 
 The embedded default is SQLite in the data directory (WAL, foreign keys on, busy
-timeout, synchronous=FULL so that an acknowledged write survives a crash); at
+timeout, synchronous=FULL so that an acknowledged write survives a crash,
+secure_delete so that an erased embedding's bytes are overwritten, not left in free pages); at
 scale, PostgreSQL by URL (``postgresql+psycopg://…``).  The same code serves both.
 Callers get plain dataclasses, never ORM objects.
 """
@@ -186,6 +187,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA secure_delete=ON")  # erasure: a deleted embedding's bytes are overwritten
     cursor.close()
 
 

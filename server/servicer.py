@@ -20,7 +20,6 @@ from urllib.parse import quote, unquote
 
 import grpc
 import numpy as np
-import sqlalchemy.exc
 
 from faceid.engine.detect import Box, Detection
 from faceid.engine.errors import (
@@ -33,7 +32,15 @@ from faceid.engine.errors import (
 )
 from faceid.engine.index import SearchParams
 from faceid.engine.pipeline import Face
-from faceid.engine.service import EmbeddingInput, EnrolledFace, EnrollItem, FaceMatches, FaceService, Match
+from faceid.engine.service import (
+    EmbeddingInput,
+    EnrolledFace,
+    EnrollItem,
+    FaceMatches,
+    FaceService,
+    Match,
+    is_unavailable,
+)
 from faceid.engine.store import Identity
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
@@ -59,7 +66,7 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     for kind, code in _CODES:
         if isinstance(exc, kind):
             return code, str(exc)
-    if isinstance(exc, sqlalchemy.exc.OperationalError):
+    if is_unavailable(exc):
         return grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry later"
     if isinstance(exc, FaceIdError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
