@@ -47,8 +47,10 @@ def run_and_kill(data_dir: Path, seed: int, delay: float) -> tuple[dict[str, int
     return acked, deleted
 
 
-def check_consistent(service: FaceService, acked: dict[str, int], deleted: set[str]) -> None:
-    state = service._state("crash")
+def check_consistent(
+    service: FaceService, acked: dict[str, int], deleted: set[str], gallery: str = "crash"
+) -> None:
+    state = service._state(gallery)
     store_ids = [int(i) for ids, _, _ in service.store.iter_embeddings(state.gallery.id, 128) for i in ids]
     index_ids, _, _ = state.index.store.items()
     assert sorted(store_ids) == sorted(index_ids.tolist()), "store and index hold different faces"

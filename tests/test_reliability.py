@@ -1,0 +1,259 @@
+"""Faults through the real server: PostgreSQL restarted under load, overload, SIGKILL during bulk
+enrolment, idle and slow clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from faceid.client.client import (
+    AsyncFaceIdClient,
+    FaceIdClient,
+    FaceIdClientError,
+    call_metadata,
+    channel_options,
+    enroll_request,
+)
+from faceid.engine.service import FaceService, ServiceConfig
+from faceid.proto.faceid.v1 import faceid_pb2 as pb
+from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
+
+from .conftest import encode
+from .test_crash_recovery import check_consistent
+from .test_grpc import ServerProcess, unit
+
+PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of our own (initdb in a temporary folder), so that a test may stop and
+    start it without disturbing the shared one."""
+
+    def __init__(self) -> None:
+        assert PG_BIN is not None
+        self.root = Path(tempfile.mkdtemp(prefix="faceid-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self.user: list[str] = []
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the postgres user
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+            self.user = ["runuser", "-u", "postgres", "--"]
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self.user, str(PG_BIN / tool), *args], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-w", "-l", str(self.root / "log"), "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    if PG_BIN is None or (os.geteuid() == 0 and not shutil.which("runuser")):
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    pg = PrivatePostgres()
+    pg.start()
+    yield pg
+    pg.remove()
+
+
+def test_postgres_restart_under_load_answers_unavailable_and_loses_nothing(
+    private_postgres: PrivatePostgres, tmp_path: Path
+) -> None:
+    server = ServerProcess(tmp_path / "data", "--database-url", private_postgres.url).start()
+    acked: dict[str, int] = {}
+    codes: Counter[str] = Counter()
+    after_restart: list[str] = []
+    restarted = threading.Event()
+    stop = threading.Event()
+
+    def writer() -> None:
+        with FaceIdClient(server.address, timeout=10, api_key=server.admin_key) as c:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    [face] = c.enroll("pg", f"p{i}", embedding=unit(10_000 + i))
+                    acked[f"p{i}"] = face.face_id
+                    code = "OK"
+                except FaceIdClientError as exc:
+                    code = exc.code
+                    time.sleep(0.05)
+                codes[code] += 1
+                if restarted.is_set():
+                    after_restart.append(code)
+
+    try:
+        with FaceIdClient(server.address, timeout=30, api_key=server.admin_key) as admin:
+            admin.create_gallery("pg")
+        thread = threading.Thread(target=writer)
+        thread.start()
+        time.sleep(1.5)
+        private_postgres.stop()
+        time.sleep(3.0)
+        private_postgres.start()
+        restarted.set()
+        time.sleep(4.0)
+        stop.set()
+        thread.join(30)
+        assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
+        assert codes["UNAVAILABLE"] > 0, "the writer never saw the database down"
+        assert after_restart[-5:] == ["OK"] * 5, "writes did not recover after the restart"
+        with FaceIdClient(server.address, timeout=30, api_key=server.admin_key) as c:
+            for external_id in random.Random(0).sample(sorted(acked), min(50, len(acked))):
+                i = int(external_id[1:])
+                [hit] = c.identify("pg", embedding=unit(10_000 + i), top_k=1)
+                assert hit.matches[0].identity_id == external_id
+    finally:
+        assert server.stop() == 0
+    service = FaceService(ServiceConfig(data_dir=tmp_path / "data", database_url=private_postgres.url))
+    try:
+        check_consistent(service, acked, set(), gallery="pg")
+    finally:
+        service.close()
+
+
+def test_beyond_the_queue_depth_calls_are_refused_at_once(tmp_path: Path) -> None:
+    """With room for 4 calls, 40 concurrent slow calls: the excess get RESOURCE_EXHAUSTED quickly,
+    the rest complete, nothing else happens."""
+    noise = np.random.default_rng(0).integers(0, 255, (900, 1200, 3), dtype=np.uint8)
+    photo = encode(noise, "JPEG")
+    proc, address, key = _spawn_with(tmp_path / "small", FACEID_MAX_CONCURRENT_RPCS="4", FACEID_WORKERS="1")
+
+    async def run() -> list[tuple[str, float]]:
+        async with AsyncFaceIdClient(address, timeout=120, api_key=key) as c:
+
+            async def one() -> tuple[str, float]:
+                t0 = time.perf_counter()
+                try:
+                    await c._call("Detect", pb.DetectRequest(photo=photo))
+                    code = "OK"
+                except FaceIdClientError as exc:
+                    code = exc.code
+                return code, time.perf_counter() - t0
+
+            return await asyncio.gather(*(one() for _ in range(40)))
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    codes = Counter(code for code, _ in results)
+    assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes
+    assert codes["OK"] >= 4
+    refused = max(t for code, t in results if code == "RESOURCE_EXHAUSTED")
+    served = max(t for code, t in results if code == "OK")
+    assert refused < served / 2, "refusals must not wait behind the calls being served"
+
+
+def _spawn_with(data_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str, str]:
+    from faceid.server.app import spawn
+
+    proc, address, key = spawn(data_dir, env=env)
+    return proc, address, key
+
+
+def test_idle_streams_and_slow_clients_do_not_block_others(tmp_path: Path) -> None:
+    proc, address, key = _spawn_with(tmp_path / "data", FACEID_MAX_CONCURRENT_RPCS="64")
+    md = call_metadata(key, ())
+    channels = []
+    try:
+        with FaceIdClient(address, timeout=30, api_key=key) as c:
+            c.create_gallery("busy")
+            c.enroll("busy", "someone", embedding=unit(1))
+            stalled = threading.Event()
+
+            def never_finishes() -> Iterator[pb.EnrollRequest]:
+                yield enroll_request("busy", "slow", embedding=unit(2))
+                stalled.wait(60)  # a client that opens a stream and goes quiet
+
+            calls = []
+            for _ in range(20):  # each on its own connection, as separate slow clients would be
+                channel = grpc.insecure_channel(address, channel_options())
+                channels.append(channel)
+                calls.append(pb_grpc.FaceIdStub(channel).BulkEnroll(never_finishes(), metadata=md))
+            t0 = time.perf_counter()
+            for i in range(50):
+                assert c.identify("busy", embedding=unit(1))[0].matches[0].identity_id == "someone"
+                assert i or time.perf_counter() - t0 < 10
+            stalled.set()
+            for call in calls:
+                assert [r.index for r in call] == [0]  # each slow stream still gets its own result
+            assert c.get_gallery("busy").face_count == 21
+    finally:
+        for channel in channels:
+            channel.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+BULK_TRIALS = int(os.environ.get("FACEID_BULK_CRASH_TRIALS", "6"))
+
+
+@pytest.mark.timeout(900)
+def test_sigkill_during_bulk_enrolment_through_the_server_loses_no_acknowledged_face(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    acked: dict[str, int] = {}
+    key = ""
+    for trial in range(BULK_TRIALS):
+        proc, address, first = _spawn_with(tmp_path)
+        key = first or key
+        with FaceIdClient(address, timeout=60, api_key=key) as c:
+            if trial == 0:
+                c.create_gallery("crash")
+            requests = (
+                enroll_request("crash", f"t{trial}-{i}", embedding=unit(trial * 100_000 + i))
+                for i in range(50_000)
+            )
+            killer = threading.Timer(rng.uniform(0.3, 2.0), proc.send_signal, (signal.SIGKILL,))
+            killer.start()
+            try:
+                for result in c.bulk_enroll(requests, timeout=60):
+                    assert not result.error_code, result.error_message
+                    acked[f"t{trial}-{result.index}"] = result.faces[0].face_id
+            except FaceIdClientError as exc:
+                assert exc.code in ("UNAVAILABLE", "CANCELLED"), exc
+            killer.join()
+            proc.wait(30)
+        service = FaceService(ServiceConfig(data_dir=tmp_path))
+        try:
+            check_consistent(service, acked, set(), gallery="crash")
+        finally:
+            service.store.engine.dispose()  # no snapshot: the next start recovers from the crash state
+    assert len(acked) > 1000, "too few faces were acknowledged for the test to mean anything"
