@@ -167,7 +167,8 @@ class Spawned(NamedTuple):
 def spawn(data_dir: Path, *flags: str, env: dict[str, str] | None = None) -> Spawned:
     """Start ``faceid serve`` in a child process on a free loopback port.
 
-    For tests and benchmarks; stop it with SIGTERM (graceful) or SIGKILL (a crash).
+    For tests and benchmarks; stop it with SIGTERM (graceful) or SIGKILL (a crash).  Its log goes
+    to ``server.log`` in the data directory (a pipe nobody reads would fill and stall the server).
     """
     cmd = [
         sys.executable,
@@ -182,13 +183,16 @@ def spawn(data_dir: Path, *flags: str, env: dict[str, str] | None = None) -> Spa
         "WARNING",
         *flags,
     ]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
-    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = data_dir / "server.log"
+    with log_file.open("a") as log_handle:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=log_handle,
+            text=True,
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+        )
     assert proc.stdout is not None
     admin_key = ""
     while line := proc.stdout.readline():
@@ -197,7 +201,8 @@ def spawn(data_dir: Path, *flags: str, env: dict[str, str] | None = None) -> Spa
         if match := re.search(r"listening on ([\w.\[\]:]+:\d+)", line):
             return Spawned(proc, match.group(1), admin_key)
     proc.kill()
-    raise RuntimeError(f"the server did not start: {proc.stderr.read() if proc.stderr else ''}")
+    proc.wait(30)
+    raise RuntimeError(f"the server did not start: {log_file.read_text()[-4000:]}")
 
 
 async def serve(config: ServerConfig) -> None:

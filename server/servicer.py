@@ -61,15 +61,23 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
 ]
 
 
+MAX_MESSAGE = 1000  # characters: a message travels in HTTP/2 trailers, which gRPC caps at 16 KiB
+
+
+def shorten(message: str) -> str:
+    """A message that echoes a huge field is cut, so that it still reaches the caller."""
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a client sees for an exception."""
     for kind, code in _CODES:
         if isinstance(exc, kind):
-            return code, str(exc)
+            return code, shorten(str(exc))
     if is_unavailable(exc):
         return grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry later"
     if isinstance(exc, FaceIdError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        return grpc.StatusCode.INVALID_ARGUMENT, shorten(str(exc))
     ref = uuid.uuid4().hex[:12]
     log.error("internal error %s: %s", ref, type(exc).__name__, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error (reference {ref} in the server log)"
@@ -109,9 +117,12 @@ def identity_of(name: str) -> tuple[str, str]:
 
 def face_of(name: str) -> tuple[str, int]:
     parts = name.split("/")
-    if len(parts) != 4 or parts[0] != "galleries" or parts[2] != "faces" or not parts[3].isdigit():
+    if len(parts) != 4 or parts[0] != "galleries" or parts[2] != "faces" or not parts[3]:
         raise InvalidInputError(f"name must be 'galleries/{{gallery}}/faces/{{face_id}}'; got {name!r}")
-    return parts[1], int(parts[3])
+    digits = parts[3]
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 19 and 0 < int(digits) < 2**63):
+        raise InvalidInputError(f"face_id must be a whole number from 1 to 2^63 - 1; got {digits!r}")
+    return parts[1], int(digits)
 
 
 def identity_name(gallery: str, external_id: str) -> str:

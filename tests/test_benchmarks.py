@@ -109,3 +109,15 @@ def test_accuracy_through_the_grpc_api_runs_every_protocol(faces: Path, tmp_path
     assert 0 <= payload["closed_set"]["rank1"] <= payload["closed_set"]["rank5"] <= 1
     assert "fnir_at_fpir_0.01" in payload["open_set"]["with_distractors"]
     assert (tmp_path / "accuracy.png").stat().st_size > 0
+
+
+def test_soak_samples_memory_and_latency_over_time(tmp_path: Path) -> None:
+    from faceid.benchmarks import soak
+
+    args = ["--duration", "6", "--warmup", "2", "--interval", "1", "--gallery-size", "300"]
+    args += ["--concurrency", "2", "--enroll-ratio", "0.2", "--photo-ratio", "0"]
+    payload = soak.main([*args, "--out", str(tmp_path), "--name", "smoke"])
+    summary = payload["summary"]
+    assert summary["calls"] > 0 and set(summary["codes"]) == {"OK"}
+    assert len(payload["timeline"]) >= 5 and summary["rss_after_warmup_mib"] > 0
+    assert (tmp_path / "smoke.png").exists() and (tmp_path / "smoke.json").exists()

@@ -55,6 +55,7 @@ class PrivatePostgres:
 
     def __init__(self) -> None:
         assert PG_BIN is not None
+        self.bin = PG_BIN
         self.root = Path(tempfile.mkdtemp(prefix="faceid-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -67,7 +68,8 @@ class PrivatePostgres:
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, tool: str, *args: str) -> None:
-        subprocess.run([*self.user, str(PG_BIN / tool), *args], check=True, capture_output=True, timeout=120)
+        command = [*self.user, str(self.bin / tool), *args]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
@@ -207,7 +209,8 @@ def test_idle_streams_and_slow_clients_do_not_block_others(tmp_path: Path) -> No
             for _ in range(20):  # each on its own connection, as separate slow clients would be
                 channel = grpc.insecure_channel(address, channel_options())
                 channels.append(channel)
-                calls.append(pb_grpc.FaceIdStub(channel).BulkEnroll(never_finishes(), metadata=md))
+                stub = pb_grpc.FaceIdStub(channel)  # type: ignore[no-untyped-call]
+                calls.append(stub.BulkEnroll(never_finishes(), metadata=md))
             t0 = time.perf_counter()
             for i in range(50):
                 assert c.identify("busy", embedding=unit(1))[0].matches[0].identity_id == "someone"
