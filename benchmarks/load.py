@@ -90,8 +90,21 @@ def fill_gallery(address: str, n: int, api_key: str = "", batch: int = 1000) -> 
         done += m
         print(f"\rgallery: {done:,}/{n:,} faces", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
+    wait_for_index(stub, md)
     channel.close()
     return time.perf_counter() - start
+
+
+def wait_for_index(stub: Any, md: list[tuple[str, str]], timeout: float = 3600) -> None:
+    """Wait until no index training runs, so that the load meets the index it will serve with."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        gallery = stub.GetGallery(pb.GetGalleryRequest(name=f"galleries/{GALLERY}"), metadata=md)
+        if not gallery.index_training:
+            return
+        print(f"\rindex: training ({gallery.face_count:,} faces)", end="", file=sys.stderr, flush=True)
+        time.sleep(2)
+    raise TimeoutError("the index was still training")
 
 
 # ---- load -------------------------------------------------------------------------------------
@@ -129,6 +142,7 @@ async def _worker_loop(
     md = call_metadata(api_key, ())
     stub = pb_grpc.FaceIdStub(channel)
     latencies: list[float] = []
+    ok: list[bool] = []
     codes: Counter[str] = Counter()
     start = time.perf_counter()
     measure_from = start + warmup
@@ -150,11 +164,12 @@ async def _worker_loop(
             t1 = time.perf_counter()
             if t0 >= measure_from:
                 latencies.append(t1 - t0)
+                ok.append(code == "OK")
                 codes[code] += 1
 
     await asyncio.gather(*(one() for _ in range(concurrency)))
     await channel.close()
-    return {"latencies": latencies, "codes": dict(codes), "seconds": duration}
+    return {"latencies": latencies, "ok": ok, "codes": dict(codes), "seconds": duration}
 
 
 def _process_main(args: tuple[Any, ...], out: Any) -> None:
@@ -190,7 +205,8 @@ def run_load(
     parts = [out.get() for _ in procs]
     for p in procs:
         p.join()
-    lat = np.array([x for part in parts for x in part["latencies"]]) * 1e3
+    every = np.array([x for part in parts for x in part["latencies"]]) * 1e3
+    lat = every[np.array([x for part in parts for x in part["ok"]], dtype=bool)]  # answered calls
     codes: Counter[str] = Counter()
     for part in parts:
         codes.update(part["codes"])
@@ -201,7 +217,8 @@ def run_load(
         "concurrency": concurrency,
         "processes": len(procs),
         "duration_s": duration,
-        "requests": len(lat),
+        "requests": len(every),
+        "refused_share": 1 - len(lat) / max(1, len(every)),
         "ok_per_s": ok / duration,
         "latency_ms": {**pct, "max": float(lat.max(initial=0))},
         "codes": dict(codes),
@@ -214,9 +231,43 @@ def summary(r: dict[str, Any]) -> str:
     errors = {k: v for k, v in r["codes"].items() if k != "OK"}
     return (
         f"{r['workload']:<18} c={r['concurrency']:<3} {r['ok_per_s']:8.0f} ok/s  p50 {lat['p50']:6.2f}  "
+        f"refused {r['refused_share']:.1%}  "
         f"p90 {lat['p90']:6.2f}  p99 {lat['p99']:6.2f}  p99.9 {lat['p99.9']:6.2f}  max {lat['max']:7.2f} ms  "
         f"errors {errors or 0}"
     )
+
+
+def plot_sweep(results: list[dict[str, Any]], path: Path) -> None:
+    """Throughput, p99 of answered calls and the share refused, against concurrency: where
+    capacity ends, refusals rise and latency stays bounded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    for workload in sorted({r["workload"] for r in results if "label" not in r}):
+        rows = sorted(
+            (r for r in results if r["workload"] == workload and "label" not in r),
+            key=lambda r: r["concurrency"],
+        )
+        c = [r["concurrency"] for r in rows]
+        axes[0].plot(c, [r["ok_per_s"] for r in rows], "o-", label=workload)
+        axes[1].plot(c, [r["latency_ms"]["p99"] for r in rows], "o-", label=workload)
+        axes[2].plot(c, [100 * r["refused_share"] for r in rows], "o-", label=workload)
+    for ax, label in zip(
+        axes,
+        ["answered calls/s", "p99 of answered calls (ms)", "% refused (RESOURCE_EXHAUSTED …)"],
+        strict=True,
+    ):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("calls in flight (concurrency)")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -371,6 +422,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload["machine"] = machine()
     args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args.out / f"{args.name}.png")
+    if len(concurrencies) >= 3:
+        plot_sweep(results, args.out / f"{args.name}-sweep.png")
     for r in results:
         r.pop("latencies_ms", None)
     write_json(args.out / f"{args.name}.json", payload)

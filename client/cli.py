@@ -10,6 +10,7 @@
     faceid faces PHOTO…                                           the pipeline in this process, no server
     faceid keys create --gallery NAME --role reader|writer|admin  API keys (on the server's database)
     faceid keys list | revoke KEY_ID
+    faceid bench [--spawn] [--workload …] [--concurrency …]       the load generator (benchmarks/load.py)
 
 Output is for people; --json prints JSON for scripts.  The server address is
 --server or $FACEID_SERVER (default 127.0.0.1:50051); the API key is --api-key or
@@ -70,6 +71,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     configure_logging(config.log_level)
     asyncio.run(serve(config))
+    return 0
+
+
+# ---- bench -----------------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The load generator against --server (with --api-key), or a spawned server with --spawn."""
+    from faceid.benchmarks import load
+
+    forwarded = list(args.load_args)
+    if "--spawn" not in forwarded and "--server" not in forwarded:
+        forwarded += ["--server", args.server]
+    if args.api_key and "--api-key" not in forwarded:
+        forwarded += ["--api-key", args.api_key]
+    load.main(forwarded)
     return 0
 
 
@@ -362,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     p.add_argument("--tls-client-ca", default=None, help="PEM CA: require client certificates (mTLS)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "bench",
+        help="drive a server with load and report throughput and latency (see benchmarks/load.py)",
+        description="Options after `bench` go to the load generator: python -m faceid.benchmarks.load --help",
+    )
+    p.add_argument("load_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("keys", help="create, list or revoke API keys (on the server's database)")
     p.add_argument("action", nargs="?", choices=["list", "create", "revoke"], default="list")

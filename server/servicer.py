@@ -15,6 +15,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import quote, unquote
 
@@ -190,6 +191,31 @@ def enrolled_pb(gallery: str, f: EnrolledFace) -> pb.EnrolledFace:
     )
 
 
+@dataclass(frozen=True)
+class _StreamEnd:
+    """The end of a request stream: cleanly (``error`` None) or with the reader's exception."""
+
+    error: Exception | None
+
+
+def _runs(requests: list[pb.EnrollRequest]) -> list[list[pb.EnrollRequest]]:
+    """Consecutive embedding items of one gallery together; each photo item alone."""
+    runs: list[list[pb.EnrollRequest]] = []
+    for r in requests:
+        embedding = r.probe.WhichOneof("kind") == "embedding"
+        last = runs[-1] if runs else None
+        if (
+            last is not None
+            and embedding
+            and last[0].probe.WhichOneof("kind") == "embedding"
+            and last[0].parent == r.parent
+        ):
+            last.append(r)
+        else:
+            runs.append([r])
+    return runs
+
+
 class FaceIdServicer(pb_grpc.FaceIdServicer):
     """``faceid.v1.FaceId`` over a :class:`FaceService`."""
 
@@ -344,53 +370,57 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
     async def BulkEnroll(
         self, request_iterator: AsyncIterator[pb.EnrollRequest], context: Any
     ) -> AsyncIterator[pb.BulkEnrollResult]:
-        """Results in request order.  Consecutive embedding items for one gallery are enrolled
-        together (up to ``BULK_BATCH``, or what arrived within ``BULK_WAIT`` seconds); photos one by one."""
-        stream = request_iterator.__aiter__()
+        """Results in request order.  A reader task keeps receiving while batches are enrolled;
+        consecutive embedding items for one gallery are enrolled together (what has arrived, up to
+        ``BULK_BATCH``, waiting at most ``BULK_WAIT`` seconds for more); photos one by one."""
+        queue: asyncio.Queue[pb.EnrollRequest | _StreamEnd] = asyncio.Queue(maxsize=4 * BULK_BATCH)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await queue.put(request)
+                await queue.put(_StreamEnd(None))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # e.g. the stream was aborted: the handler raises it in turn
+                await queue.put(_StreamEnd(exc))
+
+        reader = asyncio.create_task(read())
+        loop = asyncio.get_running_loop()
         index = 0
-        pending: list[pb.EnrollRequest] = []
-        next_item: asyncio.Future[pb.EnrollRequest] | None = None
-        ended = False
-        while not ended or pending:
-            request = None
-            if not ended:
-                if next_item is None:
-                    next_item = asyncio.ensure_future(stream.__anext__())
-                try:
-                    if pending:
-                        request = await asyncio.wait_for(asyncio.shield(next_item), BULK_WAIT)
+        try:
+            end: _StreamEnd | None = None
+            while end is None:
+                items = [await queue.get()]
+                deadline = loop.time() + BULK_WAIT
+                while len(items) < BULK_BATCH and not isinstance(items[-1], _StreamEnd):
+                    try:
+                        items.append(queue.get_nowait())
+                    except asyncio.QueueEmpty:
+                        if loop.time() >= deadline:
+                            break
+                        try:
+                            items.append(await asyncio.wait_for(queue.get(), deadline - loop.time()))
+                        except TimeoutError:
+                            break
+                if isinstance(items[-1], _StreamEnd):
+                    end = items.pop()
+                requests = cast(list[pb.EnrollRequest], items)
+                for run in _runs(requests):
+                    if run[0].probe.WhichOneof("kind") == "embedding":
+                        try:
+                            results = await self._enroll_batch(run, index)
+                        except Exception:
+                            results = [await self._enroll_result(r, index + i) for i, r in enumerate(run)]
                     else:
-                        request = await next_item
-                    next_item = None
-                except TimeoutError:
-                    pass  # nothing more arrived at once: enrol what is waiting
-                except StopAsyncIteration:
-                    ended, next_item = True, None
-            batchable = (
-                request is not None
-                and request.probe.WhichOneof("kind") == "embedding"
-                and (not pending or request.parent == pending[0].parent)
-            )
-            if batchable and request is not None:
-                pending.append(request)
-                request = None
-                if len(pending) < BULK_BATCH and not ended:
-                    continue
-            if pending:
-                try:
-                    results = await self._enroll_batch(pending, index)
-                except Exception:
-                    results = [await self._enroll_result(r, index + i) for i, r in enumerate(pending)]
-                for result in results:
-                    yield result
-                index += len(pending)
-                pending = []
-            if request is not None:
-                if request.probe.WhichOneof("kind") == "embedding":
-                    pending.append(request)  # another gallery: starts the next batch
-                else:
-                    yield await self._enroll_result(request, index)
-                    index += 1
+                        results = [await self._enroll_result(run[0], index)]
+                    for result in results:
+                        yield result
+                    index += len(run)
+            if end.error is not None:
+                raise end.error
+        finally:
+            reader.cancel()
 
     # ---- identify and verify ---------------------------------------------------------------------
     @rpc
