@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import multiprocessing as mp
 import os
 import random
@@ -30,6 +31,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,7 @@ import grpc
 import numpy as np
 
 from faceid.benchmarks.common import faces_dir, machine, write_json
+from faceid.benchmarks.synthetic import FITTED, FaceDistribution
 from faceid.client.client import call_metadata, channel_options, enroll_request, identify_request
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
@@ -48,6 +52,34 @@ def unit_vectors(n: int, seed: int) -> np.ndarray:
     v = np.random.default_rng(seed).normal(size=(n, 128)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     return v
+
+
+@functools.cache
+def _fitted() -> FaceDistribution | None:
+    return FaceDistribution.load() if FITTED.is_file() else None
+
+
+def face_vectors(n: int, seed: int, kind: str = "fitted") -> np.ndarray:
+    """``n`` embeddings of distinct synthetic people: drawn from the model fitted to real faces
+    (``benchmarks/face_distribution.npz``; clustered like real embeddings, which is what an IVF
+    index sees), or ``uniform`` on the sphere (no structure: the worst case for IVF)."""
+    model = _fitted() if kind == "fitted" else None
+    if model is None:
+        return unit_vectors(n, seed)
+    vectors, _ = model.sample(n, 1, seed)
+    return vectors
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the callers send: ``name`` is identify-embedding, identify-photo, enroll-embedding or mix."""
+
+    name: str
+    top_k: int = 10
+    enroll_ratio: float = 0.05
+    nprobe: int = 0  # 0: the server's default
+    vectors: str = "fitted"
+    photos: tuple[bytes, ...] = ()
 
 
 # ---- servers ----------------------------------------------------------------------------------
@@ -68,7 +100,9 @@ def _trivial_main(port_queue: Any) -> None:
     asyncio.run(run())
 
 
-def fill_gallery(address: str, n: int, api_key: str = "", batch: int = 1000) -> float:
+def fill_gallery(
+    address: str, n: int, api_key: str = "", vectors: str = "fitted", batch: int = 1000
+) -> float:
     """Create the gallery and enrol ``n`` synthetic faces through BulkEnroll; returns seconds."""
     channel = grpc.insecure_channel(address, channel_options())
     stub = pb_grpc.FaceIdStub(channel)
@@ -82,7 +116,7 @@ def fill_gallery(address: str, n: int, api_key: str = "", batch: int = 1000) -> 
     done = 0
     while done < n:
         m = min(batch * 10, n - done)
-        vecs = unit_vectors(m, done)
+        vecs = face_vectors(m, done, vectors)
         requests = (enroll_request(GALLERY, f"p{done + i}", embedding=vecs[i].tolist()) for i in range(m))
         for r in stub.BulkEnroll(requests, metadata=md):
             if r.error_code:
@@ -108,35 +142,27 @@ def wait_for_index(stub: Any, md: list[tuple[str, str]], timeout: float = 3600) 
 
 
 # ---- load -------------------------------------------------------------------------------------
-def _requests(workload: str, seed: int, photos: list[bytes], enroll_ratio: float, top_k: int) -> Any:
+def _requests(w: Workload, seed: int) -> Iterator[tuple[str, Any]]:
     rng = random.Random(seed)
-    queries = unit_vectors(512, 10_000 + seed)
+    queries = face_vectors(1024, 10_000_000 + seed, w.vectors)  # people not in the gallery
+    fresh = (
+        face_vectors(4096, 20_000_000 + seed, w.vectors) if w.name in ("mix", "enroll-embedding") else None
+    )
     n = 0
     while True:
         n += 1
-        if workload == "identify-photo":
-            yield "Identify", identify_request(GALLERY, photo=photos[n % len(photos)], top_k=top_k)
-        elif workload == "enroll-embedding" or (workload == "mix" and rng.random() < enroll_ratio):
-            vec = unit_vectors(1, 1_000_000 + seed * 1_000_000 + n)[0]
-            yield "Enroll", enroll_request(GALLERY, f"new-{seed}-{n}", embedding=vec.tolist())
+        if w.name == "identify-photo":
+            yield "Identify", identify_request(GALLERY, photo=w.photos[n % len(w.photos)], top_k=w.top_k)
+        elif fresh is not None and (w.name == "enroll-embedding" or rng.random() < w.enroll_ratio):
+            vec = fresh[n % len(fresh)].tolist()
+            yield "Enroll", enroll_request(GALLERY, f"new-{seed}-{n}", embedding=vec)
         else:
-            yield (
-                "Identify",
-                identify_request(GALLERY, embedding=queries[n % len(queries)].tolist(), top_k=top_k),
-            )
+            q = queries[n % len(queries)].tolist()
+            yield "Identify", identify_request(GALLERY, embedding=q, top_k=w.top_k, nprobe=w.nprobe)
 
 
 async def _worker_loop(
-    address: str,
-    workload: str,
-    concurrency: int,
-    warmup: float,
-    duration: float,
-    seed: int,
-    photos: list[bytes],
-    enroll_ratio: float,
-    top_k: int,
-    api_key: str,
+    address: str, api_key: str, w: Workload, concurrency: int, warmup: float, duration: float, seed: int
 ) -> dict[str, Any]:
     channel = grpc.aio.insecure_channel(address, channel_options())
     md = call_metadata(api_key, ())
@@ -147,7 +173,7 @@ async def _worker_loop(
     start = time.perf_counter()
     measure_from = start + warmup
     end = measure_from + duration
-    gen = _requests(workload, seed, photos, enroll_ratio, top_k)
+    gen = _requests(w, seed)
 
     async def one() -> None:
         while True:
@@ -178,14 +204,11 @@ def _process_main(args: tuple[Any, ...], out: Any) -> None:
 
 def run_load(
     address: str,
-    workload: str,
+    w: Workload,
     concurrency: int,
-    processes: int,
-    warmup: float,
-    duration: float,
-    photos: list[bytes],
-    enroll_ratio: float,
-    top_k: int,
+    processes: int = 1,
+    warmup: float = 2.0,
+    duration: float = 10.0,
     api_key: str = "",
 ) -> dict[str, Any]:
     """Drive ``address`` and summarise: throughput, latency percentiles (ms), errors by code."""
@@ -193,10 +216,7 @@ def run_load(
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [
-        ctx.Process(
-            target=_process_main,
-            args=((address, workload, c, warmup, duration, i, photos, enroll_ratio, top_k, api_key), out),
-        )
+        ctx.Process(target=_process_main, args=((address, api_key, w, c, warmup, duration, i), out))
         for i, c in enumerate(per)
         if c
     ]
@@ -213,7 +233,8 @@ def run_load(
     ok = codes.get("OK", 0)
     pct = {f"p{q}": float(np.percentile(lat, q)) if len(lat) else float("nan") for q in (50, 90, 99, 99.9)}
     return {
-        "workload": workload,
+        "workload": w.name,
+        "nprobe": w.nprobe,
         "concurrency": concurrency,
         "processes": len(procs),
         "duration_s": duration,
@@ -230,9 +251,9 @@ def summary(r: dict[str, Any]) -> str:
     lat = r["latency_ms"]
     errors = {k: v for k, v in r["codes"].items() if k != "OK"}
     return (
-        f"{r['workload']:<18} c={r['concurrency']:<3} {r['ok_per_s']:8.0f} ok/s  p50 {lat['p50']:6.2f}  "
-        f"refused {r['refused_share']:.1%}  "
-        f"p90 {lat['p90']:6.2f}  p99 {lat['p99']:6.2f}  p99.9 {lat['p99.9']:6.2f}  max {lat['max']:7.2f} ms  "
+        f"{r['workload']:<18} nprobe {r.get('nprobe') or 'default':<7} c={r['concurrency']:<4} "
+        f"{r['ok_per_s']:7.0f} ok/s  p50 {lat['p50']:6.2f}  p90 {lat['p90']:6.2f}  p99 {lat['p99']:6.2f}  "
+        f"p99.9 {lat['p99.9']:6.2f}  max {lat['max']:7.2f} ms  refused {r['refused_share']:.1%}  "
         f"errors {errors or 0}"
     )
 
@@ -246,15 +267,16 @@ def plot_sweep(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
-    for workload in sorted({r["workload"] for r in results if "label" not in r}):
+    for workload, nprobe in sorted({(r["workload"], r["nprobe"]) for r in results if "label" not in r}):
         rows = sorted(
-            (r for r in results if r["workload"] == workload and "label" not in r),
+            (r for r in results if (r["workload"], r["nprobe"]) == (workload, nprobe) and "label" not in r),
             key=lambda r: r["concurrency"],
         )
         c = [r["concurrency"] for r in rows]
-        axes[0].plot(c, [r["ok_per_s"] for r in rows], "o-", label=workload)
-        axes[1].plot(c, [r["latency_ms"]["p99"] for r in rows], "o-", label=workload)
-        axes[2].plot(c, [100 * r["refused_share"] for r in rows], "o-", label=workload)
+        name = f"{workload} nprobe {nprobe}" if nprobe else workload
+        axes[0].plot(c, [r["ok_per_s"] for r in rows], "o-", label=name)
+        axes[1].plot(c, [r["latency_ms"]["p99"] for r in rows], "o-", label=name)
+        axes[2].plot(c, [100 * r["refused_share"] for r in rows], "o-", label=name)
     for ax, label in zip(
         axes,
         ["answered calls/s", "p99 of answered calls (ms)", "% refused (RESOURCE_EXHAUSTED …)"],
@@ -270,6 +292,10 @@ def plot_sweep(results: list[dict[str, Any]], path: Path) -> None:
     print(f"wrote {path}")
 
 
+def _nprobe_label(r: dict[str, Any]) -> str:
+    return f"nprobe {r['nprobe']} " if r.get("nprobe") else ""
+
+
 def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -283,7 +309,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
             ax.plot(
                 lat,
                 1 - np.arange(len(lat)) / len(lat),
-                label=f"{r.get('label', r['workload'])} c={r['concurrency']}",
+                label=f"{r.get('label', r['workload'])} {_nprobe_label(r)}c={r['concurrency']}",
             )
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -312,6 +338,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--concurrency", default="32", help="comma-separated")
     ap.add_argument("--processes", type=int, default=1)
     ap.add_argument("--top-k", type=int, default=10)
+    ap.add_argument(
+        "--nprobe", default="0", help="IVF lists per identify, comma-separated (0: server default)"
+    )
+    ap.add_argument(
+        "--vectors", choices=["fitted", "uniform"], default="fitted", help="synthetic gallery and probes"
+    )
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument(
@@ -321,6 +353,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--name", default="load")
     args = ap.parse_args(argv)
     workloads = args.workload.split(",")
+    nprobes = [int(n) for n in args.nprobe.split(",")]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     photos = [
         p.read_bytes()
@@ -344,7 +377,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"load: server {address}{' (spawned, ' + ' '.join(args.server_env) + ')' if args.spawn else ''}, "
         f"gallery {args.gallery_size:,}, workloads {workloads}, concurrency {concurrencies}, processes "
-        f"{args.processes}, top_k {args.top_k}, warm-up {args.warmup:g} s, {args.duration:g} s each"
+        f"{args.processes}, top_k {args.top_k}, nprobe {nprobes} (0 = server default), vectors "
+        f"{args.vectors if args.vectors == 'uniform' or FITTED.is_file() else 'uniform (no fitted model)'}, "
+        f"warm-up {args.warmup:g} s, {args.duration:g} s each"
     )
     print(f"machine: {machine()}")
     results: list[dict[str, Any]] = []
@@ -354,9 +389,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "gallery_size": args.gallery_size,
         "top_k": args.top_k,
         "server_env": args.server_env,
+        "vectors": args.vectors,
     }
     try:
-        payload["fill_seconds"] = fill_gallery(address, args.gallery_size, args.api_key)
+        payload["fill_seconds"] = fill_gallery(address, args.gallery_size, args.api_key, args.vectors)
         channel = grpc.insecure_channel(address)
         gallery = pb_grpc.FaceIdStub(channel).GetGallery(
             pb.GetGalleryRequest(name=f"galleries/{GALLERY}"), metadata=call_metadata(args.api_key, ())
@@ -364,22 +400,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         channel.close()
         payload["index"] = {"kind": gallery.index_kind, "faces": gallery.face_count}
         print(f"gallery: {gallery.face_count:,} faces, index {gallery.index_kind}")
-        for workload in workloads:
-            for c in concurrencies:
-                r = run_load(
-                    address,
-                    workload,
-                    c,
-                    args.processes,
-                    args.warmup,
-                    args.duration,
-                    photos,
-                    args.enroll_ratio,
-                    args.top_k,
-                    args.api_key,
-                )
-                results.append(r)
-                print(summary(r))
+        for name in workloads:
+            for nprobe in nprobes if name != "enroll-embedding" else [0]:
+                w = Workload(name, args.top_k, args.enroll_ratio, nprobe, args.vectors, tuple(photos))
+                for c in concurrencies:
+                    r = run_load(address, w, c, args.processes, args.warmup, args.duration, args.api_key)
+                    results.append(r)
+                    print(summary(r))
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
@@ -393,24 +420,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trivial.start()
         port = q.get(timeout=60)
         for c in concurrencies:
-            r = run_load(
-                f"127.0.0.1:{port}",
-                "identify-embedding",
-                c,
-                args.processes,
-                args.warmup,
-                args.duration,
-                photos,
-                0.0,
-                args.top_k,
-            )
+            trivial_load = Workload("identify-embedding", args.top_k, 0.0, 0, args.vectors)
+            r = run_load(f"127.0.0.1:{port}", trivial_load, c, args.processes, args.warmup, args.duration)
             r["label"] = "trivial handler"
             results.append(r)
-            print("trivial handler   " + summary(r)[18:])
+            print("trivial handler   " + summary(r)[18:].replace("nprobe default", "              "))
             ours = [
                 x
                 for x in results
-                if x["workload"] == "identify-embedding" and x["concurrency"] == c and "label" not in x
+                if x["workload"] == "identify-embedding"
+                and x["concurrency"] == c
+                and x["nprobe"] == nprobes[0]
+                and "label" not in x
             ]
             if ours:
                 print(

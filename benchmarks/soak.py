@@ -30,7 +30,7 @@ import grpc
 import numpy as np
 
 from faceid.benchmarks.common import faces_dir, machine, write_json
-from faceid.benchmarks.load import GALLERY, fill_gallery, unit_vectors
+from faceid.benchmarks.load import GALLERY, face_vectors, fill_gallery
 from faceid.client.client import call_metadata, channel_options, enroll_request, identify_request
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
@@ -55,7 +55,8 @@ async def _callers(
     channel = grpc.aio.insecure_channel(address, channel_options())
     stub = pb_grpc.FaceIdStub(channel)
     md = call_metadata(key, ())
-    queries = unit_vectors(1024, 99)
+    queries = face_vectors(1024, 99)
+    fresh = face_vectors(4096, 12_345)
     records: list[tuple[float, float, str]] = []
     end = time.time() + duration
 
@@ -68,7 +69,7 @@ async def _callers(
             r = rng.random()
             if r < enroll_ratio:
                 identity = f"soak-{seed}-{n}"
-                vec = unit_vectors(1, 10_000_000 + seed * 1_000_000 + n)[0]
+                vec = fresh[(seed * 7919 + n) % len(fresh)]
                 method, request = "Enroll", enroll_request(GALLERY, identity, embedding=vec.tolist())
                 mine.append(identity)
             elif r < 2 * enroll_ratio and mine:

@@ -36,6 +36,9 @@ import numpy.typing as npt
 from faceid.benchmarks.common import faces_dir, machine, write_json
 
 Array = npt.NDArray[np.float32]
+#: The model fitted to faceid's LFW embeddings (``--save-fit``), shipped so that load benchmarks can
+#: draw realistic galleries on machines without the face data.
+FITTED = Path(__file__).resolve().parent / "face_distribution.npz"
 
 
 @dataclass
@@ -88,6 +91,17 @@ class FaceDistribution:
     between: npt.NDArray[np.float64]
     within: npt.NDArray[np.float64]
     log_spread_std: float = 0.0
+
+    def save(self, path: Path) -> None:
+        """Second-order statistics only (no embedding of any real face)."""
+        np.savez(
+            path, mean=self.mean, between=self.between, within=self.within, log_spread_std=self.log_spread_std
+        )
+
+    @classmethod
+    def load(cls, path: Path = FITTED) -> FaceDistribution:
+        z = np.load(path, allow_pickle=False)
+        return cls(z["mean"], z["between"], z["within"], float(z["log_spread_std"]))
 
     def sample(
         self, identities: int, faces_per_identity: int, seed: int = 0
@@ -175,6 +189,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--identities", type=int, default=20_000)
     ap.add_argument("--faces-per-identity", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument(
+        "--save-fit", type=Path, default=None, help=f"write the fitted model (e.g. {FITTED.name})"
+    )
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     lfw = embed_lfw(args.data, args.cache, args.lfw_limit)
@@ -183,6 +200,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"({time.perf_counter() - t0:.0f} s)"
     )
     model = fit(lfw.vectors, lfw.labels)
+    if args.save_fit:
+        model.save(args.save_fit)
+        print(f"wrote {args.save_fit}")
     print(
         f"fitted: tr(Σ_between) {np.trace(model.between):.4f}, tr(Σ_within) {np.trace(model.within):.4f}, "
         f"per-identity log-spread σ {model.log_spread_std:.3f}"

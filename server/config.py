@@ -34,6 +34,9 @@ class ServerConfig:
     batch_inflight: int = 2
     #: Calls in progress beyond this are refused at once with RESOURCE_EXHAUSTED (load shedding).
     max_concurrent_rpcs: int = 512
+    #: Requests in progress may hold this many bytes together (photos are large); a call that would
+    #: go beyond it is refused with RESOURCE_EXHAUSTED, so that memory stays bounded.
+    max_inflight_bytes: int = 256 * MIB
     #: Keepalive: ping an idle connection every this many ms; drop it when no answer in the timeout.
     keepalive_time_ms: int = 60_000
     keepalive_timeout_ms: int = 20_000

@@ -46,7 +46,7 @@ from faceid.engine.store import Identity
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
 from faceid.server.batching import MicroBatcher
-from faceid.server.config import ServerConfig
+from faceid.server.config import MIB, ServerConfig
 
 log = logging.getLogger("faceid.server")
 T = TypeVar("T")
@@ -89,6 +89,13 @@ def rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 
     @functools.wraps(method)
     async def wrapper(self: FaceIdServicer, request: Any, context: grpc.aio.ServicerContext) -> T:
+        size = request.ByteSize()
+        if self.inflight_bytes and self.inflight_bytes + size > self.config.max_inflight_bytes:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server holds {self.inflight_bytes / MIB:.0f} MiB of requests in progress; retry later",
+            )
+        self.inflight_bytes += size
         try:
             return await method(self, request, context)
         except asyncio.CancelledError:
@@ -97,6 +104,8 @@ def rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             code, message = status_of(exc)
             await context.abort(code, message)
             raise AssertionError("unreachable") from None  # abort raises
+        finally:
+            self.inflight_bytes -= size
 
     return wrapper
 
@@ -222,6 +231,8 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
     def __init__(self, service: FaceService, config: ServerConfig) -> None:
         self.service = service
         self.config = config
+        #: Bytes of the unary requests being served (photos, mostly): bounded by max_inflight_bytes.
+        self.inflight_bytes = 0
         self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="faceid-worker")
         window = config.batch_window_ms / 1000
         self.search_batcher: MicroBatcher[tuple[EmbeddingInput, int], list[Match]] = MicroBatcher(

@@ -150,12 +150,18 @@ def test_postgres_restart_under_load_answers_unavailable_and_loses_nothing(
         service.close()
 
 
-def test_beyond_the_queue_depth_calls_are_refused_at_once(tmp_path: Path) -> None:
-    """With room for 4 calls, 40 concurrent slow calls: the excess get RESOURCE_EXHAUSTED quickly,
-    the rest complete, nothing else happens."""
+@pytest.mark.parametrize(
+    "limit",
+    [{"FACEID_MAX_CONCURRENT_RPCS": "4"}, {"FACEID_MAX_INFLIGHT_BYTES": str(3 * 2**20)}],
+    ids=["calls", "bytes"],
+)
+def test_beyond_the_queue_depth_calls_are_refused_at_once(tmp_path: Path, limit: dict[str, str]) -> None:
+    """With room for 4 calls (or 3 MiB of photos, about 4 here), 40 concurrent slow calls: the excess
+    get RESOURCE_EXHAUSTED quickly, the rest complete, nothing else happens."""
     noise = np.random.default_rng(0).integers(0, 255, (900, 1200, 3), dtype=np.uint8)
     photo = encode(noise, "JPEG")
-    proc, address, key = _spawn_with(tmp_path / "small", FACEID_MAX_CONCURRENT_RPCS="4", FACEID_WORKERS="1")
+    assert 0.5 * 2**20 < len(photo) < 2**20
+    proc, address, key = _spawn_with(tmp_path / "small", FACEID_WORKERS="1", **limit)
 
     async def run() -> list[tuple[str, float]]:
         async with AsyncFaceIdClient(address, timeout=120, api_key=key) as c:
