@@ -16,10 +16,11 @@ Callers get plain dataclasses, never ORM objects.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +34,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     UniqueConstraint,
     create_engine,
     delete,
@@ -205,6 +207,34 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
+COPY_MIN = 32  # rows from which a PostgreSQL insert goes by COPY
+
+
+def _insert(s: Session, model: type[Base], rows: list[dict[str, Any]]) -> list[int]:
+    """Insert rows (each with the same keys); their generated primary keys, in order.
+
+    On PostgreSQL a batch of ``COPY_MIN`` rows or more takes its keys from the table's sequence
+    in one query and goes in by COPY, several times faster than INSERT … RETURNING.
+    """
+    table = cast(Table, model.__table__)
+    key = next(iter(table.primary_key.columns))
+    if s.get_bind().dialect.name != "postgresql" or len(rows) < COPY_MIN:
+        return list(s.scalars(insert(model).returning(key, sort_by_parameter_order=True), rows))
+    connection: Any = s.connection().connection.driver_connection  # psycopg, in this transaction
+    json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    columns = list(rows[0])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
+            (table.name, key.name, len(rows)),
+        )
+        keys = [int(r[0]) for r in cursor.fetchall()]
+        with cursor.copy(f"COPY {table.name} ({key.name}, {', '.join(columns)}) FROM STDIN") as copy:
+            for k, row in zip(keys, rows, strict=True):
+                copy.write_row([k, *(json.dumps(row[c]) if c in json_columns else row[c] for c in columns)])
+    return keys
+
+
 class Store:
     """Galleries, identities, faces and the change log; every method is one transaction."""
 
@@ -289,10 +319,7 @@ class Store:
                     }
                     for eid, f in first.items()
                 ]
-                created_rows = s.execute(
-                    insert(IdentityRow).returning(IdentityRow.external_id, IdentityRow.id), rows
-                )
-                new_ids = dict(created_rows.all())
+                new_ids = dict(zip(first, _insert(s, IdentityRow, rows), strict=True))
                 existing.update(new_ids)
                 if created is not None:
                     for eid, f in first.items():
@@ -316,16 +343,13 @@ class Store:
                 }
                 for f in faces
             ]
-            ids = list(
-                s.scalars(insert(FaceRow).returning(FaceRow.id, sort_by_parameter_order=True), face_rows)
-            )
+            ids = _insert(s, FaceRow, face_rows)
             seq = self._log(s, gallery.id, "add", ids)
             return ids, [existing[f.external_id] for f in faces], seq
 
     def _log(self, s: Session, gallery_id: int, op: str, face_ids: Sequence[int]) -> int:
         rows = [{"gallery_id": gallery_id, "op": op, "face_id": i} for i in face_ids]
-        seqs = list(s.scalars(insert(ChangeRow).returning(ChangeRow.seq, sort_by_parameter_order=True), rows))
-        return max(seqs)
+        return max(_insert(s, ChangeRow, rows))
 
     def delete_faces(self, gallery_id: int, face_ids: Sequence[int]) -> tuple[list[int], int]:
         """Delete faces by id; returns the ids that existed and the last change's sequence number."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from faceid.engine.store import NewFace, Store, make_engine
+from faceid.engine.store import COPY_MIN, Identity, NewFace, Store, make_engine
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -103,6 +103,41 @@ def test_embeddings_come_back_bit_for_bit(store: Store) -> None:
     np.testing.assert_array_equal(records[ids[3]][1], vec(3))
     assert [len(c[0]) for c in chunks] == [2, 2, 1]
     np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks]), ids)
+
+
+def test_a_large_batch_keeps_every_field_and_the_order(store: Store) -> None:
+    """Batches of COPY_MIN rows or more take the bulk path (COPY on PostgreSQL): same results."""
+    g = make_gallery(store)
+    store.add_faces(g, [NewFace("before", vec(0))])
+    faces = [
+        NewFace(
+            f"p{i // 2}",
+            vec(100 + i),
+            display_name=f"Person {i // 2} ☃",
+            attributes={"i": i // 2, "tags": ["a", "b"], "quote": 'it\'s \\ "x"'},
+            detection_score=0.5 + i / 1000,
+            box=(1.0 * i, 2.0, 3.5, 4.25) if i % 3 else None,
+            image_sha256=f"{i:064x}",
+        )
+        for i in range(3 * COPY_MIN)
+    ]
+    created: dict[int, Identity] = {}
+    ids, identity_ids, seq = store.add_faces(g, faces, created)
+    assert ids == sorted(ids) and len(set(ids)) == len(faces)
+    assert len(created) == len(faces) // 2 and identity_ids[0] == identity_ids[1] != identity_ids[2]
+    records = store.face_records(g.id, ids)
+    for i, fid in enumerate(ids):
+        np.testing.assert_array_equal(records[fid][1], vec(100 + i))
+        assert records[fid][0] == identity_ids[i]
+    person = store.get_identity(g.id, "p7")
+    assert person is not None and person.display_name == "Person 7 ☃"
+    assert person.attributes == {"i": 7, "tags": ["a", "b"], "quote": 'it\'s \\ "x"'}
+    assert person.face_ids == (ids[14], ids[15])
+    changes = store.changes_since(g.id, 0)
+    assert [c.face_id for c in changes[1:]] == ids and changes[-1].seq == seq
+    assert [c.seq for c in changes] == sorted(c.seq for c in changes)
+    more, _, seq2 = store.add_faces(g, [NewFace(f"q{i}", vec(900 + i)) for i in range(COPY_MIN)])
+    assert min(more) > max(ids) and seq2 > seq  # later ids and sequence numbers, whichever path
 
 
 def test_change_log_orders_adds_and_removes_by_a_growing_sequence(store: Store) -> None:
