@@ -161,6 +161,15 @@ def _requests(w: Workload, seed: int) -> Iterator[tuple[str, Any]]:
             yield "Identify", identify_request(GALLERY, embedding=q, top_k=w.top_k, nprobe=w.nprobe)
 
 
+async def timed_call(stub: Any, method: str, request: Any, md: list[tuple[str, str]]) -> str:
+    """Make one call; its status code's name ("OK" when it succeeded)."""
+    try:
+        await getattr(stub, method)(request, timeout=30, metadata=md)
+        return "OK"
+    except grpc.aio.AioRpcError as exc:
+        return str(exc.code().name)
+
+
 async def _worker_loop(
     address: str, api_key: str, w: Workload, concurrency: int, warmup: float, duration: float, seed: int
 ) -> dict[str, Any]:
@@ -182,11 +191,7 @@ async def _worker_loop(
                 return
             method, request = next(gen)
             t0 = time.perf_counter()
-            try:
-                await getattr(stub, method)(request, timeout=30, metadata=md)
-                code = "OK"
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code().name
+            code = await timed_call(stub, method, request, md)
             t1 = time.perf_counter()
             if t0 >= measure_from:
                 latencies.append(t1 - t0)
@@ -244,6 +249,37 @@ def run_load(
         "latency_ms": {**pct, "max": float(lat.max(initial=0))},
         "codes": dict(codes),
         "latencies_ms": lat.tolist(),
+    }
+
+
+def pipeline_alone(photos: list[bytes], seconds: float = 10.0, threads: int = 2) -> dict[str, float]:
+    """Photos/s of the face pipeline in this process, no gRPC: decode + detect alone, and with
+    alignment and embedding too (what identify-by-photo does before its search)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from faceid.engine.pipeline import FacePipeline
+
+    pipeline = FacePipeline()
+    pipeline.process(photos[0])  # load the models first
+
+    def rate(work: Any) -> float:
+        end = time.perf_counter() + seconds
+        counts = [0] * threads
+
+        def loop(t: int) -> None:
+            i = t
+            while time.perf_counter() < end:
+                work(photos[i % len(photos)])
+                i += threads
+                counts[t] += 1
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(loop, range(threads)))
+        return sum(counts) / seconds
+
+    return {
+        "detect_photos_per_s": rate(lambda p: pipeline.detect(pipeline.decode(p))),
+        "pipeline_photos_per_s": rate(pipeline.process),
     }
 
 
@@ -401,7 +437,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         payload["index"] = {"kind": gallery.index_kind, "faces": gallery.face_count}
         print(f"gallery: {gallery.face_count:,} faces, index {gallery.index_kind}")
         for name in workloads:
-            for nprobe in nprobes if name != "enroll-embedding" else [0]:
+            for nprobe in nprobes if name in ("identify-embedding", "mix") else [0]:
                 w = Workload(name, args.top_k, args.enroll_ratio, nprobe, args.vectors, tuple(photos))
                 for c in concurrencies:
                     r = run_load(address, w, c, args.processes, args.warmup, args.duration, args.api_key)
@@ -413,6 +449,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             proc.wait(timeout=60)
         if tmp is not None:
             tmp.cleanup()
+    if "identify-photo" in workloads:
+        payload["pipeline_alone"] = alone = pipeline_alone(photos, args.duration)
+        print(
+            f"face pipeline alone, in process, 2 threads: decode + detect {alone['detect_photos_per_s']:.1f} "
+            f"photos/s; + align + embed {alone['pipeline_photos_per_s']:.1f} photos/s"
+        )
     if args.ceiling:
         ctx = mp.get_context("spawn")
         q = ctx.Queue()

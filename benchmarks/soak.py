@@ -30,7 +30,7 @@ import grpc
 import numpy as np
 
 from faceid.benchmarks.common import faces_dir, machine, write_json
-from faceid.benchmarks.load import GALLERY, face_vectors, fill_gallery
+from faceid.benchmarks.load import GALLERY, face_vectors, fill_gallery, timed_call
 from faceid.client.client import call_metadata, channel_options, enroll_request, identify_request
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
@@ -81,11 +81,7 @@ async def _callers(
                 q = queries[rng.randrange(len(queries))].tolist()
                 method, request = "Identify", identify_request(GALLERY, embedding=q, top_k=10)
             t0 = time.time()
-            try:
-                await getattr(stub, method)(request, timeout=30, metadata=md)
-                code = "OK"
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code().name
+            code = await timed_call(stub, method, request, md)
             records.append((t0, time.time() - t0, code))
 
     await asyncio.gather(*(caller(i) for i in range(concurrency)))

@@ -175,10 +175,13 @@ def _scoped(handler: grpc.RpcMethodHandler, key: ApiKey, rule: Rule) -> grpc.Rpc
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, _denied(key, gallery))
         return await behavior(request, context)
 
+    return _unary(checked, handler)
+
+
+def _unary(behavior: Callable[..., Awaitable[Any]], like: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A unary handler running ``behavior`` with the (de)serializers of ``like``."""
     return grpc.unary_unary_rpc_method_handler(
-        checked,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
+        behavior, request_deserializer=like.request_deserializer, response_serializer=like.response_serializer
     )
 
 
@@ -190,11 +193,7 @@ def _list_galleries(handler: grpc.RpcMethodHandler, key: ApiKey) -> grpc.RpcMeth
         mine = [g for g in response.galleries if key.may_reach(g.name.removeprefix("galleries/"))]
         return pb.ListGalleriesResponse(galleries=mine)
 
-    return grpc.unary_unary_rpc_method_handler(
-        filtered,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return _unary(filtered, handler)
 
 
 def _bulk_enroll(handler: grpc.RpcMethodHandler, key: ApiKey) -> grpc.RpcMethodHandler:
