@@ -90,12 +90,11 @@ def rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     @functools.wraps(method)
     async def wrapper(self: FaceIdServicer, request: Any, context: grpc.aio.ServicerContext) -> T:
         size = request.ByteSize()
-        if self.inflight_bytes and self.inflight_bytes + size > self.config.max_inflight_bytes:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the server holds {self.inflight_bytes / MIB:.0f} MiB of requests in progress; retry later",
-            )
+        refusal = self.admit(size)
+        if refusal:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
         self.inflight_bytes += size
+        self.inflight_calls += 1
         try:
             return await method(self, request, context)
         except asyncio.CancelledError:
@@ -106,6 +105,7 @@ def rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             raise AssertionError("unreachable") from None  # abort raises
         finally:
             self.inflight_bytes -= size
+            self.inflight_calls -= 1
 
     return wrapper
 
@@ -231,7 +231,9 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
     def __init__(self, service: FaceService, config: ServerConfig) -> None:
         self.service = service
         self.config = config
-        #: Bytes of the unary requests being served (photos, mostly): bounded by max_inflight_bytes.
+        #: Unary calls being served and their bytes (photos, mostly), bounded by max_concurrent_rpcs and
+        #: max_inflight_bytes.  Counted here, on the event loop, not only by gRPC's own limiter.
+        self.inflight_calls = 0
         self.inflight_bytes = 0
         self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="faceid-worker")
         window = config.batch_window_ms / 1000
@@ -241,6 +243,18 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
         self.embed_batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
             self._embed_batch, self.executor, window, config.max_batch, config.batch_inflight
         )
+
+    def admit(self, size: int) -> str:
+        """Why a call of ``size`` bytes must be refused now ("" when it may go ahead): load shedding."""
+        if self.inflight_calls >= self.config.max_concurrent_rpcs:
+            return (
+                f"the server is at its limit of {self.inflight_calls} calls in progress; retry with backoff"
+            )
+        if self.inflight_bytes and self.inflight_bytes + size > self.config.max_inflight_bytes:
+            return (
+                f"the server holds {self.inflight_bytes / MIB:.0f} MiB of requests in progress; retry later"
+            )
+        return ""
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
