@@ -75,11 +75,6 @@ class Server:
         )
         self.servicer = FaceIdServicer(self.service, config)
         self.keys = KeyRing(KeyStore(self.service.store.engine))
-        #: The admin key made on a first start (no key was ever created): printed once by ``serve``.
-        self.first_key: NewKey | None = None
-        if config.auth and not self.keys.keys.any_created():
-            self.first_key = self.keys.keys.create(Role.ADMIN, [ALL_GALLERIES], "first admin key")
-            self.keys.refresh()
         self._refresher: asyncio.Task[None] | None = None
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.grpc = grpc.aio.server(
@@ -102,6 +97,12 @@ class Server:
             self.port = self.grpc.add_secure_port(address, server_credentials(config))
         else:
             self.port = self.grpc.add_insecure_port(address)
+        #: The admin key made on a first start (no key was ever created): printed once by ``serve``.
+        #: Made last, once the port is bound, so that a start that fails does not swallow it.
+        self.first_key: NewKey | None = None
+        if config.auth and not self.keys.keys.any_created():
+            self.first_key = self.keys.keys.create(Role.ADMIN, [ALL_GALLERIES], "first admin key")
+            self.keys.refresh()
 
     async def start(self) -> None:
         if not self.config.auth:
