@@ -76,6 +76,7 @@ class Server:
         self.servicer = FaceIdServicer(self.service, config)
         self.keys = KeyRing(KeyStore(self.service.store.engine))
         self._refresher: asyncio.Task[None] | None = None
+        self._lag: asyncio.Task[None]
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.grpc = grpc.aio.server(
             options=grpc_options(config),
@@ -112,6 +113,7 @@ class Server:
         await self.grpc.start()
         if self.config.auth:
             self._refresher = asyncio.create_task(self._refresh_keys())
+        self._lag = asyncio.create_task(self.servicer.lag.run())
         for name in ("", SERVICE_NAME):
             await _set(self.health, name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -127,6 +129,7 @@ class Server:
             await _set(self.health, name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._refresher is not None:
             self._refresher.cancel()
+        self._lag.cancel()
         await self.grpc.stop(self.config.grace_seconds)
         self.servicer.executor.shutdown(wait=True)
         await asyncio.get_running_loop().run_in_executor(None, self.service.close)
