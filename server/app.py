@@ -55,7 +55,16 @@ def configure_logging(level: str) -> None:
 
 
 def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+    pending = (
+        [
+            ("grpc.server.max_pending_requests", config.max_pending_calls),
+            ("grpc.server.max_pending_requests_hard_limit", config.max_pending_calls),
+        ]
+        if config.max_pending_calls
+        else []
+    )
     return [
+        *pending,
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.keepalive_time_ms", config.keepalive_time_ms),
@@ -76,7 +85,6 @@ class Server:
         self.servicer = FaceIdServicer(self.service, config)
         self.keys = KeyRing(KeyStore(self.service.store.engine))
         self._refresher: asyncio.Task[None] | None = None
-        self._lag: asyncio.Task[None]
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.grpc = grpc.aio.server(
             options=grpc_options(config),
@@ -113,7 +121,7 @@ class Server:
         await self.grpc.start()
         if self.config.auth:
             self._refresher = asyncio.create_task(self._refresh_keys())
-        self._lag = asyncio.create_task(self.servicer.lag.run())
+
         for name in ("", SERVICE_NAME):
             await _set(self.health, name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -129,7 +137,6 @@ class Server:
             await _set(self.health, name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._refresher is not None:
             self._refresher.cancel()
-        self._lag.cancel()
         await self.grpc.stop(self.config.grace_seconds)
         self.servicer.executor.shutdown(wait=True)
         await asyncio.get_running_loop().run_in_executor(None, self.service.close)

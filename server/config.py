@@ -34,9 +34,9 @@ class ServerConfig:
     batch_inflight: int = 2
     #: Calls in progress beyond this are refused at once with RESOURCE_EXHAUSTED (load shedding).
     max_concurrent_rpcs: int = 512
-    #: While calls wait longer than this for the server to start them (its queueing delay), new calls
-    #: are refused at once with RESOURCE_EXHAUSTED, so latency stays bounded past capacity (0: off).
-    max_queue_ms: float = 200.0
+    #: Calls that have arrived but that the server has not started yet (gRPC core's pending queue,
+    #: where calls wait when the server is saturated): beyond it gRPC refuses them at once (0: no limit).
+    max_pending_calls: int = 0
     #: Requests in progress may hold this many bytes together (photos are large); a call that would
     #: go beyond it is refused with RESOURCE_EXHAUSTED, so that memory stays bounded.
     max_inflight_bytes: int = 256 * MIB

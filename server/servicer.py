@@ -47,7 +47,6 @@ from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
 from faceid.server.batching import MicroBatcher
 from faceid.server.config import MIB, ServerConfig
-from faceid.server.overload import LoopLag
 
 log = logging.getLogger("faceid.server")
 T = TypeVar("T")
@@ -236,8 +235,6 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
         #: max_inflight_bytes.  Counted here, on the event loop, not only by gRPC's own limiter.
         self.inflight_calls = 0
         self.inflight_bytes = 0
-        #: How long arriving calls wait for the event loop (measured by ``Server``'s lag task).
-        self.lag = LoopLag()
         self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="faceid-worker")
         window = config.batch_window_ms / 1000
         self.search_batcher: MicroBatcher[tuple[EmbeddingInput, int], list[Match]] = MicroBatcher(
@@ -249,9 +246,6 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
 
     def admit(self, size: int) -> str:
         """Why a call of ``size`` bytes must be refused now ("" when it may go ahead): load shedding."""
-        waited_ms = self.lag.seconds * 1000
-        if self.config.max_queue_ms and waited_ms > self.config.max_queue_ms:
-            return f"the server is overloaded (calls wait {waited_ms:.0f} ms to start); retry with backoff"
         if self.inflight_calls >= self.config.max_concurrent_rpcs:
             return (
                 f"the server is at its limit of {self.inflight_calls} calls in progress; retry with backoff"
