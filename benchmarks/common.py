@@ -27,6 +27,13 @@ def faces_dir() -> Path:
     return Path(env) if env else (_REPO.parent / "shared" / "data" / "faces")
 
 
+def unit_vectors(n: int, seed: int) -> npt.NDArray[np.float32]:
+    """``n`` random 128-D unit vectors, uniform on the sphere (no face-like structure)."""
+    v = np.random.default_rng(seed).normal(size=(n, 128)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v
+
+
 @dataclass(frozen=True)
 class Pair:
     fold: int

@@ -19,19 +19,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from faceid.benchmarks.common import Progress, machine, write_json
+from faceid.benchmarks.common import Progress, machine, unit_vectors, write_json
 from faceid.engine.index import IndexConfig
 from faceid.engine.service import EmbeddingInput, FaceService, ServiceConfig
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def unit_vectors(n: int, seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).normal(size=(n, 128)).astype(np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return v
 
 
 def enrol(service: FaceService, n: int, batch: int, faces_per_identity: int) -> float:

@@ -39,19 +39,13 @@ from typing import Any
 import grpc
 import numpy as np
 
-from faceid.benchmarks.common import faces_dir, machine, write_json
+from faceid.benchmarks.common import faces_dir, machine, unit_vectors, write_json
 from faceid.benchmarks.synthetic import FITTED, FaceDistribution
 from faceid.client.client import call_metadata, channel_options, enroll_request, identify_request
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
 
 GALLERY = "load"
-
-
-def unit_vectors(n: int, seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).normal(size=(n, 128)).astype(np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return v
 
 
 @functools.cache

@@ -82,6 +82,13 @@ def call_metadata(api_key: str | None, metadata: Sequence[tuple[str, str]]) -> l
     return [*metadata, *([("authorization", f"Bearer {api_key}")] if api_key else [])]
 
 
+def _channel(api: Any, target: str, credentials: grpc.ChannelCredentials | None) -> Any:
+    """A channel from ``grpc`` or ``grpc.aio``: TLS with ``credentials``, else plaintext."""
+    if credentials:
+        return api.secure_channel(target, credentials, channel_options())
+    return api.insecure_channel(target, channel_options())
+
+
 _CODE_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
 
 
@@ -344,12 +351,7 @@ class FaceIdClient:
         metadata: Sequence[tuple[str, str]] = (),
         api_key: str | None = None,
     ) -> None:
-        options = channel_options()
-        self.channel = (
-            grpc.secure_channel(target, credentials, options)
-            if credentials
-            else grpc.insecure_channel(target, options)
-        )
+        self.channel = _channel(grpc, target, credentials)
         self.stub = pb_grpc.FaceIdStub(self.channel)
         self.timeout = timeout
         self.metadata = call_metadata(api_key, metadata)
@@ -494,12 +496,7 @@ class AsyncFaceIdClient:
         metadata: Sequence[tuple[str, str]] = (),
         api_key: str | None = None,
     ) -> None:
-        options = channel_options()
-        self.channel = (
-            grpc.aio.secure_channel(target, credentials, options)
-            if credentials
-            else grpc.aio.insecure_channel(target, options)
-        )
+        self.channel = _channel(grpc.aio, target, credentials)
         self.stub = pb_grpc.FaceIdStub(self.channel)
         self.timeout = timeout
         self.metadata = call_metadata(api_key, metadata)

@@ -194,17 +194,6 @@ class KeyRing:
         with self._lock:
             self._by_id = loaded
 
-    def add(self, key: ApiKey, token: str) -> None:
-        """Make a key created in this process usable at once."""
-        parts = split_token(token)
-        assert parts is not None
-        with self._lock:
-            self._by_id = {**self._by_id, key.key_id: (key, _digest(parts[1]))}
-
-    def remove(self, key_id: str) -> None:
-        with self._lock:
-            self._by_id = {k: v for k, v in self._by_id.items() if k != key_id}
-
     def authenticate(self, token: str) -> ApiKey | None:
         """The key's record when ``token`` is an active key, else None."""
         parts = split_token(token)

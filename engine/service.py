@@ -175,14 +175,14 @@ def _pack(i: Identity) -> _Packed:
         i.gallery_id,
         i.external_id,
         i.display_name,
-        json.dumps(i.attributes),
+        json.dumps(i.attributes) if i.attributes else "",  # most have none: no JSON work
         i.created_at,
         i.updated_at,
     )
 
 
 def _unpack(p: _Packed) -> Identity:
-    return Identity(p[0], p[1], p[2], p[3], json.loads(p[4]), p[5], p[6])
+    return Identity(p[0], p[1], p[2], p[3], json.loads(p[4]) if p[4] else {}, p[5], p[6])
 
 
 class IdentityCache:

@@ -29,9 +29,10 @@ from faceid.server.auth import RULES
 from .test_grpc import ServerProcess, code_of, unit
 
 
-def faceid_keys(data_dir: Path, *args: str) -> str:
+def faceid_keys(data_dir: Path, *args: str, options: tuple[str, ...] = ()) -> str:
+    """``faceid [options] keys ARGS`` on the server's data directory; its standard output."""
     out = subprocess.run(
-        [sys.executable, "-m", "faceid.client.cli", "keys", *args, "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "faceid.client.cli", *options, "keys", *args, "--data-dir", str(data_dir)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -42,27 +43,7 @@ def faceid_keys(data_dir: Path, *args: str) -> str:
 
 def new_key(data_dir: Path, role: str, *galleries: str) -> str:
     scope = [a for g in galleries for a in ("--gallery", g)] or ["--all-galleries"]
-    created = json.loads(
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "faceid.client.cli",
-                "--json",
-                "keys",
-                "create",
-                "--role",
-                role,
-                *scope,
-                "--data-dir",
-                str(data_dir),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        ).stdout
-    )
+    created = json.loads(faceid_keys(data_dir, "create", "--role", role, *scope, options=("--json",)))
     token: str = created["api_key"]
     return token
 

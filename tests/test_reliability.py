@@ -34,6 +34,7 @@ from faceid.client.client import (
 from faceid.engine.service import FaceService, ServiceConfig
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
+from faceid.server.app import spawn
 
 from .conftest import encode
 from .test_crash_recovery import check_consistent
@@ -161,7 +162,7 @@ def test_beyond_the_queue_depth_calls_are_refused_at_once(tmp_path: Path, limit:
     noise = np.random.default_rng(0).integers(0, 255, (900, 1200, 3), dtype=np.uint8)
     photo = encode(noise, "JPEG")
     assert 0.5 * 2**20 < len(photo) < 2**20
-    proc, address, key = _spawn_with(tmp_path / "small", FACEID_WORKERS="1", **limit)
+    proc, address, key = spawn(tmp_path / "small", env={"FACEID_WORKERS": "1", **limit})
 
     async def run() -> list[tuple[str, float]]:
         async with AsyncFaceIdClient(address, timeout=120, api_key=key) as c:
@@ -190,15 +191,8 @@ def test_beyond_the_queue_depth_calls_are_refused_at_once(tmp_path: Path, limit:
     assert refused < served / 2, "refusals must not wait behind the calls being served"
 
 
-def _spawn_with(data_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str, str]:
-    from faceid.server.app import spawn
-
-    proc, address, key = spawn(data_dir, env=env)
-    return proc, address, key
-
-
 def test_idle_streams_and_slow_clients_do_not_block_others(tmp_path: Path) -> None:
-    proc, address, key = _spawn_with(tmp_path / "data", FACEID_MAX_CONCURRENT_RPCS="64")
+    proc, address, key = spawn(tmp_path / "data", env={"FACEID_MAX_CONCURRENT_RPCS": "64"})
     md = call_metadata(key, ())
     channels = []
     try:
@@ -241,7 +235,7 @@ def test_sigkill_during_bulk_enrolment_through_the_server_loses_no_acknowledged_
     acked: dict[str, int] = {}
     key = ""
     for trial in range(BULK_TRIALS):
-        proc, address, first = _spawn_with(tmp_path)
+        proc, address, first = spawn(tmp_path)
         key = first or key
         with FaceIdClient(address, timeout=60, api_key=key) as c:
             if trial == 0:
