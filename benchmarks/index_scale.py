@@ -94,7 +94,7 @@ def run_variant(
     k: int,
     single: int,
 ) -> dict[str, Any]:
-    config = replace(IndexConfig(), factory=factory, train_min=10**12)
+    config = replace(IndexConfig(), factory=factory, train_min=10**12, device="cpu")
     index = FaissGalleryIndex(gallery.shape[1], config)
     t_store = 0.0
     stages: dict[str, float] = {}

@@ -16,6 +16,12 @@ FAISS's squared L2 is square-rooted before it is returned).  Concurrency: any
 number of searches run in parallel (FAISS releases the GIL); adds and removes
 take a write lock for the few milliseconds they need.
 
+GPU: where faiss has GPU support and sees a GPU (``IndexConfig.device``), a gallery of at
+least ``gpu_min`` faces keeps an exact float16 copy of its live vectors on the GPU
+(:class:`GpuReplica`, faiss ``GpuIndexFlatL2``) and answers every search from it: exact
+results at a speed no CPU operating point reaches.  The CPU index is still kept (it is what
+snapshots hold, and the fallback) and its k-means training runs on the GPU.
+
 Persistence: :meth:`save` writes the index, the vector copy and the store's
 change sequence number to a temporary file with a SHA-256 checksum, fsyncs it
 and renames it into place; :meth:`load` refuses a file whose checksum, magic or
@@ -33,6 +39,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -43,6 +50,7 @@ import numpy.typing as npt
 Ids = npt.NDArray[np.int64]
 Vectors = npt.NDArray[np.float32]
 IndexKind = Literal["exact", "ivf_pq"]
+IndexDevice = Literal["auto", "cpu", "cuda"]
 
 
 class SnapshotError(Exception):
@@ -59,6 +67,8 @@ class SearchParams:
     rerank_factor: int | None = None
     #: Search every vector exactly (slow on big galleries; for audits and ground truth).
     exact: bool = False
+    #: Use the GPU replica when there is one (False: the CPU index, to compare the two paths).
+    gpu: bool = True
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,14 @@ class IndexConfig:
     background: bool = True
     #: Largest k a search may ask for.
     max_k: int = 1000
+    #: Where searches run: "auto" uses a GPU when faiss has GPU support and sees one, "cpu"
+    #: never does, "cuda" requires one.
+    device: IndexDevice = "auto"
+    #: A gallery moves its searches to the GPU once it holds this many faces (smaller ones are
+    #: searched exactly on the CPU in well under a millisecond).
+    gpu_min: int = 20_000
+    #: GPU scratch memory per process (faiss otherwise reserves 18 % of the card).
+    gpu_temp_bytes: int = 512 << 20
 
     def nlist_for(self, n: int) -> int:
         """Lists for ``n`` vectors: a power of two near ``nlist_factor·√n``, with ≥ 39 points per list."""
@@ -108,6 +126,9 @@ class IndexStats:
     default_rerank_factor: int = 0
     trained_on: int = 0
     memory_bytes: int = 0
+    #: Where searches run ("cpu" or "cuda:N") and the bytes the GPU replica holds.
+    device: str = "cpu"
+    gpu_memory_bytes: int = 0
 
 
 class GalleryIndex(Protocol):
@@ -266,6 +287,101 @@ class VectorStore:
         return self.size * (8 + 2 * self.dim + 4 + 1)
 
 
+def gpu_count() -> int:
+    """GPUs faiss can use here (0 with faiss-cpu)."""
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "StandardGpuResources") else 0
+
+
+def wants_gpu(config: IndexConfig) -> bool:
+    """Whether ``config`` puts searches on a GPU here; ``device="cuda"`` without one is an error."""
+    if config.device == "cpu":
+        return False
+    if gpu_count() == 0:
+        if config.device == "cuda":
+            raise RuntimeError("index device is cuda, but faiss sees no GPU (install faiss-gpu-cu12)")
+        return False
+    return True
+
+
+class GpuContext:
+    """One GPU's faiss resources, shared by every gallery of the process.  faiss GPU objects are
+    not thread-safe, so every call that touches the device holds :attr:`lock`."""
+
+    def __init__(self, device: int, temp_bytes: int) -> None:
+        self.device = device
+        self.temp_bytes = temp_bytes
+        self.resources = faiss.StandardGpuResources()
+        self.resources.setTempMemory(temp_bytes)
+        self.lock = threading.Lock()
+
+
+@cache
+def gpu_context(device: int = 0, temp_bytes: int = 512 << 20) -> GpuContext:
+    return GpuContext(device, temp_bytes)
+
+
+class GpuReplica:
+    """An exact float16 copy of a gallery's live vectors on a GPU (``GpuIndexFlatL2``).
+
+    Positions on the GPU map to store rows (:attr:`rows`).  GPU flat indexes cannot remove, so a
+    removed row stays on the device as a *stale* position until the next :meth:`rebuild`
+    (after ``STALE_MAX`` of them, or at a retrain); searches ask for ``k + stale`` results and
+    drop the dead ones, which keeps them exact.
+    """
+
+    STALE_MAX = 1024  # + max_k (1000) stays within faiss's GPU k limit (2048)
+
+    def __init__(self, dim: int, context: GpuContext) -> None:
+        config = faiss.GpuIndexFlatConfig()
+        config.device = context.device
+        config.useFloat16 = True
+        self.context = context
+        self.index = faiss.GpuIndexFlatL2(context.resources, dim, config)
+        self.rows = np.empty(0, np.int64)
+        self.stale = 0
+
+    def rebuild(self, store: VectorStore, chunk: int = 1 << 20) -> None:
+        live = np.flatnonzero(store.alive[: store.size]).astype(np.int64)
+        with self.context.lock:
+            self.index.reset()
+            for start in range(0, len(live), chunk):
+                self.index.add(store.vectors[live[start : start + chunk]].astype(np.float32))
+        self.rows, self.stale = live, 0
+
+    def add(self, rows: Ids, vectors: Vectors) -> None:
+        with self.context.lock:
+            self.index.add(vectors)
+        self.rows = np.concatenate([self.rows, rows])
+
+    def removed(self, store: VectorStore, n: int) -> None:
+        self.stale += n
+        if self.stale > self.STALE_MAX:
+            self.rebuild(store)
+
+    def search(self, q: Vectors, k: int, alive: npt.NDArray[np.bool_]) -> tuple[Vectors, Ids]:
+        want = min(k + self.stale, len(self.rows))
+        d2 = np.full((len(q), k), np.inf, np.float32)
+        rows = np.full((len(q), k), -1, np.int64)
+        if want == 0:
+            return d2, rows
+        with self.context.lock:
+            found_d, found_p = self.index.search(q, want)
+        found_r = np.where(found_p >= 0, self.rows[np.maximum(found_p, 0)], -1)
+        if self.stale:  # drop removed rows, keep the order
+            ok = (found_r >= 0) & alive[np.maximum(found_r, 0)]
+            order = np.argsort(~ok, axis=1, kind="stable")[:, :k]
+            found_d = np.where(
+                np.take_along_axis(ok, order, 1), np.take_along_axis(found_d, order, 1), np.inf
+            )
+            found_r = np.where(np.isfinite(found_d), np.take_along_axis(found_r, order, 1), -1)
+        take = min(k, found_r.shape[1])
+        d2[:, :take], rows[:, :take] = found_d[:, :take], found_r[:, :take]
+        return d2, rows
+
+    def nbytes(self) -> int:
+        return len(self.rows) * (2 * self.index.d + 8)
+
+
 def _exact_index(dim: int) -> faiss.Index:
     return faiss.IndexIDMap(faiss.IndexFlatL2(dim))
 
@@ -304,6 +420,16 @@ class FaissGalleryIndex:
         self._trainer: threading.Thread | None = None
         self._train_error: BaseException | None = None
         self.on_progress: Callable[[str, float], None] | None = None
+        self._gpu_context = gpu_context(0, self.config.gpu_temp_bytes) if wants_gpu(self.config) else None
+        self._gpu: GpuReplica | None = None
+
+    def _new_gpu_replica(self, store: VectorStore) -> GpuReplica | None:
+        """A GPU replica filled from ``store``; None without a GPU or below ``gpu_min`` faces."""
+        if self._gpu_context is None or store.live < self.config.gpu_min:
+            return None
+        replica = GpuReplica(self.dim, self._gpu_context)
+        replica.rebuild(store)
+        return replica
 
     # ---- writes ---------------------------------------------------------------------------
     def add(self, ids: npt.ArrayLike, vectors: npt.ArrayLike, groups: npt.ArrayLike | None = None) -> None:
@@ -319,6 +445,10 @@ class FaissGalleryIndex:
         with self._lock.write():
             rows = self.store.add(id_array, v, group_array)
             self._index.add_with_ids(v, rows)
+            if self._gpu is not None:
+                self._gpu.add(rows, v)
+            else:
+                self._gpu = self._new_gpu_replica(self.store)
             if self._journal is not None:
                 self._journal.append((id_array, v, group_array))
         self._maybe_train()
@@ -332,6 +462,8 @@ class FaissGalleryIndex:
             rows = self.store.remove(id_array)
             if len(rows):
                 self._index.remove_ids(_selector(rows))
+                if self._gpu is not None:
+                    self._gpu.removed(self.store, len(rows))
             if self._journal is not None:
                 self._journal.append((id_array, None, None))
         self._maybe_train()
@@ -368,6 +500,7 @@ class FaissGalleryIndex:
                 self._index.add_with_ids(
                     store.vectors[: store.size].astype(np.float32), np.arange(store.size)
                 )
+                self._gpu = self._new_gpu_replica(store)
 
     # ---- reads ----------------------------------------------------------------------------
     def count(self) -> int:
@@ -404,7 +537,9 @@ class FaissGalleryIndex:
         params = params or SearchParams()
         with self._lock.read():
             store, index, kind = self.store, self._index, self._kind
-            if params.exact and kind != "exact":
+            if self._gpu is not None and params.gpu:  # exact, on the GPU: nprobe and re-ranking do not apply
+                d2, rows = self._gpu.search(q, k, store.alive)
+            elif params.exact and kind != "exact":
                 d2, rows = self._exact_from_store(q, k)
             elif kind == "exact":
                 d2, rows = index.search(q, k)
@@ -511,23 +646,29 @@ class FaissGalleryIndex:
             store.vectors[rows] = vecs  # keep the float16 values bit for bit
             wanted = force_ivf or self._kind == "ivf_pq" or len(ids) >= self.config.train_min
             if wanted and len(ids) >= 39:
-                index, nlist = build_ivf_pq(rows, vecs, self.config, self._progress)
+                index, nlist = build_ivf_pq(rows, vecs, self.config, self._progress, gpu=self._gpu_context)
                 kind: IndexKind = "ivf_pq"
             else:
                 index, nlist, kind = _exact_index(self.dim), 0, "exact"
                 if len(ids):
                     index.add_with_ids(vecs.astype(np.float32), rows)
+            gpu = self._new_gpu_replica(store)  # a new replica: the rows are renumbered
             with self._lock.write():
                 assert self._journal is not None
                 for op_ids, op_vecs, op_groups in self._journal:  # catch up with writes made meanwhile
                     if op_vecs is not None:
                         new_rows = store.add(op_ids, op_vecs, op_groups)
                         index.add_with_ids(op_vecs, new_rows)
+                        if gpu is not None:
+                            gpu.add(new_rows, op_vecs)
                     else:
                         gone = store.remove(op_ids)
                         if len(gone):
                             index.remove_ids(_selector(gone))
+                            if gpu is not None:
+                                gpu.removed(store, len(gone))
                 self.store, self._index, self._kind, self._nlist = store, index, kind, nlist
+                self._gpu = gpu or self._new_gpu_replica(store)
                 self._trained_on = len(ids) if kind == "ivf_pq" else 0
                 self._journal = None
         except BaseException as exc:  # keep serving with the old index; report on wait
@@ -550,6 +691,8 @@ class FaissGalleryIndex:
                 default_rerank_factor=self.config.rerank_factor if self._kind == "ivf_pq" else 0,
                 trained_on=self._trained_on,
                 memory_bytes=index_bytes + self.store.nbytes(),
+                device=f"cuda:{self._gpu.context.device}" if self._gpu is not None else "cpu",
+                gpu_memory_bytes=self._gpu.nbytes() if self._gpu is not None else 0,
             )
 
     def save(self, path: Path, seq: int) -> None:
@@ -624,6 +767,7 @@ class FaissGalleryIndex:
             store._order = np.argsort(labels, kind="stable")
         self._index, self._kind = index, header["kind"]
         self._nlist, self._trained_on = int(header["nlist"]), int(header["trained_on"])
+        self._gpu = self._new_gpu_replica(store)
         return self, int(header["seq"])
 
 
@@ -633,18 +777,29 @@ def build_ivf_pq(
     config: IndexConfig,
     progress: Callable[[str, float], None] | None = None,
     factory: str | None = None,
+    gpu: GpuContext | None = None,
 ) -> tuple[faiss.Index, int]:
-    """Train an IVF-PQ (fast-scan) index on a sample of ``vecs`` and add them all under ``ids``."""
+    """Train an IVF-PQ (fast-scan) index on a sample of ``vecs`` and add them all under ``ids``;
+    with ``gpu``, the coarse k-means runs there."""
     n, dim = vecs.shape
     nlist = config.nlist_for(n)
     spec = (factory or config.factory).format(nlist=nlist, pq_m=config.pq_m)
     index = faiss.index_factory(dim, spec, faiss.METRIC_L2)
+    if gpu is not None:  # resources of its own: searches keep the shared ones meanwhile
+        resources = faiss.StandardGpuResources()
+        resources.setTempMemory(gpu.temp_bytes)
+        flat = faiss.GpuIndexFlatConfig()
+        flat.device = gpu.device
+        clustering = faiss.GpuIndexFlatL2(resources, dim, flat)  # a Python reference keeps it alive
+        faiss.extract_index_ivf(index).clustering_index = clustering
     sample_size = min(n, max(39 * nlist, config.train_points_per_list * nlist))
     rng = np.random.default_rng(0)
     sample = vecs[np.sort(rng.choice(n, sample_size, replace=False))].astype(np.float32)
     if progress:
         progress("train", 0.0)
     index.train(sample)
+    if gpu is not None:
+        faiss.extract_index_ivf(index).clustering_index = None  # type: ignore[assignment]
     step = 100_000
     for start in range(0, n, step):
         if progress:
