@@ -176,7 +176,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(
             f"gallery {g.name}: model {g.model}\n  {g.identity_count:,} identities, {g.face_count:,} faces\n"
             f"  index {g.index_kind}{' (training)' if g.index_training else ''}, "
-            f"{g.index_memory_bytes / 2**20:.1f} MiB"
+            f"{g.index_memory_bytes / 2**20:.1f} MiB; searches on {g.index_device}"
+            + (
+                f" ({g.index_gpu_memory_bytes / 2**20:.1f} MiB of GPU memory)"
+                if g.index_gpu_memory_bytes
+                else ""
+            )
         )
     return 0
 

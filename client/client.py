@@ -125,6 +125,8 @@ class Gallery:
     index_kind: str
     index_training: bool
     index_memory_bytes: int
+    index_device: str = "cpu"
+    index_gpu_memory_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,8 @@ def _gallery(m: pb.Gallery) -> Gallery:
         m.index_kind,
         m.index_training,
         m.index_memory_bytes,
+        m.index_device,
+        m.index_gpu_memory_bytes,
     )
 
 

@@ -53,6 +53,15 @@ IndexKind = Literal["exact", "ivf_pq"]
 IndexDevice = Literal["auto", "cpu", "cuda"]
 
 
+#: The first faiss whose IVF fast-scan indexes really remove: 1.8 aborts, and 1.9 to 1.13 return
+#: 0 and keep the codes (checked on the PyPI wheels), which would break deletes and erasure.
+FAISS_MIN = (1, 14)
+
+
+def _faiss_version() -> tuple[int, ...]:
+    return tuple(int(part) for part in faiss.__version__.split(".")[:2] if part.isdigit())
+
+
 class SnapshotError(Exception):
     """A snapshot file is missing, truncated, corrupt or from another configuration."""
 
@@ -126,6 +135,8 @@ class IndexStats:
     default_rerank_factor: int = 0
     trained_on: int = 0
     memory_bytes: int = 0
+    #: Vectors the FAISS index itself holds (equals ``count`` once removes have taken effect).
+    indexed: int = 0
     #: Where searches run ("cpu" or "cuda:N") and the bytes the GPU replica holds.
     device: str = "cpu"
     gpu_memory_bytes: int = 0
@@ -408,6 +419,11 @@ class FaissGalleryIndex:
     """The FAISS implementation of :class:`GalleryIndex` (see the module docstring)."""
 
     def __init__(self, dim: int, config: IndexConfig | None = None) -> None:
+        if _faiss_version() < FAISS_MIN:
+            raise RuntimeError(
+                f"faiss {faiss.__version__} cannot remove faces from IVF-PQ fast-scan indexes; "
+                "install faiss-cpu>=1.14.2 (or faiss-gpu-cu12>=1.14.1)"
+            )
         self.dim = dim
         self.config = config or IndexConfig()
         self.store = VectorStore(dim)
@@ -691,6 +707,7 @@ class FaissGalleryIndex:
                 default_rerank_factor=self.config.rerank_factor if self._kind == "ivf_pq" else 0,
                 trained_on=self._trained_on,
                 memory_bytes=index_bytes + self.store.nbytes(),
+                indexed=int(self._index.ntotal),
                 device=f"cuda:{self._gpu.context.device}" if self._gpu is not None else "cpu",
                 gpu_memory_bytes=self._gpu.nbytes() if self._gpu is not None else 0,
             )

@@ -300,6 +300,8 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
             index_kind=s.index.kind,
             index_training=s.index.training,
             index_memory_bytes=s.index.memory_bytes,
+            index_device=s.index.device,
+            index_gpu_memory_bytes=s.index.gpu_memory_bytes,
             create_time=s.gallery.created_at.isoformat(),
         )
 

@@ -129,7 +129,11 @@ def test_bulk_enrol_reports_each_item_and_a_bad_photo_fails_alone(client: FaceId
     assert results[1].error_code == "INVALID_ARGUMENT" and "not an image" in results[1].error_message
     assert results[2].error_code == "INVALID_ARGUMENT" and "no face" in results[2].error_message
     assert results[3].faces
-    assert client.get_gallery("bulk").face_count == 2
+    gallery = client.get_gallery("bulk")
+    assert gallery.face_count == 2
+    assert (
+        gallery.index_kind == "exact" and gallery.index_device == "cpu"
+    )  # a small gallery: exact, on the CPU
 
 
 def test_photos_round_trip_and_survive_a_restart(faces: Path, tmp_path: Path) -> None:

@@ -101,6 +101,15 @@ def test_nlist_grows_with_the_gallery_and_keeps_39_points_per_list() -> None:
     assert config.nlist_for(1_000_000) == 4096
 
 
+def test_removes_take_the_vectors_out_of_the_ivf_pq_index_itself() -> None:
+    index = FaissGalleryIndex(DIM, IndexConfig(train_min=2000, background=False))
+    index.add(np.arange(3000), clustered(3000))
+    assert index.stats().kind == "ivf_pq"
+    assert index.remove(np.arange(0, 3000, 3)) == 1000
+    stats = index.stats()
+    assert stats.count == stats.indexed == 2000
+
+
 def test_gallery_switches_to_ivf_pq_once_big_enough_and_stays_close_to_exact() -> None:
     x = clustered(8000)
     index = FaissGalleryIndex(DIM, IndexConfig(train_min=6000, background=False))

@@ -43,7 +43,7 @@ class Probe(_message.Message):
     def __init__(self, photo: _Optional[bytes] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ...) -> None: ...
 
 class Gallery(_message.Message):
-    __slots__ = ("name", "model", "dimension", "identity_count", "face_count", "index_kind", "index_training", "index_memory_bytes", "create_time")
+    __slots__ = ("name", "model", "dimension", "identity_count", "face_count", "index_kind", "index_training", "index_memory_bytes", "create_time", "index_device", "index_gpu_memory_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,8 @@ class Gallery(_message.Message):
     INDEX_TRAINING_FIELD_NUMBER: _ClassVar[int]
     INDEX_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    INDEX_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_GPU_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     dimension: int
@@ -62,7 +64,9 @@ class Gallery(_message.Message):
     index_training: bool
     index_memory_bytes: int
     create_time: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., identity_count: _Optional[int] = ..., face_count: _Optional[int] = ..., index_kind: _Optional[str] = ..., index_training: _Optional[bool] = ..., index_memory_bytes: _Optional[int] = ..., create_time: _Optional[str] = ...) -> None: ...
+    index_device: str
+    index_gpu_memory_bytes: int
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., identity_count: _Optional[int] = ..., face_count: _Optional[int] = ..., index_kind: _Optional[str] = ..., index_training: _Optional[bool] = ..., index_memory_bytes: _Optional[int] = ..., create_time: _Optional[str] = ..., index_device: _Optional[str] = ..., index_gpu_memory_bytes: _Optional[int] = ...) -> None: ...
 
 class CreateGalleryRequest(_message.Message):
     __slots__ = ("gallery_id",)
