@@ -226,6 +226,11 @@ def _enrolled(m: pb.EnrolledFace) -> EnrolledFace:
     return EnrolledFace(m.face_id, _box(m.box, m.HasField("box")))
 
 
+def _bulk_result(m: pb.BulkEnrollResult) -> BulkResult:
+    code = _CODE_NAMES.get(m.error_code, "UNKNOWN") if m.error_code else ""
+    return BulkResult(m.index, [_enrolled(f) for f in m.faces], code, m.error_message)
+
+
 def _face_matches(m: pb.FaceMatches) -> FaceMatches:
     return FaceMatches(
         _box(m.box, m.HasField("box")),
@@ -414,10 +419,17 @@ class FaceIdClient:
         """One result per request, in order; build requests with :func:`enroll_request`."""
         try:
             for r in self.stub.BulkEnroll(iter(requests), timeout=timeout, metadata=self.metadata):
-                code = _CODE_NAMES.get(r.error_code, "UNKNOWN") if r.error_code else ""
-                yield BulkResult(r.index, [_enrolled(f) for f in r.faces], code, r.error_message)
+                yield _bulk_result(r)
         except grpc.RpcError as exc:
             raise _error(exc) from None
+
+    def enroll_batch(
+        self, requests: Sequence[pb.EnrollRequest], timeout: float | None = None
+    ) -> list[BulkResult]:
+        """One call for up to 10,000 requests (build them with :func:`enroll_request`); one result
+        per request, in order.  For ready embeddings, far cheaper per face than :meth:`bulk_enroll`."""
+        response = self._call("EnrollBatch", pb.EnrollBatchRequest(items=requests), timeout)
+        return [_bulk_result(r) for r in response.results]
 
     # identify / verify
     def identify(

@@ -53,6 +53,10 @@ def _face(request: Any) -> list[str]:
     return [face_of(request.name)[0]]
 
 
+def _items(request: Any) -> list[str]:
+    return sorted({gallery_of(item.parent, "parent") for item in request.items})
+
+
 @dataclass(frozen=True)
 class Rule:
     role: Role
@@ -66,6 +70,7 @@ RULES: dict[str, Rule] = {
     "ListGalleries": Rule(Role.READER, _none),  # the answer is filtered to the key's galleries
     "Enroll": Rule(Role.WRITER, _parent),
     "BulkEnroll": Rule(Role.WRITER, _none),  # each streamed item is checked
+    "EnrollBatch": Rule(Role.WRITER, _items),  # every item's gallery, before any is enrolled
     "Identify": Rule(Role.READER, _parent),
     "Verify": Rule(Role.READER, _parent),
     "GetIdentity": Rule(Role.READER, _identity),

@@ -52,6 +52,7 @@ log = logging.getLogger("faceid.server")
 T = TypeVar("T")
 BULK_BATCH = 500  # embedding items enrolled in one transaction
 BULK_WAIT = 0.005  # seconds to wait for more items before enrolling those already received
+MAX_BATCH_ITEMS = 10_000  # items in one EnrollBatch call
 
 _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -385,6 +386,29 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
                 raise
         return [await self._enroll_result(r, first + i) for i, r in enumerate(requests)]
 
+    async def _enroll_runs(self, requests: list[pb.EnrollRequest], first: int) -> list[pb.BulkEnrollResult]:
+        """One result per request, in order: runs of embeddings in one transaction each, photos alone."""
+        results: list[pb.BulkEnrollResult] = []
+        for run in _runs(requests):
+            index = first + len(results)
+            if run[0].probe.WhichOneof("kind") == "embedding":
+                try:
+                    results += await self._enroll_batch(run, index)
+                except Exception:
+                    results += [await self._enroll_result(r, index + i) for i, r in enumerate(run)]
+            else:
+                results.append(await self._enroll_result(run[0], index))
+        return results
+
+    @rpc
+    async def EnrollBatch(self, request: pb.EnrollBatchRequest, context: Any) -> pb.EnrollBatchResponse:
+        if not 1 <= len(request.items) <= MAX_BATCH_ITEMS:
+            raise InvalidInputError(
+                f"items must hold 1 to {MAX_BATCH_ITEMS:,} requests; got {len(request.items):,} "
+                "(split larger batches, or stream them with BulkEnroll)"
+            )
+        return pb.EnrollBatchResponse(results=await self._enroll_runs(list(request.items), 0))
+
     async def _enroll_result(self, request: pb.EnrollRequest, index: int) -> pb.BulkEnrollResult:
         try:
             return pb.BulkEnrollResult(index=index, faces=await self._enroll(request))
@@ -433,17 +457,9 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
                 if isinstance(items[-1], _StreamEnd):
                     end = items.pop()
                 requests = cast(list[pb.EnrollRequest], items)
-                for run in _runs(requests):
-                    if run[0].probe.WhichOneof("kind") == "embedding":
-                        try:
-                            results = await self._enroll_batch(run, index)
-                        except Exception:
-                            results = [await self._enroll_result(r, index + i) for i, r in enumerate(run)]
-                    else:
-                        results = [await self._enroll_result(run[0], index)]
-                    for result in results:
-                        yield result
-                    index += len(run)
+                for result in await self._enroll_runs(requests, index):
+                    yield result
+                index += len(requests)
             if end.error is not None:
                 raise end.error
         finally:

@@ -125,6 +125,10 @@ def test_a_key_of_one_gallery_learns_nothing_about_another(server: ServerProcess
             assert code_of(call) == "PERMISSION_DENIED"
         stream = [enroll_request("beta", "intruder", embedding=unit(6))]
         assert code_of(lambda: list(c.bulk_enroll(stream))) == "PERMISSION_DENIED"
+        mixed = [enroll_request("alpha", "insider", embedding=unit(7)), *stream]  # one item out of scope
+        before = c.get_gallery("alpha").face_count
+        assert code_of(lambda: c.enroll_batch(mixed)) == "PERMISSION_DENIED"
+        assert c.get_gallery("alpha").face_count == before  # the whole batch was refused
     with client(server, server.admin_key) as a:
         assert a.get_gallery("beta").identity_count == 1
         assert sorted(g.name for g in a.list_galleries()) == ["alpha", "beta"]

@@ -136,6 +136,31 @@ def test_bulk_enrol_reports_each_item_and_a_bad_photo_fails_alone(client: FaceId
     )  # a small gallery: exact, on the CPU
 
 
+def test_a_batch_enrols_each_item_in_order_and_a_bad_item_fails_alone(client: FaceIdClient) -> None:
+    client.create_gallery("batch")
+    requests = [enroll_request("batch", f"p{i}", embedding=unit(100 + i)) for i in range(300)]
+    requests[7] = enroll_request("batch", "short", embedding=[0.1] * 5)
+    requests[150] = enroll_request("batch", "junk", b"\x00garbage")
+    results = client.enroll_batch(requests)
+    assert [r.index for r in results] == list(range(300))
+    assert results[7].error_code == "INVALID_ARGUMENT" and "128" in results[7].error_message
+    assert results[150].error_code == "INVALID_ARGUMENT" and "not an image" in results[150].error_message
+    assert all(len(r.faces) == 1 and not r.error_code for i, r in enumerate(results) if i not in (7, 150))
+    assert client.get_gallery("batch").face_count == 298
+    [face] = client.identify("batch", embedding=unit(100 + 42), top_k=1)
+    assert face.matches[0].identity_id == "p42" and face.matches[0].face_id == results[42].faces[0].face_id
+
+
+def test_a_batch_must_hold_one_to_ten_thousand_items(client: FaceIdClient) -> None:
+    client.create_gallery("batch-limits")
+    assert code_of(lambda: client.enroll_batch([])) == "INVALID_ARGUMENT"
+    too_many = [enroll_request("batch-limits", "x", embedding=[0.0])] * 10_001
+    with pytest.raises(FaceIdClientError) as info:
+        client.enroll_batch(too_many)
+    assert info.value.code == "INVALID_ARGUMENT" and "10,000" in info.value.message
+    assert client.get_gallery("batch-limits").face_count == 0
+
+
 def test_photos_round_trip_and_survive_a_restart(faces: Path, tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data").start()
     root = faces / "lfw_orig_subset10_krasserm" / "images"

@@ -146,6 +146,18 @@ class BulkEnrollResult(_message.Message):
     error_message: str
     def __init__(self, index: _Optional[int] = ..., faces: _Optional[_Iterable[_Union[EnrolledFace, _Mapping]]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
 
+class EnrollBatchRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[EnrollRequest]
+    def __init__(self, items: _Optional[_Iterable[_Union[EnrollRequest, _Mapping]]] = ...) -> None: ...
+
+class EnrollBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[BulkEnrollResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[BulkEnrollResult, _Mapping]]] = ...) -> None: ...
+
 class IdentifyRequest(_message.Message):
     __slots__ = ("parent", "probe", "top_k", "threshold", "min_similarity", "nprobe", "rerank_factor")
     PARENT_FIELD_NUMBER: _ClassVar[int]

@@ -64,6 +64,11 @@ class FaceIdStub:
                 request_serializer=faceid_dot_v1_dot_faceid__pb2.EnrollRequest.SerializeToString,
                 response_deserializer=faceid_dot_v1_dot_faceid__pb2.BulkEnrollResult.FromString,
                 _registered_method=True)
+        self.EnrollBatch = channel.unary_unary(
+                '/faceid.v1.FaceId/EnrollBatch',
+                request_serializer=faceid_dot_v1_dot_faceid__pb2.EnrollBatchRequest.SerializeToString,
+                response_deserializer=faceid_dot_v1_dot_faceid__pb2.EnrollBatchResponse.FromString,
+                _registered_method=True)
         self.Identify = channel.unary_unary(
                 '/faceid.v1.FaceId/Identify',
                 request_serializer=faceid_dot_v1_dot_faceid__pb2.IdentifyRequest.SerializeToString,
@@ -152,6 +157,15 @@ class FaceIdServicer:
 
     def BulkEnroll(self, request_iterator, context):
         """Enrols a stream of items; one result per item, in order, so that one bad photo fails only itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnrollBatch(self, request, context):
+        """Enrols up to 10,000 items in one call, one result per item, in order: the batch form of
+        BulkEnroll, for ready embeddings above all (one message instead of one per face).  A key
+        must reach every gallery the items name, or the whole call is refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -250,6 +264,11 @@ def add_FaceIdServicer_to_server(servicer, server):
                     servicer.BulkEnroll,
                     request_deserializer=faceid_dot_v1_dot_faceid__pb2.EnrollRequest.FromString,
                     response_serializer=faceid_dot_v1_dot_faceid__pb2.BulkEnrollResult.SerializeToString,
+            ),
+            'EnrollBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnrollBatch,
+                    request_deserializer=faceid_dot_v1_dot_faceid__pb2.EnrollBatchRequest.FromString,
+                    response_serializer=faceid_dot_v1_dot_faceid__pb2.EnrollBatchResponse.SerializeToString,
             ),
             'Identify': grpc.unary_unary_rpc_method_handler(
                     servicer.Identify,
@@ -459,6 +478,33 @@ class FaceId:
             '/faceid.v1.FaceId/BulkEnroll',
             faceid_dot_v1_dot_faceid__pb2.EnrollRequest.SerializeToString,
             faceid_dot_v1_dot_faceid__pb2.BulkEnrollResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnrollBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faceid.v1.FaceId/EnrollBatch',
+            faceid_dot_v1_dot_faceid__pb2.EnrollBatchRequest.SerializeToString,
+            faceid_dot_v1_dot_faceid__pb2.EnrollBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
