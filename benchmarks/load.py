@@ -95,39 +95,69 @@ def _trivial_main(port_queue: Any) -> None:
 
 
 def fill_gallery(
-    address: str, n: int, api_key: str = "", vectors: str = "fitted", batch: int = 1000
+    address: str,
+    n: int,
+    api_key: str = "",
+    vectors: str = "fitted",
+    batch: int = 5000,
+    method: str = "batch",
+    gallery: str = GALLERY,
+    first: int = 0,
 ) -> float:
-    """Create the gallery and enrol ``n`` synthetic faces through BulkEnroll; returns seconds."""
+    """Create the gallery and enrol ``n`` synthetic faces through EnrollBatch (``method`` "batch",
+    ``batch`` per call) or BulkEnroll ("stream"); waits for index training; returns the seconds
+    the enrolment itself took."""
     channel = grpc.insecure_channel(address, channel_options())
     stub = pb_grpc.FaceIdStub(channel)
     md = call_metadata(api_key, ())
     try:
-        stub.CreateGallery(pb.CreateGalleryRequest(gallery_id=GALLERY), metadata=md)
+        stub.CreateGallery(pb.CreateGalleryRequest(gallery_id=gallery), metadata=md)
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
             raise
     start = time.perf_counter()
     done = 0
     while done < n:
-        m = min(batch * 10, n - done)
-        vecs = face_vectors(m, done, vectors)
-        requests = (enroll_request(GALLERY, f"p{done + i}", embedding=vecs[i].tolist()) for i in range(m))
-        for r in stub.BulkEnroll(requests, metadata=md):
+        m = min(batch, n - done)
+        vecs = face_vectors(m, first + done, vectors)
+        requests = [
+            enroll_request(gallery, f"p{first + done + i}", embedding=vecs[i].tolist()) for i in range(m)
+        ]
+        if method == "batch":
+            results = stub.EnrollBatch(pb.EnrollBatchRequest(items=requests), metadata=md).results
+        else:
+            results = stub.BulkEnroll(iter(requests), metadata=md)
+        for r in results:
             if r.error_code:
                 raise RuntimeError(f"enrolment failed: {r.error_message}")
         done += m
-        print(f"\rgallery: {done:,}/{n:,} faces", end="", file=sys.stderr, flush=True)
+        print(f"\rgallery {gallery}: {done:,}/{n:,} faces", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    wait_for_index(stub, md)
+    seconds = time.perf_counter() - start
+    wait_for_index(stub, md, gallery)
     channel.close()
-    return time.perf_counter() - start
+    return seconds
 
 
-def wait_for_index(stub: Any, md: list[tuple[str, str]], timeout: float = 3600) -> None:
+def compare_fill(address: str, n: int, api_key: str, vectors: str) -> dict[str, float]:
+    """Faces/s of ``n`` enrolments by EnrollBatch and by BulkEnroll, each into a gallery of its own."""
+    out = {}
+    for method in ("stream", "batch"):
+        seconds = fill_gallery(
+            address, n, api_key, vectors, method=method, gallery=f"fill-{method}", first=10**9
+        )
+        out[f"{method}_faces_per_s"] = n / seconds
+        print(f"enrol {n:,} embeddings over gRPC by {method}: {n / seconds:,.0f} faces/s")
+    out["batch_over_stream"] = out["batch_faces_per_s"] / out["stream_faces_per_s"]
+    print(f"  EnrollBatch / BulkEnroll in this run: {out['batch_over_stream']:.1f}×")
+    return out
+
+
+def wait_for_index(stub: Any, md: list[tuple[str, str]], name: str = GALLERY, timeout: float = 3600) -> None:
     """Wait until no index training runs, so that the load meets the index it will serve with."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        gallery = stub.GetGallery(pb.GetGalleryRequest(name=f"galleries/{GALLERY}"), metadata=md)
+        gallery = stub.GetGallery(pb.GetGalleryRequest(name=f"galleries/{name}"), metadata=md)
         if not gallery.index_training:
             return
         print(f"\rindex: training ({gallery.face_count:,} faces)", end="", file=sys.stderr, flush=True)
@@ -379,6 +409,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument(
         "--ceiling", action="store_true", help="also drive a trivial handler (Python gRPC's ceiling)"
     )
+    ap.add_argument(
+        "--compare-fill", type=int, default=0, help="also enrol N faces by EnrollBatch and by BulkEnroll"
+    )
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--name", default="load")
     args = ap.parse_args(argv)
@@ -423,6 +456,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     try:
         payload["fill_seconds"] = fill_gallery(address, args.gallery_size, args.api_key, args.vectors)
+        print(f"gallery filled by EnrollBatch: {args.gallery_size / payload['fill_seconds']:,.0f} faces/s")
+        if args.compare_fill:
+            payload["fill_compare"] = compare_fill(address, args.compare_fill, args.api_key, args.vectors)
         channel = grpc.insecure_channel(address)
         gallery = pb_grpc.FaceIdStub(channel).GetGallery(
             pb.GetGalleryRequest(name=f"galleries/{GALLERY}"), metadata=call_metadata(args.api_key, ())

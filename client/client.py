@@ -549,6 +549,11 @@ class AsyncFaceIdClient:
         request = enroll_request(gallery, identity_id, photo, embedding, **options)
         return [_enrolled(f) for f in (await self._call("Enroll", request)).faces]
 
+    async def enroll_batch(self, requests: Sequence[pb.EnrollRequest]) -> list[BulkResult]:
+        """:meth:`FaceIdClient.enroll_batch` for asyncio."""
+        response = await self._call("EnrollBatch", pb.EnrollBatchRequest(items=requests))
+        return [_bulk_result(r) for r in response.results]
+
     async def identify(
         self,
         gallery: str,

@@ -57,8 +57,8 @@ class Target:
         """The call's status code; fails the test on a code or message no client should see."""
         try:
             response = getattr(self.stub, method)(request, timeout=60, metadata=self.metadata)
-            if method == "BulkEnroll":
-                for result in response:
+            if method in ("BulkEnroll", "EnrollBatch"):
+                for result in response if method == "BulkEnroll" else response.results:
                     assert grpc.StatusCode.INTERNAL.value[0] != result.error_code, result.error_message
             return grpc.StatusCode.OK
         except grpc.RpcError as exc:
@@ -194,6 +194,7 @@ def test_enroll(target: Target, request: pb.EnrollRequest) -> None:
 @given(requests=st.lists(enroll_requests, max_size=8))
 def test_bulk_enroll(target: Target, requests: list[pb.EnrollRequest]) -> None:
     target.call("BulkEnroll", iter(requests))
+    target.call("EnrollBatch", pb.EnrollBatchRequest(items=requests))
 
 
 @FUZZ
