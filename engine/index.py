@@ -220,6 +220,7 @@ class VectorStore:
         self.size = 0
         self.live = 0
         self._order: npt.NDArray[np.intp] | None = None  # argsort of labels when they are not sorted
+        self._fp16 = faiss.ScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)
 
     def _grow(self, needed: int) -> None:
         capacity = len(self.labels)
@@ -292,6 +293,12 @@ class VectorStore:
             self.vectors[: self.size][keep].copy(),
             self.groups[: self.size][keep].astype(np.int64),
         )
+
+    def float32(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """The vectors of ``rows`` (any shape) as float32: faiss's SIMD decoder, 4× numpy's cast."""
+        codes = np.ascontiguousarray(self.vectors[rows]).reshape(-1, self.dim).view(np.uint8)
+        decoded: npt.NDArray[np.float32] = self._fp16.decode(codes)
+        return decoded.reshape(*rows.shape, self.dim)
 
     def nbytes(self) -> int:
         """Bytes held for the rows in use."""
@@ -584,7 +591,7 @@ class FaissGalleryIndex:
             qq = q[start : start + chunk]
             ok = cand >= 0
             rows = np.where(ok, cand, 0)
-            v = self.store.vectors[rows].astype(np.float32)
+            v = self.store.float32(rows)
             d2 = (
                 np.einsum("bkd,bkd->bk", v, v)
                 - 2 * np.matmul(v, qq[:, :, None])[:, :, 0]

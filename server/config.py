@@ -40,6 +40,9 @@ class ServerConfig:
     #: Requests in progress may hold this many bytes together (photos are large); a call that would
     #: go beyond it is refused with RESOURCE_EXHAUSTED, so that memory stays bounded.
     max_inflight_bytes: int = 256 * MIB
+    #: A refused call carries ``grpc-retry-pushback-ms`` (gRPC's standard hint, honoured by gRPC
+    #: retry policies): retry after about this many ms (jittered ±50 %, so retries spread out).
+    overload_pushback_ms: int = 100
     #: Keepalive: ping an idle connection every this many ms; drop it when no answer in the timeout.
     keepalive_time_ms: int = 60_000
     keepalive_timeout_ms: int = 20_000
@@ -67,6 +70,8 @@ class ServerConfig:
             raise ValueError("TLS needs both tls_cert_file and tls_key_file")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ValueError("mutual TLS (tls_client_ca_file) needs tls_cert_file and tls_key_file too")
+        if self.overload_pushback_ms < 0:
+            raise ValueError("overload_pushback_ms must not be negative")
         if self.key_refresh_seconds <= 0:
             raise ValueError("key_refresh_seconds must be positive")
 

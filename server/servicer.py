@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import logging
+import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -93,7 +94,7 @@ def rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         size = request.ByteSize()
         refusal = self.admit(size)
         if refusal:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal, self.pushback())
         self.inflight_bytes += size
         self.inflight_calls += 1
         try:
@@ -256,6 +257,11 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
                 f"the server holds {self.inflight_bytes / MIB:.0f} MiB of requests in progress; retry later"
             )
         return ""
+
+    def pushback(self) -> tuple[tuple[str, str], ...]:
+        """Trailing metadata for a refused call: when to retry (jittered)."""
+        ms = round(self.config.overload_pushback_ms * random.uniform(0.5, 1.5))
+        return (("grpc-retry-pushback-ms", str(ms)),)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
