@@ -88,7 +88,7 @@ class Server:
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.grpc = grpc.aio.server(
             options=grpc_options(config),
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            maximum_concurrent_rpcs=2 * config.max_concurrent_rpcs,  # a backstop: the servicer sheds first
             interceptors=[AuthInterceptor(self.keys)] if config.auth else [],
         )
         faceid_pb2_grpc.add_FaceIdServicer_to_server(self.servicer, self.grpc)

@@ -33,7 +33,7 @@ class ServerConfig:
     max_batch: int = 256
     batch_inflight: int = 2
     #: Calls in progress beyond this are refused at once with RESOURCE_EXHAUSTED (load shedding).
-    max_concurrent_rpcs: int = 512
+    max_concurrent_rpcs: int = 64
     #: Calls that have arrived but that the server has not started yet (gRPC core's pending queue,
     #: where calls wait when the server is saturated): beyond it gRPC refuses them at once (0: no limit).
     max_pending_calls: int = 0
@@ -41,8 +41,10 @@ class ServerConfig:
     #: go beyond it is refused with RESOURCE_EXHAUSTED, so that memory stays bounded.
     max_inflight_bytes: int = 256 * MIB
     #: A refused call carries ``grpc-retry-pushback-ms`` (gRPC's standard hint, honoured by gRPC
-    #: retry policies): retry after about this many ms (jittered ±50 %, so retries spread out).
+    #: retry policies): retry after about this many ms (jittered ±50 %, so retries spread out),
+    #: growing ×1.5 per second of sustained refusals up to the maximum (server/servicer.py: Backoff).
     overload_pushback_ms: int = 100
+    overload_pushback_max_ms: int = 20_000
     #: Keepalive: ping an idle connection every this many ms; drop it when no answer in the timeout.
     keepalive_time_ms: int = 60_000
     keepalive_timeout_ms: int = 20_000

@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -84,6 +85,37 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     ref = uuid.uuid4().hex[:12]
     log.error("internal error %s: %s", ref, type(exc).__name__, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error (reference {ref} in the server log)"
+
+
+class Backoff:
+    """The retry delay asked of refused callers, adapted to the overload.
+
+    Calls queue in gRPC core before the server can see them, and a refusal waits in that queue
+    too; only callers that stay away keep it short.  Each quarter second with refusals multiplies
+    the delay by 1.5 (up to ``max_ms``), each one without halves it (down to ``base_ms``): under
+    sustained overload the callers asked to wait grow until the rest fit the server's capacity.
+    """
+
+    WINDOW = 0.25  # seconds
+
+    def __init__(self, base_ms: float, max_ms: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.base_ms, self.max_ms, self.ms = base_ms, max(max_ms, base_ms), base_ms
+        self._clock = clock
+        self._window = clock()
+        self._refusals = 0
+
+    def refused(self) -> float:
+        """Count a refusal; the delay (ms) to ask of its caller."""
+        now = self._clock()
+        windows = int((now - self._window) / self.WINDOW)
+        if windows >= 1:
+            if self._refusals:
+                self.ms = min(self.ms * 1.5, self.max_ms)
+                windows -= 1
+            self.ms = max(self.ms * 0.5**windows, self.base_ms)
+            self._window, self._refusals = now, 0
+        self._refusals += 1
+        return self.ms
 
 
 def rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -237,6 +269,7 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
         #: max_inflight_bytes.  Counted here, on the event loop, not only by gRPC's own limiter.
         self.inflight_calls = 0
         self.inflight_bytes = 0
+        self.backoff = Backoff(config.overload_pushback_ms, config.overload_pushback_max_ms)
         self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="faceid-worker")
         window = config.batch_window_ms / 1000
         self.search_batcher: MicroBatcher[tuple[EmbeddingInput, int], list[Match]] = MicroBatcher(
@@ -259,8 +292,8 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
         return ""
 
     def pushback(self) -> tuple[tuple[str, str], ...]:
-        """Trailing metadata for a refused call: when to retry (jittered)."""
-        ms = round(self.config.overload_pushback_ms * random.uniform(0.5, 1.5))
+        """Trailing metadata for a refused call: when to retry (jittered ±50 %)."""
+        ms = round(self.backoff.refused() * random.uniform(0.5, 1.5))
         return (("grpc-retry-pushback-ms", str(ms)),)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -35,6 +35,7 @@ from faceid.engine.service import FaceService, ServiceConfig
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
 from faceid.server.app import spawn
+from faceid.server.servicer import Backoff
 
 from .conftest import encode
 from .test_crash_recovery import check_consistent
@@ -189,6 +190,48 @@ def test_beyond_the_queue_depth_calls_are_refused_at_once(tmp_path: Path, limit:
     refused = max(t for code, t in results if code == "RESOURCE_EXHAUSTED")
     served = max(t for code, t in results if code == "OK")
     assert refused < served / 2, "refusals must not wait behind the calls being served"
+
+
+def test_refusals_tell_callers_when_to_retry(tmp_path: Path) -> None:
+    """A refused call carries gRPC's ``grpc-retry-pushback-ms``: about the configured delay."""
+    photo = encode(np.random.default_rng(1).integers(0, 255, (600, 800, 3), dtype=np.uint8), "JPEG")
+    env = {"FACEID_WORKERS": "1", "FACEID_MAX_CONCURRENT_RPCS": "2", "FACEID_OVERLOAD_PUSHBACK_MS": "400"}
+    proc, address, key = spawn(tmp_path / "data", env=env)
+
+    async def run() -> list[tuple[grpc.StatusCode, str]]:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.FaceIdStub(channel)  # type: ignore[no-untyped-call]
+
+            async def one() -> tuple[grpc.StatusCode, str]:
+                try:
+                    await stub.Detect(pb.DetectRequest(photo=photo), metadata=call_metadata(key, ()))
+                    return grpc.StatusCode.OK, ""
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code(), dict(exc.trailing_metadata() or ()).get("grpc-retry-pushback-ms", "")
+
+            return await asyncio.gather(*(one() for _ in range(20)))
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    pushbacks = [int(ms) for code, ms in results if code == grpc.StatusCode.RESOURCE_EXHAUSTED and ms]
+    assert pushbacks, results
+    assert all(200 <= ms <= 600 for ms in pushbacks), pushbacks  # 400 ms ± 50 % jitter
+
+
+def test_the_retry_delay_grows_under_sustained_overload_and_falls_back_after() -> None:
+    now = [0.0]
+    backoff = Backoff(100, 2000, clock=lambda: now[0])
+    delays = []
+    for _ in range(40):  # 10 s of refusals, 4 per second
+        delays.append(backoff.refused())
+        now[0] += 0.25
+    assert delays[0] == 100
+    assert delays == sorted(delays) and delays[-1] == 2000  # grows, up to the maximum
+    now[0] += 2.0  # 2 s without a refusal
+    assert backoff.refused() <= 100 * 1.5  # back near the base
 
 
 def test_idle_streams_and_slow_clients_do_not_block_others(tmp_path: Path) -> None:
