@@ -210,7 +210,7 @@ async def call_with_pushback(
 async def _worker_loop(
     address: str, api_key: str, w: Workload, concurrency: int, warmup: float, duration: float, seed: int
 ) -> dict[str, Any]:
-    channel = grpc.aio.insecure_channel(address, channel_options())
+    channel = grpc.aio.insecure_channel(address, channel_options(retries=False))
     md = call_metadata(api_key, ())
     stub = pb_grpc.FaceIdStub(channel)
     latencies: list[float] = []

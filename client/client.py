@@ -1,9 +1,10 @@
 """Python clients for faceid's gRPC API: :class:`FaceIdClient` (blocking) and :class:`AsyncFaceIdClient`.
 
 Both return plain dataclasses, never protobuf messages; reuse one channel for all
-calls; give every call a default deadline; and retry UNAVAILABLE with exponential
-backoff on the calls that are safe to repeat (reads, identify, verify, deletes),
-through gRPC's own retry policy.  Errors raise :class:`FaceIdClientError` with the
+calls; give every call a default deadline; and retry through gRPC's own retry policy:
+UNAVAILABLE with exponential backoff on the calls that are safe to repeat (reads,
+identify, verify, deletes), and the server's load-shedding refusals (RESOURCE_EXHAUSTED)
+on every call, after the delay the server asks for.  Errors raise :class:`FaceIdClientError` with the
 status code's name and the server's message.
 """
 
@@ -35,29 +36,45 @@ _IDEMPOTENT = [
     "Detect",
     "Embed",
 ]
+_OTHERS = ["CreateGallery", "Enroll", "BulkEnroll", "EnrollBatch", "UpdateIdentity"]
+
+
+def _retry(codes: list[str]) -> dict[str, Any]:
+    return {
+        "maxAttempts": 4,
+        "initialBackoff": "0.1s",
+        "maxBackoff": "2s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": codes,
+    }
+
+
+# The server refuses with RESOURCE_EXHAUSTED only before it has done anything (load shedding) and
+# says when to come back (grpc-retry-pushback-ms, which gRPC's retries honour): every method may
+# retry it.  UNAVAILABLE may have come after the work, so only the safe-to-repeat methods retry that.
 _SERVICE_CONFIG = json.dumps(
     {
         "methodConfig": [
             {
                 "name": [{"service": "faceid.v1.FaceId", "method": m} for m in _IDEMPOTENT],
-                "retryPolicy": {
-                    "maxAttempts": 4,
-                    "initialBackoff": "0.1s",
-                    "maxBackoff": "2s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
+                "retryPolicy": _retry(["UNAVAILABLE", "RESOURCE_EXHAUSTED"]),
+            },
+            {
+                "name": [{"service": "faceid.v1.FaceId", "method": m} for m in _OTHERS],
+                "retryPolicy": _retry(["RESOURCE_EXHAUSTED"]),
+            },
         ]
     }
 )
 
 
-def channel_options(max_message_bytes: int = 32 * MIB) -> list[tuple[str, Any]]:
+def channel_options(max_message_bytes: int = 32 * MIB, retries: bool = True) -> list[tuple[str, Any]]:
+    """Channel arguments: message limits, keepalive, and (``retries``) the retry policy above;
+    load generators turn retries off to see each refusal."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.enable_retries", 1),
+        ("grpc.enable_retries", int(retries)),
         ("grpc.service_config", _SERVICE_CONFIG),
         ("grpc.keepalive_time_ms", 60_000),
     ]
