@@ -425,19 +425,21 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
                 raise
         return [await self._enroll_result(r, first + i) for i, r in enumerate(requests)]
 
-    async def _enroll_runs(self, requests: list[pb.EnrollRequest], first: int) -> list[pb.BulkEnrollResult]:
-        """One result per request, in order: runs of embeddings in one transaction each, photos alone."""
-        results: list[pb.BulkEnrollResult] = []
+    async def _enroll_runs(
+        self, requests: list[pb.EnrollRequest], first: int
+    ) -> AsyncIterator[list[pb.BulkEnrollResult]]:
+        """One result per request, in order, a run at a time: runs of embeddings in one transaction
+        each, photos alone."""
+        index = first
         for run in _runs(requests):
-            index = first + len(results)
             if run[0].probe.WhichOneof("kind") == "embedding":
                 try:
-                    results += await self._enroll_batch(run, index)
+                    yield await self._enroll_batch(run, index)
                 except Exception:
-                    results += [await self._enroll_result(r, index + i) for i, r in enumerate(run)]
+                    yield [await self._enroll_result(r, index + i) for i, r in enumerate(run)]
             else:
-                results.append(await self._enroll_result(run[0], index))
-        return results
+                yield [await self._enroll_result(run[0], index)]
+            index += len(run)
 
     @rpc
     async def EnrollBatch(self, request: pb.EnrollBatchRequest, context: Any) -> pb.EnrollBatchResponse:
@@ -446,7 +448,8 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
                 f"items must hold 1 to {MAX_BATCH_ITEMS:,} requests; got {len(request.items):,} "
                 "(split larger batches, or stream them with BulkEnroll)"
             )
-        return pb.EnrollBatchResponse(results=await self._enroll_runs(list(request.items), 0))
+        runs = self._enroll_runs(list(request.items), 0)
+        return pb.EnrollBatchResponse(results=[result async for results in runs for result in results])
 
     async def _enroll_result(self, request: pb.EnrollRequest, index: int) -> pb.BulkEnrollResult:
         try:
@@ -496,8 +499,9 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
                 if isinstance(items[-1], _StreamEnd):
                     end = items.pop()
                 requests = cast(list[pb.EnrollRequest], items)
-                for result in await self._enroll_runs(requests, index):
-                    yield result
+                async for results in self._enroll_runs(requests, index):
+                    for result in results:
+                        yield result
                 index += len(requests)
             if end.error is not None:
                 raise end.error
