@@ -355,21 +355,32 @@ class GpuReplica:
         config.useFloat16 = True
         self.context = context
         self.index = faiss.GpuIndexFlatL2(context.resources, dim, config)
-        self.rows = np.empty(0, np.int64)
+        self._rows = np.empty(0, np.int64)  # grown geometrically: adds are amortized O(1)
+        self.n = 0
         self.stale = 0
+
+    @property
+    def rows(self) -> Ids:
+        """The store row of each position on the GPU."""
+        return self._rows[: self.n]
 
     def rebuild(self, store: VectorStore, chunk: int = 1 << 20) -> None:
         live = np.flatnonzero(store.alive[: store.size]).astype(np.int64)
         with self.context.lock:
             self.index.reset()
             for start in range(0, len(live), chunk):
-                self.index.add(store.vectors[live[start : start + chunk]].astype(np.float32))
-        self.rows, self.stale = live, 0
+                self.index.add(store.float32(live[start : start + chunk]))
+        self._rows, self.n, self.stale = live, len(live), 0
 
     def add(self, rows: Ids, vectors: Vectors) -> None:
         with self.context.lock:
             self.index.add(vectors)
-        self.rows = np.concatenate([self.rows, rows])
+        if self.n + len(rows) > len(self._rows):
+            grown = np.empty(max(self.n + len(rows), 2 * len(self._rows), 1024), np.int64)
+            grown[: self.n] = self._rows[: self.n]
+            self._rows = grown
+        self._rows[self.n : self.n + len(rows)] = rows
+        self.n += len(rows)
 
     def removed(self, store: VectorStore, n: int) -> None:
         self.stale += n
@@ -377,7 +388,7 @@ class GpuReplica:
             self.rebuild(store)
 
     def search(self, q: Vectors, k: int, alive: npt.NDArray[np.bool_]) -> tuple[Vectors, Ids]:
-        want = min(k + self.stale, len(self.rows))
+        want = min(k + self.stale, self.n)
         d2 = np.full((len(q), k), np.inf, np.float32)
         rows = np.full((len(q), k), -1, np.int64)
         if want == 0:
@@ -397,7 +408,7 @@ class GpuReplica:
         return d2, rows
 
     def nbytes(self) -> int:
-        return len(self.rows) * (2 * self.index.d + 8)
+        return self.n * (2 * self.index.d + 8)
 
 
 def _exact_index(dim: int) -> faiss.Index:
