@@ -31,7 +31,9 @@ class ServerConfig:
     #: a request arriving at an idle server that long to gather more.
     batch_window_ms: float = 0.0
     max_batch: int = 256
-    batch_inflight: int = 2
+    #: One batch at a time (per gallery and search settings) makes the batches bigger and holds the
+    #: GIL less: at 1M faces, 32 callers, +22 % identify calls/s and p99 39 ms against 57 ms with 2.
+    batch_inflight: int = 1
     #: Calls in progress beyond this are refused at once with RESOURCE_EXHAUSTED (load shedding).
     max_concurrent_rpcs: int = 64
     #: Calls that have arrived but that the server has not started yet (gRPC core's pending queue,

@@ -100,6 +100,16 @@ def test_load_generator_drives_a_spawned_server_and_the_ceiling(tmp_path: Path) 
     assert (tmp_path / "smoke.png").stat().st_size > 0
 
 
+def test_settings_ab_restarts_the_server_on_one_gallery_for_each_value(tmp_path: Path) -> None:
+    from faceid.benchmarks import settings_ab
+
+    args = ["--gallery-size", "200", "--setting", "FACEID_BATCH_INFLIGHT=1,2", "--rounds", "1"]
+    payload = settings_ab.main([*args, "--duration", "0.5", "--warmup", "0.1", "--out", str(tmp_path)])
+    assert [r["value"] for r in payload["runs"]] == ["1", "2"]
+    assert all(r["requests"] > 0 and r["codes"] == {"OK": r["requests"]} for r in payload["runs"])
+    assert (tmp_path / "settings_ab_faceid_batch_inflight.json").is_file()
+
+
 def test_accuracy_through_the_grpc_api_runs_every_protocol(faces: Path, tmp_path: Path) -> None:
     from faceid.benchmarks import accuracy
 
