@@ -21,10 +21,9 @@ from typing import Any
 
 import faiss
 import numpy as np
-import numpy.typing as npt
 
 from faceid.benchmarks.common import machine, write_json
-from faceid.benchmarks.index_scale import latency
+from faceid.benchmarks.index_scale import latency, recall
 from faceid.benchmarks.synthetic import FaceDistribution
 from faceid.engine.index import FaissGalleryIndex, IndexConfig, SearchParams, gpu_count
 
@@ -35,11 +34,6 @@ def make_gallery(n: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np.nd
     pairs, _ = model.sample(queries, 2, seed=seed)
     rest, _ = model.sample(n - queries, 1, seed=seed + 1)
     return np.concatenate([pairs[0::2], rest]), np.ascontiguousarray(pairs[1::2])
-
-
-def recall(found: npt.NDArray[np.int64], exact: npt.NDArray[np.int64]) -> dict[str, float]:
-    r10 = np.mean([len(np.intersect1d(a, b)) / exact.shape[1] for a, b in zip(found, exact, strict=True)])
-    return {"recall_at_1": float(np.mean(found[:, 0] == exact[:, 0])), "recall_at_10": float(r10)}
 
 
 def batched_qps(index: FaissGalleryIndex, queries: np.ndarray, k: int, params: SearchParams) -> float:

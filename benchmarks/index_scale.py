@@ -60,16 +60,18 @@ def latency(search: Any, queries: np.ndarray, n: int) -> tuple[float, float]:
     return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
 
 
+def recall(found: npt.NDArray[np.int64], exact: npt.NDArray[np.int64]) -> dict[str, float]:
+    """recall@1 and recall@k (k = the columns of ``exact``) against exact search's ids."""
+    r10 = np.mean([len(np.intersect1d(a, b)) / exact.shape[1] for a, b in zip(found, exact, strict=True)])
+    return {"recall_at_1": float(np.mean(found[:, 0] == exact[:, 0])), "recall_at_10": float(r10)}
+
+
 def score(
     found: npt.NDArray[np.int64], exact: npt.NDArray[np.int64], person: np.ndarray, qperson: np.ndarray
 ) -> dict[str, float]:
-    r10 = np.mean([len(np.intersect1d(a, b)) / exact.shape[1] for a, b in zip(found, exact, strict=True)])
     top = found[:, 0]
-    return {
-        "recall_at_1": float(np.mean(top == exact[:, 0])),
-        "recall_at_10": float(r10),
-        "identity_rank1": float(np.mean(np.where(top >= 0, person[np.maximum(top, 0)], -2) == qperson)),
-    }
+    identity = np.where(top >= 0, person[np.maximum(top, 0)], -2) == qperson
+    return {**recall(found, exact), "identity_rank1": float(np.mean(identity))}
 
 
 def run_exact(

@@ -58,8 +58,7 @@ IndexDevice = Literal["auto", "cpu", "cuda"]
 FAISS_MIN = (1, 14)
 
 
-def _faiss_version() -> tuple[int, ...]:
-    return tuple(int(part) for part in faiss.__version__.split(".")[:2] if part.isdigit())
+_FAISS_VERSION = tuple(int(part) for part in faiss.__version__.split(".")[:2] if part.isdigit())
 
 
 class SnapshotError(Exception):
@@ -437,7 +436,7 @@ class FaissGalleryIndex:
     """The FAISS implementation of :class:`GalleryIndex` (see the module docstring)."""
 
     def __init__(self, dim: int, config: IndexConfig | None = None) -> None:
-        if _faiss_version() < FAISS_MIN:
+        if _FAISS_VERSION < FAISS_MIN:
             raise RuntimeError(
                 f"faiss {faiss.__version__} cannot remove faces from IVF-PQ fast-scan indexes; "
                 "install faiss-cpu>=1.14.2 (or faiss-gpu-cu12>=1.14.1)"

@@ -44,7 +44,7 @@ class ServerConfig:
     max_inflight_bytes: int = 256 * MIB
     #: A refused call carries ``grpc-retry-pushback-ms`` (gRPC's standard hint, honoured by gRPC
     #: retry policies): retry after about this many ms (jittered ±50 %, so retries spread out),
-    #: growing ×1.5 per second of sustained refusals up to the maximum (server/servicer.py: Backoff).
+    #: growing ×1.5 per quarter second of sustained refusals up to the maximum (servicer.Backoff).
     overload_pushback_ms: int = 100
     overload_pushback_max_ms: int = 20_000
     #: Keepalive: ping an idle connection every this many ms; drop it when no answer in the timeout.

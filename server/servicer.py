@@ -9,6 +9,7 @@ INTERNAL with a reference to the log line — never a traceback.  Biometric data
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -402,43 +403,35 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
         return pb.EnrollResponse(faces=await self._enroll(request))
 
     async def _enroll_batch(self, requests: list[pb.EnrollRequest], first: int) -> list[pb.BulkEnrollResult]:
-        """Embedding items of one gallery in one transaction; if that is refused, item by item so
-        that each gets its own result."""
-        try:
-            gallery = gallery_of(requests[0].parent, "parent")
-            items = [
-                EnrollItem(
-                    r.identity_id,
-                    embedding_in(r.probe.embedding),
-                    r.display_name or None,
-                    parse_attributes(r.attributes_json),
-                )
-                for r in requests
-            ]
-            faces = await self._call(self.service.enroll_items, gallery, items)
-            return [
-                pb.BulkEnrollResult(index=first + i, faces=[enrolled_pb(gallery, f)])
-                for i, f in enumerate(faces)
-            ]
-        except FaceIdError:
-            if len(requests) == 1:
-                raise
-        return [await self._enroll_result(r, first + i) for i, r in enumerate(requests)]
+        """Embedding items of one gallery in one transaction."""
+        gallery = gallery_of(requests[0].parent, "parent")
+        items = [
+            EnrollItem(
+                r.identity_id,
+                embedding_in(r.probe.embedding),
+                r.display_name or None,
+                parse_attributes(r.attributes_json),
+            )
+            for r in requests
+        ]
+        faces = await self._call(self.service.enroll_items, gallery, items)
+        return [
+            pb.BulkEnrollResult(index=first + i, faces=[enrolled_pb(gallery, f)]) for i, f in enumerate(faces)
+        ]
 
     async def _enroll_runs(
         self, requests: list[pb.EnrollRequest], first: int
     ) -> AsyncIterator[list[pb.BulkEnrollResult]]:
         """One result per request, in order, a run at a time: runs of embeddings in one transaction
-        each, photos alone."""
+        each; photos, single items and runs whose transaction is refused (a bad item, the
+        database) item by item, each with its own result."""
         index = first
         for run in _runs(requests):
-            if run[0].probe.WhichOneof("kind") == "embedding":
-                try:
-                    yield await self._enroll_batch(run, index)
-                except Exception:
-                    yield [await self._enroll_result(r, index + i) for i, r in enumerate(run)]
-            else:
-                yield [await self._enroll_result(run[0], index)]
+            results: list[pb.BulkEnrollResult] | None = None
+            if len(run) > 1 and run[0].probe.WhichOneof("kind") == "embedding":
+                with contextlib.suppress(Exception):
+                    results = await self._enroll_batch(run, index)
+            yield results or [await self._enroll_result(r, index + i) for i, r in enumerate(run)]
             index += len(run)
 
     @rpc
