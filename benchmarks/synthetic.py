@@ -109,22 +109,32 @@ class FaceDistribution:
         """``identities × faces_per_identity`` unit-length embeddings and their identity numbers."""
         rng = np.random.default_rng(seed)
         dim = len(self.mean)
-        lb = np.linalg.cholesky(self.between + 1e-9 * np.eye(dim))
-        lw = np.linalg.cholesky(self.within + 1e-9 * np.eye(dim))
+        lb, lw = _factor(self.between), _factor(self.within)
         out = np.empty((identities * faces_per_identity, dim), np.float32)
         ids = np.repeat(np.arange(identities, dtype=np.int64), faces_per_identity)
         step = max(1, 200_000 // faces_per_identity)
         for start in range(0, identities, step):
             m = min(step, identities - start)
-            centres = self.mean + rng.standard_normal((m, dim)) @ lb.T
+            centres = self.mean + rng.standard_normal((m, lb.shape[1])) @ lb.T
             faces = np.repeat(centres, faces_per_identity, axis=0)
             spread = np.exp(rng.normal(0.0, self.log_spread_std, m) - self.log_spread_std**2 / 2)
             faces += np.repeat(spread, faces_per_identity)[:, None] * (
-                rng.standard_normal(faces.shape) @ lw.T
+                rng.standard_normal((len(faces), lw.shape[1])) @ lw.T
             )
             faces /= np.linalg.norm(faces, axis=1, keepdims=True)
             out[start * faces_per_identity : (start + m) * faces_per_identity] = faces
         return out, ids
+
+
+def _factor(cov: npt.NDArray[np.float64], floor: float = 1e-5) -> npt.NDArray[np.float64]:
+    """``L`` with ``L Lᵀ ≈ cov``, without the directions whose variance is below ``floor`` × the
+    largest.  dlib's embeddings span only ~88 of their 128 dimensions (its last layer has that rank);
+    the floor :func:`_psd` adds for stability would otherwise put synthetic faces where no real
+    face can be."""
+    w, v = np.linalg.eigh((cov + cov.T) / 2)
+    keep = w > floor * w.max()
+    out: npt.NDArray[np.float64] = v[:, keep] * np.sqrt(w[keep])
+    return out
 
 
 def _psd(matrix: npt.NDArray[np.float64], floor: float = 1e-6) -> npt.NDArray[np.float64]:

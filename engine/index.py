@@ -47,6 +47,8 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from faceid.engine.subspace import Subspace
+
 Ids = npt.NDArray[np.int64]
 Vectors = npt.NDArray[np.float32]
 IndexKind = Literal["exact", "ivf_pq"]
@@ -89,17 +91,26 @@ class IndexConfig:
     retrain_growth: float = 4.0
     #: nlist = the power of two nearest to ``nlist_factor × √N``.
     nlist_factor: float = 4.0
-    #: PQ sub-quantizers (4-bit fast-scan codes: ``pq_m / 2`` bytes per face).
-    pq_m: int = 64
+    #: PQ sub-quantizers (4-bit fast-scan codes: ``pq_m / 2`` bytes per face); 0: one per two
+    #: dimensions of the gallery's subspace (42 for dlib's embeddings).
+    pq_m: int = 0
     #: FAISS factory string of the trained index; ``{nlist}`` and ``{pq_m}`` are filled in.
     factory: str = "IVF{nlist},PQ{pq_m}x4fs"
+    #: PQ-encode each vector's offset from its list's centroid.  Off: one look-up table per
+    #: query instead of one per list probed, and no ten-fold slow-down on degenerate data;
+    #: the re-ranking makes up the lost precision (BENCHMARKS.md).
+    by_residual: bool = False
+    #: Store and search a trained gallery in the subspace its vectors span (to within this
+    #: share of their length; 0: always all dimensions).  See :mod:`faceid.engine.subspace`.
+    subspace_tol: float = 2e-4
     #: Training sample: this many points per list (FAISS wants ≥ 39), at most all vectors.
     train_points_per_list: int = 64
     #: Default lists probed, as a fraction of nlist (at least ``nprobe_min``).
-    nprobe_fraction: float = 1 / 8
+    nprobe_fraction: float = 3 / 32
     nprobe_min: int = 16
-    #: Default re-rank factor.
-    rerank_factor: int = 4
+    #: Default re-rank factor: ``k × rerank_factor`` candidates, at least ``rerank_min``.
+    rerank_factor: int = 8
+    rerank_min: int = 64
     #: Train in a background thread (False: train synchronously inside ``add``; for tests and tools).
     background: bool = True
     #: Largest k a search may ask for.
@@ -130,6 +141,8 @@ class IndexStats:
     dim: int
     nlist: int = 0
     pq_m: int = 0
+    #: Numbers stored per face: the dimension of the gallery's subspace (``dim`` when untrained).
+    rank: int = 0
     default_nprobe: int = 0
     default_rerank_factor: int = 0
     trained_on: int = 0
@@ -199,27 +212,37 @@ class ReadWriteLock:
 
 
 class VectorStore:
-    """Every vector of a gallery, in rows: face id, float16 vector, group (identity), alive flag.
+    """Every vector of a gallery, in rows: face id, float16 coordinates, group (identity), alive flag.
+
+    Vectors are kept as float16 coordinates in the gallery's :class:`Subspace` (84 numbers
+    instead of 128 for dlib's embeddings, with the same distances); a vector that lies farther
+    than ``tol`` of its length outside the subspace is *outside*: it is also kept whole, in
+    float32, and searched exactly on the side (the index never proposes it).
 
     Rows are appended and never move until the next rebuild, so a row number is
     what FAISS stores as the vector's id: re-ranking gathers candidates' vectors by
     row, and results map rows back to face ids and identities by plain indexing.
     A removed row is marked dead; rebuilds (training) compact.  Face ids are found
     by binary search (the store hands them out in increasing order, so the label
-    column is normally sorted; otherwise a sort order is kept).  2·dim + 13 bytes
+    column is normally sorted; otherwise a sort order is kept).  2·rank + 13 bytes
     per row.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, subspace: Subspace | None = None, tol: float = 0.0) -> None:
         self.dim = dim
+        self.subspace = subspace or Subspace.full(dim)
+        self.rank = self.subspace.rank
+        self.tol = tol
         self.labels = np.empty(0, np.int64)
-        self.vectors = np.empty((0, dim), np.float16)
+        self.vectors = np.empty((0, self.rank), np.float16)
         self.groups = np.empty(0, np.int32)
         self.alive = np.empty(0, bool)
         self.size = 0
         self.live = 0
+        self.outside_rows = np.empty(0, np.int64)  # increasing
+        self.outside_vectors = np.empty((0, dim), np.float32)
         self._order: npt.NDArray[np.intp] | None = None  # argsort of labels when they are not sorted
-        self._fp16 = faiss.ScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)
+        self._fp16 = faiss.ScalarQuantizer(self.rank, faiss.ScalarQuantizer.QT_fp16)
 
     def _grow(self, needed: int) -> None:
         capacity = len(self.labels)
@@ -248,8 +271,9 @@ class VectorStore:
 
     def add(
         self, ids: Ids, vectors: Vectors, groups: npt.NDArray[np.int64] | None = None
-    ) -> npt.NDArray[np.int64]:
-        """Append rows; returns their row numbers."""
+    ) -> tuple[Ids, Vectors, npt.NDArray[np.bool_]]:
+        """Append rows; returns their row numbers, their coordinates in the subspace (float32, for
+        the index) and which of them lie inside it (only those belong in the index)."""
         if groups is None:
             groups = np.full(len(ids), -1, np.int64)
         if len(groups) != len(ids) or (len(groups) and (groups.max() >= 2**31 or groups.min() < -1)):
@@ -260,17 +284,22 @@ class VectorStore:
         if found.any():
             raise ValueError(f"ids already in the index: {ids[found][:5].tolist()}")
         in_order = bool(np.all(np.diff(ids) > 0)) and (self.size == 0 or ids[0] > self.labels[self.size - 1])
+        coords, beyond = self.subspace.project(vectors)
+        inside = beyond <= self.tol**2 * np.einsum("nd,nd->n", vectors, vectors)
         self._grow(self.size + len(ids))
         rows = np.arange(self.size, self.size + len(ids), dtype=np.int64)
         self.labels[rows] = ids
-        self.vectors[rows] = vectors
+        self.vectors[rows] = coords
         self.groups[rows] = groups
         self.alive[rows] = True
         self.size += len(ids)
         self.live += len(ids)
+        if not inside.all():
+            self.outside_rows = np.concatenate([self.outside_rows, rows[~inside]])
+            self.outside_vectors = np.concatenate([self.outside_vectors, vectors[~inside]])
         if self._order is not None or not in_order:
             self._order = np.argsort(self.labels[: self.size], kind="stable")
-        return rows
+        return rows, coords, inside
 
     def remove(self, ids: Ids) -> npt.NDArray[np.int64]:
         """Mark the rows of these face ids dead; returns the rows that were live."""
@@ -284,24 +313,47 @@ class VectorStore:
     def dead(self) -> int:
         return self.size - self.live
 
-    def items(self) -> tuple[Ids, npt.NDArray[np.float16], npt.NDArray[np.int64]]:
-        """Copies of the live face ids, vectors and groups, in row order."""
-        keep = self.alive[: self.size]
-        return (
-            self.labels[: self.size][keep].copy(),
-            self.vectors[: self.size][keep].copy(),
-            self.groups[: self.size][keep].astype(np.int64),
-        )
+    @property
+    def outside_live(self) -> int:
+        return int(self.alive[self.outside_rows].sum())
+
+    def items(self) -> tuple[Ids, Vectors, npt.NDArray[np.int64]]:
+        """The live face ids, whole vectors (float32) and groups, in row order."""
+        live = np.flatnonzero(self.alive[: self.size])
+        return self.labels[live].copy(), self.full(live), self.groups[live].astype(np.int64)
 
     def float32(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        """The vectors of ``rows`` (any shape) as float32: faiss's SIMD decoder, 4× numpy's cast."""
-        codes = np.ascontiguousarray(self.vectors[rows]).reshape(-1, self.dim).view(np.uint8)
+        """The coordinates of ``rows`` (any shape) as float32: faiss's SIMD decoder, 4× numpy's cast."""
+        codes = np.ascontiguousarray(self.vectors[rows]).reshape(-1, self.rank).view(np.uint8)
         decoded: npt.NDArray[np.float32] = self._fp16.decode(codes)
-        return decoded.reshape(*rows.shape, self.dim)
+        return decoded.reshape(*rows.shape, self.rank)
+
+    def full(self, rows: npt.NDArray[np.int64]) -> Vectors:
+        """Whole vectors of ``rows`` (1-D): lifted coordinates, or the kept vector of an outside row."""
+        out = self.subspace.lift(self.float32(rows))
+        if len(self.outside_rows):
+            at = np.minimum(np.searchsorted(self.outside_rows, rows), len(self.outside_rows) - 1)
+            hit = self.outside_rows[at] == rows
+            out[hit] = self.outside_vectors[at[hit]]
+        return out
+
+    def search_outside(self, q: Vectors, k: int) -> tuple[Vectors, Ids]:
+        """Exact squared distances to the live outside rows: the nearest ``k`` per query."""
+        live = self.alive[self.outside_rows]
+        rows, vecs = self.outside_rows[live], self.outside_vectors[live]
+        d2, found = faiss.knn(q, vecs, min(k, len(rows)))
+        return d2, np.where(found >= 0, rows[np.maximum(found, 0)], -1)
 
     def nbytes(self) -> int:
         """Bytes held for the rows in use."""
-        return self.size * (8 + 2 * self.dim + 4 + 1)
+        return self.size * (8 + 2 * self.rank + 4 + 1) + len(self.outside_rows) * (8 + 4 * self.dim)
+
+
+def _merge(d2: Vectors, rows: Ids, more_d2: Vectors, more_rows: Ids, k: int) -> tuple[Vectors, Ids]:
+    """The best ``k`` of two result lists per query."""
+    all_d2, all_rows = np.concatenate([d2, more_d2], axis=1), np.concatenate([rows, more_rows], axis=1)
+    order = np.argsort(all_d2, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(all_d2, order, 1), np.take_along_axis(all_rows, order, 1)
 
 
 def gpu_count() -> int:
@@ -368,7 +420,7 @@ class GpuReplica:
         with self.context.lock:
             self.index.reset()
             for start in range(0, len(live), chunk):
-                self.index.add(store.float32(live[start : start + chunk]))
+                self.index.add(store.full(live[start : start + chunk]))
         self._rows, self.n, self.stale = live, len(live), 0
 
     def add(self, rows: Ids, vectors: Vectors) -> None:
@@ -447,6 +499,7 @@ class FaissGalleryIndex:
         self._index: faiss.Index = _exact_index(dim)
         self._kind: IndexKind = "exact"
         self._nlist = 0
+        self._pq_m = 0
         self._trained_on = 0
         self._lock = ReadWriteLock()
         self._journal: list[Op] | None = None  # writes made while a rebuild is under way
@@ -476,8 +529,8 @@ class FaissGalleryIndex:
         if len(v) == 0:
             return
         with self._lock.write():
-            rows = self.store.add(id_array, v, group_array)
-            self._index.add_with_ids(v, rows)
+            rows, coords, inside = self.store.add(id_array, v, group_array)
+            self._index.add_with_ids(coords[inside], rows[inside])
             if self._gpu is not None:
                 self._gpu.add(rows, v)
             else:
@@ -514,26 +567,15 @@ class FaissGalleryIndex:
         None, when the vectors reach ``train_min``."""
         id_array = np.ascontiguousarray(ids, dtype=np.int64).ravel()
         group_array = None if groups is None else np.ascontiguousarray(groups, dtype=np.int64).ravel()
+        v = _check_vectors(vectors, self.dim)
+        if len(id_array) != len(v):
+            raise ValueError(f"{len(id_array)} ids for {len(v)} vectors")
         with self._lock.write():
             if self.store.size:
                 raise ValueError("bulk_load needs an empty index")
-            store = VectorStore(self.dim)
-            step = 1_000_000
-            for start in range(0, len(id_array), step):
-                chunk = _check_vectors(np.asarray(vectors[start : start + step]), self.dim)  # type: ignore[index]
-                part = None if group_array is None else group_array[start : start + step]
-                store.add(id_array[start : start + step], chunk, part)
-            self.store = store
-        if (len(id_array) >= self.config.train_min if train is None else train) and len(id_array) >= 39:
-            with self._lock.write():
-                self._journal = []
-            self._train_and_swap(*self.store.items(), True)
-        else:
-            with self._lock.write():
-                self._index.add_with_ids(
-                    store.vectors[: store.size].astype(np.float32), np.arange(store.size)
-                )
-                self._gpu = self._new_gpu_replica(store)
+            self._journal = []
+        self._train_and_swap(id_array, v, group_array, train)
+        self.wait_for_training()  # raises what the build raised
 
     # ---- reads ----------------------------------------------------------------------------
     def count(self) -> int:
@@ -572,21 +614,30 @@ class FaissGalleryIndex:
             store, index, kind = self.store, self._index, self._kind
             if self._gpu is not None and params.gpu:  # exact, on the GPU: nprobe and re-ranking do not apply
                 d2, rows = self._gpu.search(q, k, store.alive)
-            elif params.exact and kind != "exact":
-                d2, rows = self._exact_from_store(q, k)
-            elif kind == "exact":
-                d2, rows = index.search(q, k)
             else:
-                nprobe = min(max(params.nprobe or self.default_nprobe(), 1), self._nlist)
-                factor = min(max(params.rerank_factor or self.config.rerank_factor, 1), 64)
-                sp = faiss.SearchParametersIVF()
-                sp.nprobe = nprobe
-                _, candidates = index.search(q, min(k * factor, max(store.size, 1)), params=sp)
-                d2, rows = self._rerank(q, candidates, k)
+                qc, beyond = store.subspace.project(q)
+                if params.exact and kind != "exact":
+                    d2, rows = self._exact_from_store(qc, k)
+                elif kind == "exact":
+                    d2, rows = index.search(qc, k)
+                else:
+                    nprobe = min(max(params.nprobe or self.default_nprobe(), 1), self._nlist)
+                    factor = min(max(params.rerank_factor or self.config.rerank_factor, 1), 64)
+                    wanted = max(k * factor, min(self.config.rerank_min, k * 64))
+                    sp = faiss.SearchParametersIVF()
+                    sp.nprobe = nprobe
+                    _, candidates = index.search(qc, min(wanted, max(store.size, 1)), params=sp)
+                    d2, rows = self._rerank(qc, candidates, k)
+                d2 = d2 + beyond[:, None]  # the query's part outside the subspace
+                if len(store.outside_rows) and store.outside_live:
+                    d2, rows = _merge(d2, rows, *store.search_outside(q, k), k)
             valid = rows >= 0
-            safe = np.where(valid, rows, 0)
-            ids = np.where(valid, store.labels[safe], -1)
-            groups = np.where(valid, store.groups[safe], -1).astype(np.int64)
+            if store.size:
+                safe = np.where(valid, rows, 0)
+                ids = np.where(valid, store.labels[safe], -1)
+                groups = np.where(valid, store.groups[safe], -1).astype(np.int64)
+            else:  # nothing was ever added
+                ids, groups = np.full_like(rows, -1), np.full_like(rows, -1)
         distances = np.where(valid, np.sqrt(np.maximum(d2, 0)), np.inf).astype(np.float32)
         return distances, ids, groups
 
@@ -616,11 +667,14 @@ class FaissGalleryIndex:
         return out_d, out_r
 
     def _exact_from_store(self, q: Vectors, k: int) -> tuple[Vectors, Ids]:
+        """Exact squared distances from coordinates ``q`` to every live row inside the subspace."""
         live = np.flatnonzero(self.store.alive[: self.store.size])
+        if len(self.store.outside_rows):
+            live = np.setdiff1d(live, self.store.outside_rows, assume_unique=True)
         d2 = np.full((len(q), k), np.inf, np.float32)
         rows = np.full((len(q), k), -1, np.int64)
         if len(live):
-            found_d, found_i = faiss.knn(q, self.store.vectors[live].astype(np.float32), min(k, len(live)))
+            found_d, found_i = faiss.knn(q, self.store.float32(live), min(k, len(live)))
             d2[:, : found_d.shape[1]] = found_d
             rows[:, : found_i.shape[1]] = np.where(found_i >= 0, live[np.maximum(found_i, 0)], -1)
         return d2, rows
@@ -636,6 +690,7 @@ class FaissGalleryIndex:
             (self._kind == "exact" and n >= self.config.train_min)
             or (self._kind == "ivf_pq" and n >= self._trained_on * self.config.retrain_growth)
             or self.store.dead > max(self.store.size // 4, 10_000)  # compact away removed rows
+            or self.store.outside_live > max(self.store.live // 100, 1_000)  # refit the subspace
         )
         if due and not self.training and self._journal is None:
             self.train(block=not self.config.background, force_ivf=False)
@@ -671,27 +726,35 @@ class FaissGalleryIndex:
             self.on_progress(stage, fraction)
 
     def _train_and_swap(
-        self, ids: Ids, vecs: npt.NDArray[np.float16], groups: npt.NDArray[np.int64], force_ivf: bool
+        self, ids: Ids, vecs: Vectors, groups: npt.NDArray[np.int64] | None, force_ivf: bool | None
     ) -> None:
+        """Build a new index on these vectors, catch up with the writes journalled meanwhile and
+        swap it in.  ``force_ivf`` None: IVF-PQ once ``train_min`` is reached."""
         try:
-            store = VectorStore(self.dim)
-            rows = store.add(ids, vecs.astype(np.float32), groups)
-            store.vectors[rows] = vecs  # keep the float16 values bit for bit
+            if force_ivf is None:
+                force_ivf = len(ids) >= self.config.train_min
             wanted = force_ivf or self._kind == "ivf_pq" or len(ids) >= self.config.train_min
             if wanted and len(ids) >= 39:
-                index, nlist = build_ivf_pq(rows, vecs, self.config, self._progress, gpu=self._gpu_context)
+                store, (rows, coords, inside) = self._fitted_store(ids, vecs, groups)
+                if not inside.all():
+                    rows, coords = rows[inside], coords[inside]
+                index, nlist = build_ivf_pq(rows, coords, self.config, self._progress, gpu=self._gpu_context)
                 kind: IndexKind = "ivf_pq"
+                pq_m = int(faiss.downcast_index(faiss.extract_index_ivf(index)).pq.M)  # type: ignore[attr-defined]
             else:
-                index, nlist, kind = _exact_index(self.dim), 0, "exact"
+                store = VectorStore(self.dim)
+                rows, coords, _ = store.add(ids, vecs, groups)
+                index, nlist, kind, pq_m = _exact_index(self.dim), 0, "exact", 0
                 if len(ids):
-                    index.add_with_ids(vecs.astype(np.float32), rows)
+                    index.add_with_ids(coords, rows)
+            del coords
             gpu = self._new_gpu_replica(store)  # a new replica: the rows are renumbered
             with self._lock.write():
                 assert self._journal is not None
                 for op_ids, op_vecs, op_groups in self._journal:  # catch up with writes made meanwhile
                     if op_vecs is not None:
-                        new_rows = store.add(op_ids, op_vecs, op_groups)
-                        index.add_with_ids(op_vecs, new_rows)
+                        new_rows, new_coords, new_inside = store.add(op_ids, op_vecs, op_groups)
+                        index.add_with_ids(new_coords[new_inside], new_rows[new_inside])
                         if gpu is not None:
                             gpu.add(new_rows, op_vecs)
                     else:
@@ -701,6 +764,7 @@ class FaissGalleryIndex:
                             if gpu is not None:
                                 gpu.removed(store, len(gone))
                 self.store, self._index, self._kind, self._nlist = store, index, kind, nlist
+                self._pq_m = pq_m
                 self._gpu = gpu or self._new_gpu_replica(store)
                 self._trained_on = len(ids) if kind == "ivf_pq" else 0
                 self._journal = None
@@ -709,17 +773,33 @@ class FaissGalleryIndex:
             with self._lock.write():
                 self._journal = None
 
+    def _fitted_store(
+        self, ids: Ids, vecs: Vectors, groups: npt.NDArray[np.int64] | None
+    ) -> tuple[VectorStore, tuple[Ids, Vectors, npt.NDArray[np.bool_]]]:
+        """A store of these vectors in the subspace they span (fitted on a sample), and what its
+        ``add`` returned; all dimensions when more than 1 % of the vectors lie outside it."""
+        tol = self.config.subspace_tol
+        pick = np.random.default_rng(1).choice(len(vecs), min(len(vecs), 100_000), replace=False)
+        subspace = Subspace.fit(vecs[np.sort(pick)], tol, self.config.pq_m or 4)
+        store = VectorStore(self.dim, subspace, tol)
+        added = store.add(ids, vecs, groups)
+        if subspace.basis is not None and np.count_nonzero(~added[2]) > len(ids) // 100:
+            store = VectorStore(self.dim)
+            added = store.add(ids, vecs, groups)
+        return store, added
+
     # ---- stats and persistence ------------------------------------------------------------
     def stats(self) -> IndexStats:
         with self._lock.read():
-            index_bytes = _index_bytes(self._index, self._kind, self.store.size, self.dim, self.config.pq_m)
+            index_bytes = _index_bytes(self._index, self._kind, self.store.size, self.store.rank, self._pq_m)
             return IndexStats(
                 kind=self._kind,
                 count=self.store.live,
                 training=self.training,
                 dim=self.dim,
                 nlist=self._nlist,
-                pq_m=self.config.pq_m if self._kind == "ivf_pq" else 0,
+                pq_m=self._pq_m,
+                rank=self.store.rank,
                 default_nprobe=self.default_nprobe() if self._kind == "ivf_pq" else 0,
                 default_rerank_factor=self.config.rerank_factor if self._kind == "ivf_pq" else 0,
                 trained_on=self._trained_on,
@@ -741,9 +821,13 @@ class FaissGalleryIndex:
                 index.remove_ids(_selector(dead_rows))
             keep = store.alive[: store.size]
             rows = np.flatnonzero(keep).astype(np.int64)
+            outside = store.alive[store.outside_rows]
             header = {
-                "format": 2,
+                "format": 3,
                 "dim": self.dim,
+                "rank": store.rank,
+                "tol": store.tol,
+                "pq_m": self._pq_m,
                 "seq": int(seq),
                 "kind": self._kind,
                 "nlist": self._nlist,
@@ -757,6 +841,9 @@ class FaissGalleryIndex:
                 store.labels[rows].tobytes(),
                 store.vectors[rows].tobytes(),
                 store.groups[rows].tobytes(),
+                b"" if store.subspace.basis is None else store.subspace.basis.tobytes(),
+                store.outside_rows[outside].tobytes(),
+                store.outside_vectors[outside].tobytes(),
             ]
         write_snapshot(Path(path), header, sections)
 
@@ -764,23 +851,29 @@ class FaissGalleryIndex:
     def load(cls, path: Path, config: IndexConfig | None = None) -> tuple[FaissGalleryIndex, int]:
         """Read a snapshot; returns the index and the change sequence number it reflects."""
         header, sections = read_snapshot(Path(path))
-        if len(sections) != 5 or header.get("format") != 2:
-            raise SnapshotError(f"{path}: snapshot format {header.get('format')} is not this version's (2)")
-        index_blob, row_blob, id_blob, vec_blob, group_blob = sections
-        dim = int(header["dim"])
+        if len(sections) != 8 or header.get("format") != 3:
+            raise SnapshotError(f"{path}: snapshot format {header.get('format')} is not this version's (3)")
+        index_blob, row_blob, id_blob, vec_blob, group_blob, basis_blob, out_row_blob, out_vec_blob = sections
+        dim, rank = int(header["dim"]), int(header["rank"])
         rows = np.frombuffer(row_blob, np.int64)
         ids = np.frombuffer(id_blob, np.int64)
-        vecs = np.frombuffer(vec_blob, np.float16).reshape(-1, dim)
+        vecs = np.frombuffer(vec_blob, np.float16).reshape(-1, rank)
         groups = np.frombuffer(group_blob, np.int32).astype(np.int64)
+        basis = np.frombuffer(basis_blob, np.float32).reshape(-1, dim).copy() if basis_blob else None
+        out_rows = np.frombuffer(out_row_blob, np.int64).copy()
+        out_vecs = np.frombuffer(out_vec_blob, np.float32).reshape(-1, dim).copy()
         n = int(header["count"])
-        if not len(rows) == len(ids) == len(vecs) == len(groups) == n:
+        if not len(rows) == len(ids) == len(vecs) == len(groups) == n or len(out_rows) != len(out_vecs):
             raise SnapshotError(f"{path}: sections do not agree on the number of vectors")
+        if (dim if basis is None else len(basis)) != rank:
+            raise SnapshotError(f"{path}: the subspace basis does not have rank {rank}")
         self = cls(dim, config)
         index = faiss.deserialize_index(np.frombuffer(index_blob, np.uint8))
-        if index.ntotal != n or index.d != dim:
+        if index.ntotal != n - len(out_rows) or index.d != rank:
             raise SnapshotError(f"{path}: the FAISS index holds {index.ntotal} vectors, the store {n}")
         size = int(rows[-1]) + 1 if n else 0
-        store = self.store
+        store = self.store = VectorStore(dim, Subspace(basis, dim), float(header["tol"]))
+        store.outside_rows, store.outside_vectors = out_rows, out_vecs
         store._grow(size)
         store.labels[rows], store.vectors[rows], store.groups[rows], store.alive[rows] = (
             ids,
@@ -799,7 +892,7 @@ class FaissGalleryIndex:
             labels[holes] = np.where(before[holes] >= 0, labels[np.maximum(before[holes], 0)], -1)
         if not bool(np.all(np.diff(labels) >= 0)):
             store._order = np.argsort(labels, kind="stable")
-        self._index, self._kind = index, header["kind"]
+        self._index, self._kind, self._pq_m = index, header["kind"], int(header["pq_m"])
         self._nlist, self._trained_on = int(header["nlist"]), int(header["trained_on"])
         self._gpu = self._new_gpu_replica(store)
         return self, int(header["seq"])
@@ -817,8 +910,9 @@ def build_ivf_pq(
     with ``gpu``, the coarse k-means runs there."""
     n, dim = vecs.shape
     nlist = config.nlist_for(n)
-    spec = (factory or config.factory).format(nlist=nlist, pq_m=config.pq_m)
+    spec = (factory or config.factory).format(nlist=nlist, pq_m=config.pq_m or dim // 2)
     index = faiss.index_factory(dim, spec, faiss.METRIC_L2)
+    faiss.extract_index_ivf(index).by_residual = config.by_residual
     if gpu is not None:  # resources of its own: searches keep the shared ones meanwhile
         resources = faiss.StandardGpuResources()
         resources.setTempMemory(gpu.temp_bytes)

@@ -51,7 +51,7 @@ def test_synthetic_index_scale_and_calibration_run_on_a_slice_of_lfw(faces: Path
             "--single",
             "5",
             "--variants",
-            "IVF{nlist},PQ16x4fs",
+            "IVF{nlist},PQ{pq_m}x4fs;pq_m=16",
         ]
     )
     assert scale["gallery_size"] > 3000 and len(scale["variants"][0]["points"]) == 2

@@ -44,6 +44,8 @@ def test_small_gallery_is_searched_exactly_with_euclidean_distances() -> None:
 
 def test_rows_are_padded_when_the_gallery_holds_fewer_than_k() -> None:
     index = FaissGalleryIndex(DIM)
+    dist, ids = index.search(clustered(2), 3)  # nothing enrolled yet
+    assert (ids == -1).all() and np.isinf(dist).all()
     index.add([1, 2], clustered(2))
     dist, ids = index.search(clustered(1, seed=3), 4)
     assert ids[0, 2:].tolist() == [-1, -1]
