@@ -7,9 +7,12 @@ One :class:`FaissGalleryIndex` per gallery.  Its life runs itself:
   fast-scan PQ) is trained on a sample in a background thread, filled, caught up
   with the adds and removes made meanwhile (a journal), and swapped in atomically;
   searches keep using the exact index meanwhile and never wait for training;
-* **ivf_pq** — IVF-PQ proposes ``k × rerank_factor`` candidates, whose exact
-  distances, from a float16 copy of every vector (:class:`VectorStore`), choose
-  the final order.  It retrains when the gallery has grown ``retrain_growth``-fold.
+* **ivf_pq** — IVF-PQ (non-residual 4-bit fast-scan PQ) proposes ``k × rerank_factor``
+  candidates, whose exact distances, from a float16 copy of every vector
+  (:class:`VectorStore`), choose the final order.  It retrains when the gallery has grown
+  ``retrain_growth``-fold.  Both work in the subspace the gallery's vectors span
+  (:mod:`faceid.engine.subspace`; 84 of 128 dimensions for dlib's embeddings), fitted at
+  training: the same distances for fewer numbers.
 
 Scores are **Euclidean distances** between embeddings (≥ 0, smaller = more alike;
 FAISS's squared L2 is square-rooted before it is returned).  Concurrency: any
