@@ -320,6 +320,19 @@ class VectorStore:
     def outside_live(self) -> int:
         return int(self.alive[self.outside_rows].sum())
 
+    def compacted(self) -> VectorStore:
+        """A copy of the live rows only, renumbered: cheap enough to take under the index's lock
+        (float16 copies, no lifting)."""
+        live = np.flatnonzero(self.alive[: self.size])
+        out = VectorStore(self.dim, self.subspace, self.tol)
+        out.labels, out.vectors, out.groups = self.labels[live], self.vectors[live], self.groups[live]
+        out.alive = np.ones(len(live), bool)
+        out.size = out.live = len(live)
+        keep = self.alive[self.outside_rows]
+        out.outside_rows = np.searchsorted(live, self.outside_rows[keep]).astype(np.int64)
+        out.outside_vectors = self.outside_vectors[keep]
+        return out
+
     def items(self) -> tuple[Ids, Vectors, npt.NDArray[np.int64]]:
         """The live face ids, whole vectors (float32) and groups, in row order."""
         live = np.flatnonzero(self.alive[: self.size])
@@ -577,7 +590,8 @@ class FaissGalleryIndex:
             if self.store.size:
                 raise ValueError("bulk_load needs an empty index")
             self._journal = []
-        self._train_and_swap(id_array, v, group_array, train)
+        ivf = len(id_array) >= self.config.train_min if train is None else train
+        self._train_and_swap(lambda: (id_array, v, group_array), ivf)
         self.wait_for_training()  # raises what the build raised
 
     # ---- reads ----------------------------------------------------------------------------
@@ -707,13 +721,14 @@ class FaissGalleryIndex:
         with self._lock.write():
             if self._journal is not None:
                 return  # a run is already under way
-            items = self.store.items()
+            live = self.store.compacted()
             self._journal = []
+        ivf = force_ivf or self._kind == "ivf_pq" or live.live >= self.config.train_min
         if block:
-            self._train_and_swap(*items, force_ivf)
+            self._train_and_swap(live.items, ivf)
         else:
             self._trainer = threading.Thread(
-                target=self._train_and_swap, args=(*items, force_ivf), name="faceid-index-train", daemon=True
+                target=self._train_and_swap, args=(live.items, ivf), name="faceid-index-train", daemon=True
             )
             self._trainer.start()
 
@@ -729,15 +744,13 @@ class FaissGalleryIndex:
             self.on_progress(stage, fraction)
 
     def _train_and_swap(
-        self, ids: Ids, vecs: Vectors, groups: npt.NDArray[np.int64] | None, force_ivf: bool | None
+        self, items: Callable[[], tuple[Ids, Vectors, npt.NDArray[np.int64] | None]], ivf: bool
     ) -> None:
-        """Build a new index on these vectors, catch up with the writes journalled meanwhile and
-        swap it in.  ``force_ivf`` None: IVF-PQ once ``train_min`` is reached."""
+        """Build a new index on the vectors ``items()`` gives (IVF-PQ when ``ivf`` and there are
+        enough, else exact), catch up with the writes journalled meanwhile and swap it in."""
         try:
-            if force_ivf is None:
-                force_ivf = len(ids) >= self.config.train_min
-            wanted = force_ivf or self._kind == "ivf_pq" or len(ids) >= self.config.train_min
-            if wanted and len(ids) >= 39:
+            ids, vecs, groups = items()
+            if ivf and len(ids) >= 39:
                 store, (rows, coords, inside) = self._fitted_store(ids, vecs, groups)
                 if not inside.all():
                     rows, coords = rows[inside], coords[inside]

@@ -65,13 +65,18 @@ class Subspace:
         basis = (rotation @ vecs[:, :rank].T).astype(np.float32)
         return cls(np.ascontiguousarray(basis), dim)
 
-    def project(self, x: Vectors) -> tuple[Vectors, npt.NDArray[np.float32]]:
+    def project(self, x: Vectors, chunk: int = 1 << 16) -> tuple[Vectors, npt.NDArray[np.float32]]:
         """Coordinates in the subspace, and each vector's squared length outside it."""
         if self.basis is None:
             return x, np.zeros(len(x), np.float32)
-        coords = np.ascontiguousarray(x @ self.basis.T)
-        rest = x - coords @ self.basis  # not |x|² − |coords|²: float32 cancellation is ~1e-7
-        return coords, np.einsum("nd,nd->n", rest, rest)
+        coords = np.empty((len(x), self.rank), np.float32)
+        beyond = np.empty(len(x), np.float32)
+        for start in range(0, len(x), chunk):  # bounded temporaries for galleries of millions
+            part = x[start : start + chunk]
+            c = coords[start : start + chunk] = part @ self.basis.T
+            rest = part - c @ self.basis  # not |x|² − |coords|²: float32 cancellation is ~1e-7
+            beyond[start : start + chunk] = np.einsum("nd,nd->n", rest, rest)
+        return coords, beyond
 
     def lift(self, coords: Vectors) -> Vectors:
         """Vectors of the full space from coordinates."""
