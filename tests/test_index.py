@@ -298,3 +298,14 @@ def test_a_loaded_snapshot_with_removed_rows_keeps_ids_sorted_for_cheap_appends(
     _, ids = loaded.search(x[[2, 498, 501, 998]], 1)
     assert ids[:, 0].tolist() == [3, 499, 502, 999]
     assert loaded.remove([500, 3]) == 1 and loaded.count() == 995
+
+
+def test_the_default_rerank_factor_grows_with_the_square_root_of_the_gallery() -> None:
+    config = IndexConfig(train_min=10**9, rerank_factor=8, rerank_reference=1000)
+    index = FaissGalleryIndex(DIM, config)
+    index.add(np.arange(500), clustered(500))
+    assert index.default_rerank_factor() == 8  # never below the configured factor
+    index.add(np.arange(500, 4000), clustered(3500, seed=1))
+    assert index.default_rerank_factor() == 16  # 4× the reference: ×2
+    index.add(np.arange(4000, 200_000), clustered(196_000, seed=2))
+    assert index.default_rerank_factor() == 64  # capped
