@@ -121,3 +121,17 @@ def test_retraining_keeps_every_face(tol: float) -> None:
     assert index.count() == 3000
     _, ids = index.search(x[1:200:2], 1, SearchParams(exact=True))
     assert ids[:, 0].tolist() == list(range(1, 200, 2))
+
+
+def test_a_snapshot_of_a_subspace_gallery_holds_no_removed_face(tmp_path: Path) -> None:
+    index, _ = trained()
+    stranger = clustered(2, seed=11)
+    index.add([10_000, 10_001], stranger)
+    kept_coords = index.store.vectors[5].tobytes()  # float16 coordinates, as the snapshot stores them
+    gone_coords = [index.store.vectors[row].tobytes() for row in (6, 7, 8)]
+    index.remove([6, 7, 8, 10_001])
+    index.save(tmp_path / "g.index", seq=1)
+    data = (tmp_path / "g.index").read_bytes()
+    assert kept_coords in data and stranger[0].tobytes() in data  # the check can see a stored face
+    assert not any(c in data for c in gone_coords)
+    assert stranger[1].tobytes() not in data
