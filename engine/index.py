@@ -320,6 +320,14 @@ class VectorStore:
     def dead(self) -> int:
         return self.size - self.live
 
+    def labels_and_groups(self, rows: Ids) -> tuple[Ids, npt.NDArray[np.int64]]:
+        """Face id and group of each row (any shape); -1 for padding rows (-1)."""
+        valid = rows >= 0
+        if not self.size:  # nothing was ever added: no row to read
+            return np.full_like(rows, -1), np.full_like(rows, -1)
+        safe = np.where(valid, rows, 0)
+        return np.where(valid, self.labels[safe], -1), np.where(valid, self.groups[safe], -1).astype(np.int64)
+
     @property
     def outside_live(self) -> int:
         return int(self.alive[self.outside_rows].sum())
@@ -654,15 +662,10 @@ class FaissGalleryIndex:
                     _, candidates = index.search(qc, min(wanted, max(store.size, 1)), params=sp)
                     d2, rows = self._rerank(qc, candidates, k)
                 d2 = d2 + beyond[:, None]  # the query's part outside the subspace
-                if len(store.outside_rows) and store.outside_live:
+                if store.outside_live:
                     d2, rows = _merge(d2, rows, *store.search_outside(q, k), k)
-            valid = rows >= 0
-            if store.size:
-                safe = np.where(valid, rows, 0)
-                ids = np.where(valid, store.labels[safe], -1)
-                groups = np.where(valid, store.groups[safe], -1).astype(np.int64)
-            else:  # nothing was ever added
-                ids, groups = np.full_like(rows, -1), np.full_like(rows, -1)
+            ids, groups = store.labels_and_groups(rows)
+        valid = rows >= 0
         distances = np.where(valid, np.sqrt(np.maximum(d2, 0)), np.inf).astype(np.float32)
         return distances, ids, groups
 
