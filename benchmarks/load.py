@@ -170,8 +170,13 @@ def wait_for_index(stub: Any, md: list[tuple[str, str]], name: str = GALLERY, ti
 
 # ---- load -------------------------------------------------------------------------------------
 def _requests(w: Workload, seed: int) -> Iterator[tuple[str, Any]]:
+    """The calls one load process makes, built before the clock starts: a load generator that
+    spends its CPU on building messages measures itself, not the server."""
     rng = random.Random(seed)
-    queries = face_vectors(1024, 10_000_000 + seed, w.vectors)  # people not in the gallery
+    identify = [
+        identify_request(GALLERY, embedding=q.tolist(), top_k=w.top_k, nprobe=w.nprobe)
+        for q in face_vectors(1024, 10_000_000 + seed, w.vectors)  # people not in the gallery
+    ]
     fresh = (
         face_vectors(4096, 20_000_000 + seed, w.vectors) if w.name in ("mix", "enroll-embedding") else None
     )
@@ -181,11 +186,10 @@ def _requests(w: Workload, seed: int) -> Iterator[tuple[str, Any]]:
         if w.name == "identify-photo":
             yield "Identify", identify_request(GALLERY, photo=w.photos[n % len(w.photos)], top_k=w.top_k)
         elif fresh is not None and (w.name == "enroll-embedding" or rng.random() < w.enroll_ratio):
-            vec = fresh[n % len(fresh)].tolist()
+            vec = fresh[n % len(fresh)].tolist()  # a new identity each call: built as it goes
             yield "Enroll", enroll_request(GALLERY, f"new-{seed}-{n}", embedding=vec)
         else:
-            q = queries[n % len(queries)].tolist()
-            yield "Identify", identify_request(GALLERY, embedding=q, top_k=w.top_k, nprobe=w.nprobe)
+            yield "Identify", identify[n % len(identify)]
 
 
 async def timed_call(stub: Any, method: str, request: Any, md: list[tuple[str, str]]) -> str:
@@ -208,11 +212,21 @@ async def call_with_pushback(
 
 
 async def _worker_loop(
-    address: str, api_key: str, w: Workload, concurrency: int, warmup: float, duration: float, seed: int
+    address: str,
+    api_key: str,
+    w: Workload,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    seed: int,
+    channels: int = 1,
 ) -> dict[str, Any]:
-    channel = grpc.aio.insecure_channel(address, channel_options(retries=False))
+    # Each channel its own connection (no shared subchannel): a server of several processes
+    # shares out connections, not calls.
+    options = [*channel_options(retries=False), ("grpc.use_local_subchannel_pool", 1)]
+    channels_ = [grpc.aio.insecure_channel(address, options) for _ in range(channels)]
+    stubs = [pb_grpc.FaceIdStub(c) for c in channels_]
     md = call_metadata(api_key, ())
-    stub = pb_grpc.FaceIdStub(channel)
     latencies: list[float] = []
     ok: list[bool] = []
     codes: Counter[str] = Counter()
@@ -221,7 +235,7 @@ async def _worker_loop(
     end = measure_from + duration
     gen = _requests(w, seed)
 
-    async def one() -> None:
+    async def one(stub: Any) -> None:
         while True:
             now = time.perf_counter()
             if now >= end:
@@ -237,8 +251,9 @@ async def _worker_loop(
             if pushback and w.honour_pushback:  # a well-behaved client waits as the server asks
                 await asyncio.sleep(pushback)
 
-    await asyncio.gather(*(one() for _ in range(concurrency)))
-    await channel.close()
+    await asyncio.gather(*(one(stubs[i % channels]) for i in range(concurrency)))
+    for channel in channels_:
+        await channel.close()
     return {"latencies": latencies, "ok": ok, "codes": dict(codes), "seconds": duration}
 
 
@@ -254,13 +269,15 @@ def run_load(
     warmup: float = 2.0,
     duration: float = 10.0,
     api_key: str = "",
+    channels: int = 1,
 ) -> dict[str, Any]:
-    """Drive ``address`` and summarise: throughput, latency percentiles (ms), errors by code."""
+    """Drive ``address`` from ``processes`` processes of ``channels`` connections each; summarise
+    throughput, latency percentiles (ms) and errors by code."""
     per = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=_process_main, args=((address, api_key, w, c, warmup, duration, i), out))
+        ctx.Process(target=_process_main, args=((address, api_key, w, c, warmup, duration, i, channels), out))
         for i, c in enumerate(per)
         if c
     ]
@@ -283,6 +300,7 @@ def run_load(
         "nprobe": w.nprobe,
         "concurrency": concurrency,
         "processes": len(procs),
+        "channels": channels,
         "duration_s": duration,
         "requests": len(every),
         "refused_share": 1 - len(lat) / max(1, len(every)),
@@ -417,7 +435,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument("--enroll-ratio", type=float, default=0.05)
     ap.add_argument("--concurrency", default="32", help="comma-separated")
-    ap.add_argument("--processes", type=int, default=1)
+    ap.add_argument("--processes", type=int, default=1, help="load generator processes")
+    ap.add_argument(
+        "--channels",
+        type=int,
+        default=1,
+        help="connections per load process (a server of several processes shares out connections)",
+    )
     ap.add_argument("--top-k", type=int, default=10)
     ap.add_argument(
         "--nprobe", default="0", help="IVF lists per identify, comma-separated (0: server default)"
@@ -502,7 +526,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     not args.no_pushback,
                 )
                 for c in concurrencies:
-                    r = run_load(address, w, c, args.processes, args.warmup, args.duration, args.api_key)
+                    r = run_load(
+                        address, w, c, args.processes, args.warmup, args.duration, args.api_key, args.channels
+                    )
                     results.append(r)
                     print(summary(r))
     finally:
@@ -525,7 +551,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         port = q.get(timeout=60)
         for c in concurrencies:
             trivial_load = Workload("identify-embedding", args.top_k, 0.0, 0, args.vectors)
-            r = run_load(f"127.0.0.1:{port}", trivial_load, c, args.processes, args.warmup, args.duration)
+            r = run_load(
+                f"127.0.0.1:{port}",
+                trivial_load,
+                c,
+                args.processes,
+                args.warmup,
+                args.duration,
+                "",
+                args.channels,
+            )
             r["label"] = "trivial handler"
             results.append(r)
             print("trivial handler   " + summary(r)[18:].replace("nprobe default", "              "))

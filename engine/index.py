@@ -78,6 +78,10 @@ class SearchParams:
     nprobe: int | None = None
     #: Candidates re-ranked exactly, as a multiple of k (1 … 64).
     rerank_factor: int | None = None
+    #: The leading results the re-rank factor is for (default: all k).  A caller that takes more
+    #: results than it needs in exact order (faces, to find the best ``rerank_k`` identities
+    #: among them) sets it lower and re-ranks fewer candidates.
+    rerank_k: int | None = None
     #: Search every vector exactly (slow on big galleries; for audits and ground truth).
     exact: bool = False
     #: Use the GPU replica when there is one (False: the CPU index, to compare the two paths).
@@ -656,7 +660,8 @@ class FaissGalleryIndex:
                 else:
                     nprobe = min(max(params.nprobe or self.default_nprobe(), 1), self._nlist)
                     factor = min(max(params.rerank_factor or self.default_rerank_factor(), 1), 64)
-                    wanted = max(k * factor, min(self.config.rerank_min, k * 64))
+                    ordered = min(params.rerank_k or k, k)
+                    wanted = max(ordered * factor, min(self.config.rerank_min, ordered * 64), k)
                     sp = faiss.SearchParametersIVF()
                     sp.nprobe = nprobe
                     _, candidates = index.search(qc, min(wanted, max(store.size, 1)), params=sp)

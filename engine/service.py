@@ -181,10 +181,6 @@ def _pack(i: Identity) -> _Packed:
     )
 
 
-def _unpack(p: _Packed) -> Identity:
-    return Identity(p[0], p[1], p[2], p[3], json.loads(p[4]) if p[4] else {}, p[5], p[6])
-
-
 class IdentityCache:
     """Identity rows by row id, least recently used out first; writers invalidate under the gallery lock.
 
@@ -198,14 +194,16 @@ class IdentityCache:
         self._rows: dict[int, _Packed] = {}  # in use order (a plain dict: the collector skims it)
         self._lock = threading.Lock()
 
-    def get_many(self, ids: set[int]) -> tuple[dict[int, Identity], set[int]]:
-        found: dict[int, Identity] = {}
+    def get_many(self, ids: set[int]) -> tuple[dict[int, _Packed], set[int]]:
+        """The cached rows of ``ids`` (packed: a search reads three fields, and unpacking every
+        row would cost it more than its own Python) and the ids not cached."""
+        found: dict[int, _Packed] = {}
         with self._lock:
             for i in ids:
                 row = self._rows.pop(i, None)
                 if row is not None:
                     self._rows[i] = row  # now the most recently used
-                    found[i] = _unpack(row)
+                    found[i] = row
         return found, ids - found.keys()
 
     def put_many(self, rows: dict[int, Identity]) -> None:
@@ -585,6 +583,8 @@ class FaceService:
         if state.index.count() == 0:
             return [[] for _ in vectors]
         k_faces = min(state.index.config.max_k, max(top_k * 4, top_k + 10))
+        # Faces beyond top_k only stand in for identities listed twice: the re-rank covers top_k.
+        params = replace(params or SearchParams(), rerank_k=top_k)
         distances, ids, groups = state.index.search_with_groups(vectors, k_faces, params)
         ranked: list[list[tuple[int, int, float]]] = []  # per probe: (face id, identity id, distance)
         for drow, irow, grow in zip(distances.tolist(), ids.tolist(), groups.tolist(), strict=True):
@@ -602,9 +602,9 @@ class FaceService:
         return [
             [
                 Match(
-                    ident.external_id,
-                    ident.display_name,
-                    ident.attributes,
+                    ident[2],  # external_id
+                    ident[3],  # display_name
+                    json.loads(ident[4]) if ident[4] else {},  # attributes
                     fid,
                     d,
                     similarity(d),
@@ -616,13 +616,13 @@ class FaceService:
             for row in ranked
         ]
 
-    def _identities(self, gallery_id: int, ids: set[int]) -> dict[int, Identity]:
-        """Identity rows by row id: from the cache, the rest in one query."""
+    def _identities(self, gallery_id: int, ids: set[int]) -> dict[int, _Packed]:
+        """Identity rows (packed) by row id: from the cache, the rest in one query."""
         found, missing = self._identity_cache.get_many(ids)
         if missing:
             fetched = self.store.identities_by_id(gallery_id, sorted(missing))
             self._identity_cache.put_many(fetched)
-            found.update(fetched)
+            found.update((i, _pack(r)) for i, r in fetched.items())
         return found
 
     def identify_embeddings(
