@@ -21,7 +21,6 @@ connection TLS.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import os
@@ -54,7 +53,7 @@ def _client(args: argparse.Namespace) -> Any:
 
 # ---- serve -----------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from faceid.server.app import configure_logging, serve
+    from faceid.server.app import configure_logging, serve_processes
     from faceid.server.config import ServerConfig
 
     config = ServerConfig.load(
@@ -68,10 +67,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
         tls_client_ca_file=args.tls_client_ca,
+        processes=args.processes,
     )
     configure_logging(config.log_level)
-    asyncio.run(serve(config))
-    return 0
+    return serve_processes(config)
 
 
 # ---- bench -----------------------------------------------------------------------------------
@@ -378,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: SQLite in the data dir)")
     p.add_argument("--log-level", default=None)
     p.add_argument("--no-auth", action="store_true", help="serve without API keys (trusted networks only)")
+    p.add_argument("--processes", type=int, default=None, help="server processes on one port (default 1)")
     p.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TLS")
     p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     p.add_argument("--tls-client-ca", default=None, help="PEM CA: require client certificates (mTLS)")

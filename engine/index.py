@@ -272,12 +272,17 @@ class VectorStore:
         if self.size == 0:
             return np.zeros(len(ids), np.intp), np.zeros(len(ids), bool)
         labels = self.labels[: self.size]
-        if self._order is None:
-            rows = np.minimum(np.searchsorted(labels, ids, side="left"), self.size - 1)
-        else:
-            sorted_labels = labels[self._order]
-            rows = self._order[np.minimum(np.searchsorted(sorted_labels, ids), self.size - 1)]
-        found = (labels[rows] == ids) & self.alive[rows]
+        # The rows of one id: a live row and the holes a loaded snapshot put after it, or a dead
+        # row and the live one added after it (SQLite hands out the id of a deleted last row
+        # again).  So the live row is the first or the last of them.
+        ordered = labels if self._order is None else labels[self._order]
+        first = np.minimum(np.searchsorted(ordered, ids, side="left"), self.size - 1)
+        last = np.maximum(np.searchsorted(ordered, ids, side="right") - 1, 0)
+        if self._order is not None:
+            first, last = self._order[first], self._order[last]
+        found_last = (labels[last] == ids) & self.alive[last]
+        rows = np.where(found_last, last, first)
+        found = found_last | ((labels[first] == ids) & self.alive[first])
         return rows, found
 
     def add(
@@ -570,6 +575,12 @@ class FaissGalleryIndex:
             if self._journal is not None:
                 self._journal.append((id_array, v, group_array))
         self._maybe_train()
+
+    def contains(self, ids: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        """Whether each id is in the index (live)."""
+        id_array = np.ascontiguousarray(ids, dtype=np.int64).ravel()
+        with self._lock.read():
+            return self.store.lookup(id_array)[1]
 
     def remove(self, ids: npt.ArrayLike) -> int:
         """Remove ids (unknown ids are ignored); returns how many were present."""

@@ -50,7 +50,7 @@ from faceid.engine.index import FaissGalleryIndex, IndexConfig, IndexStats, Sear
 from faceid.engine.migrate import upgrade
 from faceid.engine.models import DLIB_RESNET_V1, EmbeddingModel
 from faceid.engine.pipeline import FacePipeline
-from faceid.engine.store import Gallery, Identity, NewFace, Store, make_engine, sha256_hex
+from faceid.engine.store import Change, Gallery, Identity, NewFace, Store, make_engine, sha256_hex
 
 log = logging.getLogger("faceid.service")
 
@@ -75,6 +75,13 @@ class ServiceConfig:
     #: Identity rows kept in memory for identify's results (warmed at start, filled on enrol);
     #: beyond it the least recently used go, and identify reads them from SQL in one query.
     identity_cache: int = 1_000_000
+    #: Other processes serve the same store (``faceid serve --processes N``): before each search
+    #: and write this one catches up with the changes they logged (one indexed query when there
+    #: are none), so a caller reads its own writes whichever process answers.
+    shared: bool = False
+    #: This process writes index snapshots and clears what a crashed one left: of several
+    #: processes sharing a store, only the first does.
+    snapshots: bool = True
 
     def url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'faceid.db'}"
@@ -157,6 +164,8 @@ class _GalleryState:
     #: A store write failed: it may have committed all the same (the connection died after COMMIT),
     #: so the next write first replays the change log from ``applied_seq``.
     uncertain: bool = False
+    #: Another process deleted the gallery (shared store): ``_state`` takes it out of the registry.
+    dropped: bool = False
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -275,12 +284,12 @@ class FaceService:
         self._pipeline_lock = threading.Lock()
         config.data_dir.mkdir(parents=True, exist_ok=True)
         (config.data_dir / "index").mkdir(exist_ok=True)
-        for leftover in (config.data_dir / "index").glob("*.tmp"):  # a snapshot cut short by a crash
-            leftover.unlink(missing_ok=True)
+        for leftover in (config.data_dir / "index").glob("*.tmp") if config.snapshots else ():
+            leftover.unlink(missing_ok=True)  # a snapshot cut short by a crash
         self.store = Store(make_engine(config.url()))
         self._galleries: dict[str, _GalleryState] = {}
         self._identity_cache = IdentityCache(config.identity_cache)
-        self._registry_lock = threading.Lock()
+        self._registry_lock = threading.RLock()  # delete_gallery looks a gallery up under it
         upgrade(self.store.engine)
         for gallery in self.store.list_galleries():
             self._galleries[gallery.name] = self._open_index(gallery)
@@ -310,18 +319,33 @@ class FaceService:
             if index.count() != self.store.count_faces(gallery.id):
                 raise SnapshotError(f"{path}: index and store disagree on the number of faces")
             log.info(
-                "gallery %s: loaded snapshot at change %d, replayed %d changes", gallery.name, seq, replayed
+                "gallery %s: loaded snapshot at change %d, replayed %d changes",
+                gallery.name,
+                seq,
+                len(replayed),
             )
-            return _GalleryState(gallery, index, max(seq, last))
+            return _GalleryState(gallery, index, max(seq, last, *(c.seq for c in replayed[-1:])))
         except SnapshotError as exc:
             if path.exists():
                 log.warning("gallery %s: %s; rebuilding the index from the store", gallery.name, exc)
             return _GalleryState(gallery, self._rebuild(gallery), last)
 
-    def _replay(self, gallery: Gallery, index: FaissGalleryIndex, seq: int) -> int:
+    def _replay(self, gallery: Gallery, index: FaissGalleryIndex, seq: int) -> list[Change]:
+        """Apply the logged changes after ``seq`` to the index, and return them.  Idempotent: a
+        face the index holds is not added again, one it lacks is not removed, and an added face
+        that is gone from the store by now is skipped."""
         changes = self.store.changes_since(gallery.id, seq)
         added = [c.face_id for c in changes if c.op == "add"]
-        records = self.store.face_records(gallery.id, added) if added else {}
+        held = {f for f, h in zip(added, index.contains(added), strict=True) if h} if added else set()
+        apply: set[int] = set()  # the seq of each add to apply: the face was not held at that point
+        removed: set[int] = set()
+        for c in changes:
+            if c.op == "remove":
+                removed.add(c.face_id)
+            elif c.op == "add" and (c.face_id not in held or c.face_id in removed):
+                apply.add(c.seq)  # (a removed id can come back: SQLite reuses a deleted last row's id)
+        wanted = [c.face_id for c in changes if c.seq in apply]
+        records = self.store.face_records(gallery.id, wanted) if wanted else {}
         run: list[int] = []  # consecutive adds, applied in one call
 
         def flush() -> None:
@@ -330,13 +354,29 @@ class FaceService:
                 run.clear()
 
         for c in changes:
-            if c.op == "add" and c.face_id in records:
+            if c.seq in apply and c.face_id in records:
                 run.append(c.face_id)
             elif c.op == "remove":
                 flush()
                 index.remove([c.face_id])
         flush()
-        return len(changes)
+        return changes
+
+    def _catch_up(self, state: _GalleryState) -> None:
+        """Under the gallery's lock: apply what other processes logged since ``applied_seq``.
+
+        Identities they updated or deleted leave the cache; a dropped gallery leaves the registry.
+        """
+        changes = self._replay(state.gallery, state.index, state.applied_seq)
+        if not changes:
+            return
+        state.applied_seq = changes[-1].seq
+        for c in changes:
+            if c.op == "update":
+                self._identity_cache.discard(c.face_id)  # an identity's row id, for "update"
+        if any(c.op == "drop" for c in changes):
+            state.dropped = True  # _state takes it out of the registry (this thread holds state.lock)
+            self._identity_cache.clear()
 
     def _warm_identity_cache(self) -> None:
         room = self._identity_cache.capacity
@@ -354,18 +394,44 @@ class FaceService:
         index.config = self.config.index
         return index
 
+    def _current(self, name: str) -> _GalleryState:
+        """The gallery's state for a search: with a shared store, caught up with what other
+        processes logged (one indexed query when they logged nothing)."""
+        state = self._state(name)
+        if self.config.shared and self.store.last_seq(state.gallery.id) > state.applied_seq:
+            with state.lock:
+                self._catch_up(state)
+            if state.dropped:
+                return self._state(name)  # NotFoundError, or a new gallery of that name
+        return state
+
+    def _applied(self, state: _GalleryState, seq: int) -> None:
+        """After this process's own write, logged up to ``seq``: with a shared store the index
+        follows the log itself (its own changes are skipped as already there), else it is at ``seq``."""
+        if self.config.shared:
+            self._catch_up(state)
+        else:
+            state.applied_seq = max(seq, state.applied_seq)
+
     @contextmanager
     def _writing(self, state: _GalleryState) -> Iterator[None]:
-        """The gallery's write lock, with the index caught up after a write whose outcome is unknown."""
+        """The gallery's write lock, with the index caught up first after a write whose outcome
+        is unknown, and always with a shared store."""
         with state.lock:
             try:
-                if state.uncertain:
-                    replayed = self._replay(state.gallery, state.index, state.applied_seq)
-                    state.applied_seq = max(state.applied_seq, self.store.last_seq(state.gallery.id))
+                if state.uncertain or self.config.shared:
+                    before = state.applied_seq
+                    self._catch_up(state)
+                    if state.uncertain:
+                        log.info(
+                            "gallery %s: caught up to change %d (from %d) after a failed write",
+                            state.gallery.name,
+                            state.applied_seq,
+                            before,
+                        )
                     state.uncertain = False
-                    log.info(
-                        "gallery %s: caught up %d changes after a failed write", state.gallery.name, replayed
-                    )
+                if state.dropped:
+                    raise NotFoundError(f"gallery {state.gallery.name!r} does not exist")
                 yield
             except sqlalchemy.exc.SQLAlchemyError as exc:
                 state.uncertain = True
@@ -377,16 +443,24 @@ class FaceService:
                 raise
 
     def snapshot(self, name: str) -> None:
-        """Write the gallery's index snapshot now (also done on close and every N changes)."""
+        """Write the gallery's index snapshot now (also done on close and every N changes); a
+        no-op in a process that does not write snapshots."""
+        if not self.config.snapshots:
+            return
         state = self._state(name)
         with state.lock:
             state.index.save(self._snapshot_path(state.gallery), state.applied_seq)
             state.since_snapshot = 0
 
     def close(self) -> None:
-        """Snapshot every gallery and release the database."""
-        for name in list(self._galleries):
+        """Snapshot every gallery and release the database.  With a shared store that is every
+        gallery in it, also those only other processes served (opened here to be written)."""
+        names = list(self._galleries)
+        if self.config.shared and self.config.snapshots:
+            names = [g.name for g in self.store.list_galleries()]
+        for name in names:
             try:
+                self._current(name)  # caught up: the snapshot holds every change logged so far
                 self.snapshot(name)
             except NotFoundError:
                 continue
@@ -394,7 +468,7 @@ class FaceService:
 
     def _after_write(self, state: _GalleryState, changes: int) -> None:
         state.since_snapshot += changes
-        every = self.config.snapshot_every
+        every = self.config.snapshot_every if self.config.snapshots else 0
         if every and state.since_snapshot >= every and not state.snapshotting:
             state.snapshotting = True
 
@@ -411,9 +485,26 @@ class FaceService:
     # ---- galleries ----------------------------------------------------------------------------
     def _state(self, name: str) -> _GalleryState:
         state = self._galleries.get(name)
+        if state is not None and state.dropped:
+            with self._registry_lock:
+                if self._galleries.get(name) is state:
+                    del self._galleries[name]
+            state = None
+        if state is None and self.config.shared:
+            state = self._adopt(name)
         if state is None:
             raise NotFoundError(f"gallery {name!r} does not exist; create it first or check the name")
         return state
+
+    def _adopt(self, name: str) -> _GalleryState | None:
+        """A gallery another process created (shared store): open its index here."""
+        gallery = self.store.get_gallery(name)
+        if gallery is None:
+            return None
+        with self._registry_lock:
+            if name not in self._galleries:
+                self._galleries[name] = self._open_index(gallery)
+            return self._galleries[name]
 
     def gallery(self, name: str) -> Gallery:
         """The gallery's record (NotFoundError when there is none); no database work."""
@@ -436,6 +527,8 @@ class FaceService:
             return gallery
 
     def list_galleries(self) -> list[Gallery]:
+        if self.config.shared:  # other processes create and delete galleries too
+            return self.store.list_galleries()
         return sorted((s.gallery for s in self._galleries.values()), key=lambda g: g.name)
 
     def delete_gallery(self, name: str) -> None:
@@ -492,7 +585,7 @@ class FaceService:
             ids, identity_ids, seq = self.store.add_faces(state.gallery, faces, created)
             state.index.add(ids, np.stack([f.embedding for f in faces]), identity_ids)
             self._identity_cache.put_many(created)
-            state.applied_seq = max(state.applied_seq, seq)
+            self._applied(state, seq)
             self._after_write(state, len(ids))
         return ids
 
@@ -634,7 +727,7 @@ class FaceService:
         params: SearchParams | None = None,
     ) -> list[list[Match]]:
         """The ``top_k`` nearest identities of each embedding, best first (one batched search)."""
-        state = self._state(gallery)
+        state = self._current(gallery)
         self.check_top_k(top_k)
         if not embeddings:
             raise InvalidInputError("give at least one embedding")
@@ -650,7 +743,7 @@ class FaceService:
         params: SearchParams | None = None,
     ) -> list[FaceMatches]:
         """One result list per face in the photo (largest face first), each with its box."""
-        state = self._state(gallery)
+        state = self._current(gallery)
         self.check_top_k(top_k)
         faces = self.pipeline.process(photo)
         if not faces:
@@ -748,7 +841,7 @@ class FaceService:
                 raise NotFoundError(f"identity {external_id!r} does not exist in gallery {gallery!r}")
             face_ids, seq = result
             state.index.remove(face_ids)
-            state.applied_seq = max(state.applied_seq, seq)
+            self._applied(state, seq)
             self._identity_cache.clear()
             self._after_write(state, len(face_ids))
         return face_ids
@@ -760,12 +853,12 @@ class FaceService:
             if not removed:
                 raise NotFoundError(f"face {face_id} does not exist in gallery {gallery!r}")
             state.index.remove(removed)
-            state.applied_seq = max(state.applied_seq, seq)
+            self._applied(state, seq)
             self._after_write(state, 1)
 
     # ---- stats --------------------------------------------------------------------------------
     def stats(self, gallery: str) -> GalleryStats:
-        state = self._state(gallery)
+        state = self._current(gallery)
         return GalleryStats(
             state.gallery,
             self.store.count_identities(state.gallery.id),

@@ -36,6 +36,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -102,15 +103,21 @@ class FaceRow(Base):
 
 
 class ChangeRow(Base):
-    """One face added to or removed from a gallery; ``seq`` only grows (the index replays by it)."""
+    """One change to a gallery that an index must follow; ``seq`` only grows (indexes replay by it)."""
 
     __tablename__ = "changes"
     __table_args__ = (Index("ix_changes_gallery_id_seq", "gallery_id", "seq"), {"sqlite_autoincrement": True})
 
     seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     gallery_id: Mapped[int] = mapped_column(BigInteger)  # no FK: the log outlives a deleted gallery briefly
-    op: Mapped[str] = mapped_column(String(8))  # "add" | "remove"
+    op: Mapped[str] = mapped_column(String(8))  # "add" | "remove" | "update" | "drop"
+    #: The face added or removed; for "update" the identity's row id; 0 for "drop".
     face_id: Mapped[int] = mapped_column(BigInteger)
+
+
+_LAST_SEQ = select(func.coalesce(func.max(ChangeRow.seq), 0)).where(
+    ChangeRow.gallery_id == bindparam("gallery_id")
+)
 
 
 # ---- records handed to callers ---------------------------------------------------------------
@@ -263,6 +270,8 @@ class Store:
             )
             s.add(row)
             s.flush()
+            # SQLite may hand out a deleted gallery's id again: its "drop" row must not follow.
+            s.execute(delete(ChangeRow).where(ChangeRow.gallery_id == row.id))
             return _gallery(row)
 
     def get_gallery(self, name: str) -> Gallery | None:
@@ -275,12 +284,24 @@ class Store:
             return [_gallery(r) for r in s.scalars(select(GalleryRow).order_by(GalleryRow.name))]
 
     def delete_gallery(self, gallery_id: int) -> bool:
-        """Delete a gallery with all its identities, faces and change-log rows."""
+        """Delete a gallery with all its identities, faces and change-log rows; one "drop" row
+        stays in the log, for other processes serving the store."""
         with self.session() as s, s.begin():
+            self._lock_gallery(s, gallery_id)
             s.execute(delete(FaceRow).where(FaceRow.gallery_id == gallery_id))
             s.execute(delete(IdentityRow).where(IdentityRow.gallery_id == gallery_id))
             s.execute(delete(ChangeRow).where(ChangeRow.gallery_id == gallery_id))
-            return _rowcount(s.execute(delete(GalleryRow).where(GalleryRow.id == gallery_id))) > 0
+            gone = _rowcount(s.execute(delete(GalleryRow).where(GalleryRow.id == gallery_id))) > 0
+            if gone:
+                self._log(s, gallery_id, "drop", [0])
+            return gone
+
+    @staticmethod
+    def _lock_gallery(s: Session, gallery_id: int) -> None:
+        """Serialize the gallery's writers in the database (a row lock; SQLite has one writer
+        anyway), so that its change log's order is the order its changes were committed in: a
+        process that replays the log by sequence number then never skips a late commit."""
+        s.execute(select(GalleryRow.id).where(GalleryRow.id == gallery_id).with_for_update())
 
     # ---- faces --------------------------------------------------------------------------------
     def add_faces(
@@ -295,6 +316,7 @@ class Store:
             return [], [], self.last_seq(gallery.id)
         now = utcnow()
         with self.session() as s, s.begin():
+            self._lock_gallery(s, gallery.id)
             wanted = sorted({f.external_id for f in faces})
             existing = dict(
                 s.execute(
@@ -354,6 +376,7 @@ class Store:
     def delete_faces(self, gallery_id: int, face_ids: Sequence[int]) -> tuple[list[int], int]:
         """Delete faces by id; returns the ids that existed and the last change's sequence number."""
         with self.session() as s, s.begin():
+            self._lock_gallery(s, gallery_id)
             found = list(
                 s.scalars(
                     select(FaceRow.id).where(FaceRow.gallery_id == gallery_id, FaceRow.id.in_(list(face_ids)))
@@ -470,24 +493,30 @@ class Store:
     def update_identity(
         self, gallery_id: int, external_id: str, display_name: str | None, attributes: dict[str, Any] | None
     ) -> Identity | None:
+        """Change an identity's metadata; logged as an "update" change of its row id (other
+        processes serving the store drop their cached copy)."""
         with self.session() as s, s.begin():
+            self._lock_gallery(s, gallery_id)
             values: dict[str, Any] = {"updated_at": utcnow()}
             if display_name is not None:
                 values["display_name"] = display_name
             if attributes is not None:
                 values["attributes"] = attributes
-            done = s.execute(
+            ident = s.scalars(
                 update(IdentityRow)
                 .where(IdentityRow.gallery_id == gallery_id, IdentityRow.external_id == external_id)
                 .values(**values)
-            )
-            if _rowcount(done) == 0:
+                .returning(IdentityRow.id)
+            ).one_or_none()
+            if ident is None:
                 return None
+            self._log(s, gallery_id, "update", [ident])
         return self.get_identity(gallery_id, external_id)
 
     def delete_identity(self, gallery_id: int, external_id: str) -> tuple[list[int], int] | None:
         """Delete an identity and its faces; returns the removed face ids and the last change's seq."""
         with self.session() as s, s.begin():
+            self._lock_gallery(s, gallery_id)
             ident = s.scalars(
                 select(IdentityRow.id).where(
                     IdentityRow.gallery_id == gallery_id, IdentityRow.external_id == external_id
@@ -498,8 +527,10 @@ class Store:
             face_ids = list(s.scalars(select(FaceRow.id).where(FaceRow.identity_id == ident)))
             s.execute(delete(FaceRow).where(FaceRow.identity_id == ident))
             s.execute(delete(IdentityRow).where(IdentityRow.id == ident))
-            seq = self._log(s, gallery_id, "remove", face_ids) if face_ids else self._last_seq(s, gallery_id)
-            return face_ids, seq
+            if face_ids:
+                self._log(s, gallery_id, "remove", face_ids)
+            # Processes that cached the identity's row drop it (SQLite may hand its id out again).
+            return face_ids, self._log(s, gallery_id, "update", [ident])
 
     # ---- change log ---------------------------------------------------------------------------
     def _last_seq(self, s: Session, gallery_id: int) -> int:
@@ -511,8 +542,10 @@ class Store:
         )
 
     def last_seq(self, gallery_id: int) -> int:
-        with self.session() as s:
-            return self._last_seq(s, gallery_id)
+        """The gallery's last change (0: none).  On a plain connection, not an ORM session: with a
+        shared store every search asks it, and a session costs 6× the query."""
+        with self.engine.connect() as c:
+            return int(c.execute(_LAST_SEQ, {"gallery_id": gallery_id}).scalar() or 0)
 
     def changes_since(self, gallery_id: int, seq: int) -> list[Change]:
         with self.session() as s:

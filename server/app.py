@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import logging
+import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -77,10 +82,16 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
 class Server:
     """A started faceid server; ``stop`` drains it and snapshots every gallery."""
 
-    def __init__(self, config: ServerConfig, service: FaceService | None = None) -> None:
+    def __init__(self, config: ServerConfig, service: FaceService | None = None, first: bool = True) -> None:
+        """``first``: the first (or only) process of the server, the one that writes snapshots."""
         self.config = config
         self.service = service or FaceService(
-            ServiceConfig(data_dir=config.data_dir, database_url=config.database_url or None)
+            ServiceConfig(
+                data_dir=config.data_dir,
+                database_url=config.database_url or None,
+                shared=config.processes > 1,
+                snapshots=first,
+            )
         )
         self.servicer = FaceIdServicer(self.service, config)
         self.keys = KeyRing(KeyStore(self.service.store.engine))
@@ -217,9 +228,28 @@ def spawn(data_dir: Path, *flags: str, env: dict[str, str] | None = None) -> Spa
     raise RuntimeError(f"the server did not start: {log_file.read_text()[-4000:]}")
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run until SIGINT or SIGTERM, then shut down gracefully."""
-    server = Server(config)
+class Ready(NamedTuple):
+    """What a started server process tells whoever started it."""
+
+    port: int
+    #: The admin key made on a first start, shown once ("" when none was made).
+    admin_key: str
+
+
+def announce(config: ServerConfig, ready: Ready, processes: int = 1) -> None:
+    """The lines ``serve`` prints once the server listens (``spawn`` and scripts read them)."""
+    if ready.admin_key:
+        print(f"faceid admin key (shown once, keep it safe): {ready.admin_key}", flush=True)
+    group = f" ({processes} processes)" if processes > 1 else ""
+    print(f"faceid listening on {config.host}:{ready.port}{group}", flush=True)
+
+
+async def serve(
+    config: ServerConfig, first: bool = True, ready: Callable[[Ready], None] | None = None
+) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully.  ``ready`` hears of the start
+    (default: print it); ``first`` as for :class:`Server`."""
+    server = Server(config, first=first)
     await server.start()
     # The libraries, models and caches loaded so far live as long as the process: move them out of
     # the cycle collector's sight, or each full collection stops the server for ~0.1-0.5 s.
@@ -229,11 +259,86 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if server.first_key is not None:
-        print(
-            f"faceid admin key (shown once, keep it safe): {server.first_key.token}",
-            flush=True,
-        )
-    print(f"faceid listening on {config.host}:{server.port}", flush=True)
+    started = Ready(server.port, server.first_key.token if server.first_key else "")
+    (ready or functools.partial(announce, config))(started)
     await stop.wait()
     await server.stop()
+
+
+def _process_main(config: ServerConfig, first: bool, ready: Any) -> None:
+    configure_logging(config.log_level)
+    asyncio.run(serve(config, first, ready.put))
+
+
+def serve_processes(config: ServerConfig) -> int:
+    """Run ``config.processes`` server processes on one port until SIGINT or SIGTERM (passed on
+    to each, which shuts down gracefully); the exit status.
+
+    The first process starts alone (it migrates the store, makes the first admin key, binds the
+    port, perhaps port 0), the others then bind the same port.  When one of them dies the others
+    are stopped too and the status is 1: a supervisor (systemd, Kubernetes) restarts the whole.
+    """
+    if config.processes == 1:
+        asyncio.run(serve(config))
+        return 0
+    ctx = mp.get_context("spawn")  # no fork: gRPC and faiss threads do not survive one
+    ready: Any = ctx.Queue()
+    procs: list[Any] = []
+    stopping = False
+
+    def stop(_signum: int = 0, _frame: Any = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs:
+            if p.is_alive():
+                p.terminate()  # SIGTERM: a graceful stop
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        first: Ready | None = None
+        for i in range(config.processes):
+            conf = config if first is None else replace(config, port=first.port)
+            proc = ctx.Process(target=_process_main, args=(conf, i == 0, ready), name=f"faceid-{i}")
+            proc.start()
+            procs.append(proc)
+            started = _wait_ready(proc, ready)
+            if started is None:
+                log.error("server process %d did not start (exit status %s)", i, proc.exitcode)
+                stop()
+                return 1
+            first = first or started
+        assert first is not None
+        announce(config, first, config.processes)
+        status = 0
+        while not stopping:
+            ended = mp_connection.wait([p.sentinel for p in procs])
+            if not stopping:
+                dead = next(p for p in procs if p.sentinel in ended)
+                dead.join()
+                log.error(
+                    "server process %s exited (status %s); stopping the others", dead.name, dead.exitcode
+                )
+                status = 1
+                stop()
+        return status
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for p in procs:  # also after an error here: no process outlives the supervisor
+            if p.is_alive():
+                p.terminate()
+            p.join(config.grace_seconds + 60)
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+def _wait_ready(proc: Any, ready: Any) -> Ready | None:
+    """The process's Ready message, or None when it exits first (opening a large gallery may take
+    minutes: no time limit while it lives)."""
+    while True:
+        try:
+            return Ready(*ready.get(timeout=1.0))
+        except queue.Empty:
+            if not proc.is_alive():
+                return None

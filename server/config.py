@@ -24,7 +24,13 @@ class ServerConfig:
     database_url: str = ""
     #: Largest request or response (photos are large): 32 MiB.
     max_message_bytes: int = 32 * MIB
-    #: Threads for CPU-bound work (decoding, detection, embedding, search).
+    #: Server processes on the one port (SO_REUSEPORT: the kernel deals out connections, not
+    #: calls) and the one store.  A process runs Python on one core at a time, so on a machine
+    #: with more cores than one process can keep busy, give more: each holds its own copy of the
+    #: indexes in RAM and catches up with the others' writes before each search.  The first one
+    #: writes the snapshots.
+    processes: int = 1
+    #: Threads for CPU-bound work (decoding, detection, embedding, search), per process.
     workers: int = 4
     #: Micro-batching (adaptive): while ``batch_inflight`` batches run, new requests wait and go
     #: together in the next batch (at most ``max_batch`` items); ``batch_window_ms`` > 0 also holds
@@ -68,8 +74,11 @@ class ServerConfig:
             raise ValueError("port must be between 0 and 65535")
         if self.max_message_bytes < 1 * MIB:
             raise ValueError("max_message_bytes must be at least 1 MiB")
-        if min(self.workers, self.max_batch, self.max_concurrent_rpcs, self.batch_inflight) < 1:
-            raise ValueError("workers, max_batch, batch_inflight and max_concurrent_rpcs must be positive")
+        counts = (self.processes, self.workers, self.max_batch, self.max_concurrent_rpcs, self.batch_inflight)
+        if min(counts) < 1:
+            raise ValueError(
+                "processes, workers, max_batch, batch_inflight and max_concurrent_rpcs must be positive"
+            )
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("TLS needs both tls_cert_file and tls_key_file")
         if self.tls_client_ca_file and not self.tls_cert_file:

@@ -1,0 +1,128 @@
+"""Several processes serving one store (``faceid serve --processes N``): each sees the others'
+writes at its next search.  Two real services on one real database stand for two processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from faceid.engine.errors import NotFoundError
+from faceid.engine.index import IndexConfig
+from faceid.engine.service import EmbeddingInput, FaceService, ServiceConfig
+
+from .test_service import config, unit  # noqa: F401  (the sqlite/postgresql fixture)
+
+
+@pytest.fixture
+def pair(config: ServiceConfig) -> Iterator[tuple[FaceService, FaceService]]:  # noqa: F811
+    """The first process (writes snapshots) and a second one, opened after it as the server does."""
+    shared = replace(config, shared=True, index=IndexConfig(background=False, train_min=2000))
+    first = FaceService(shared)
+    second = FaceService(replace(shared, snapshots=False))
+    yield first, second
+    second.close()
+    first.close()
+
+
+def top(service: FaceService, gallery: str, seed: int) -> tuple[str, str]:
+    [matches] = service.identify_embeddings(gallery, [EmbeddingInput(unit(seed))], top_k=1)
+    return (matches[0].external_id, matches[0].display_name) if matches else ("", "")
+
+
+def test_a_face_enrolled_in_one_process_is_found_by_the_other(pair: tuple[FaceService, FaceService]) -> None:
+    a, b = pair
+    a.create_gallery("g")
+    a.enroll_embeddings("g", ["ann"], [EmbeddingInput(unit(1))])
+    assert top(b, "g", 1) == ("ann", "")
+    b.enroll_embeddings("g", ["bob"], [EmbeddingInput(unit(2))])
+    assert top(a, "g", 2) == ("bob", "")
+    for s in (a, b):  # each face once in each index: its own writes are not applied twice
+        assert s.stats("g").index.count == 2 == s.stats("g").faces
+
+
+def test_deletes_and_updates_in_one_process_reach_the_others_results(
+    pair: tuple[FaceService, FaceService],
+) -> None:
+    a, b = pair
+    a.create_gallery("g")
+    a.enroll_embeddings("g", ["ann", "bob"], [EmbeddingInput(unit(1)), EmbeddingInput(unit(2))])
+    assert top(b, "g", 1) == ("ann", "")  # b now holds ann's row in its identity cache
+    a.update_identity("g", "ann", display_name="Ann Smith")
+    assert top(b, "g", 1) == ("ann", "Ann Smith")
+    a.delete_identity("g", "ann")
+    assert top(b, "g", 1)[0] == "bob"
+    [face] = b.get_identity("g", "bob").face_ids
+    b.delete_face("g", face)
+    assert top(a, "g", 2) == ("", "")
+    assert a.stats("g").index.count == 0 == b.stats("g").index.count
+
+
+def test_galleries_created_and_deleted_in_one_process_come_and_go_in_the_other(
+    pair: tuple[FaceService, FaceService],
+) -> None:
+    a, b = pair
+    a.create_gallery("g")
+    a.enroll_embeddings("g", ["ann"], [EmbeddingInput(unit(1))])
+    assert [g.name for g in b.list_galleries()] == ["g"]
+    assert top(b, "g", 1) == ("ann", "")
+    a.delete_gallery("g")
+    with pytest.raises(NotFoundError):
+        top(b, "g", 1)
+    a.create_gallery("g")  # the same name again: a new, empty gallery
+    assert top(b, "g", 1) == ("", "")
+    a.enroll_embeddings("g", ["cy"], [EmbeddingInput(unit(3))])
+    assert top(b, "g", 3) == ("cy", "")
+    with pytest.raises(NotFoundError):
+        b.enroll_embeddings("nowhere", ["x"], [EmbeddingInput(unit(4))])
+
+
+def test_a_reused_face_id_is_found_and_erased_everywhere(pair: tuple[FaceService, FaceService]) -> None:
+    """SQLite hands out the id of a deleted last row again: the index must follow the new face."""
+    a, b = pair
+    a.create_gallery("g")
+    a.enroll_embeddings("g", ["ann", "bob"], [EmbeddingInput(unit(1)), EmbeddingInput(unit(2))])
+    assert top(b, "g", 2)[0] == "bob"
+    [bob_face] = a.get_identity("g", "bob").face_ids
+    a.delete_face("g", bob_face)
+    [cy] = a.enroll_embeddings("g", ["cy"], [EmbeddingInput(unit(3))])
+    for s in (a, b):
+        assert top(s, "g", 3)[0] == "cy"
+    a.delete_face("g", cy.face_id)
+    for s in (a, b):
+        assert top(s, "g", 3)[0] == "ann"  # the only face left
+        assert s.stats("g").index.count == 1
+
+
+def test_only_the_first_process_writes_snapshots(config: ServiceConfig) -> None:  # noqa: F811
+    shared = replace(config, shared=True)
+    second = FaceService(replace(shared, snapshots=False))
+    second.create_gallery("g")
+    second.enroll_embeddings("g", ["ann"], [EmbeddingInput(unit(1))])
+    second.close()
+    snapshots = config.data_dir / "index"
+    assert list(snapshots.iterdir()) == []
+    first = FaceService(shared)
+    assert top(first, "g", 1) == ("ann", "")  # rebuilt from the store
+    first.close()
+    assert [p.name for p in snapshots.iterdir()] == ["gallery-1.faceidx"]
+
+
+def test_an_index_trained_from_the_others_writes_follows_them_on(
+    pair: tuple[FaceService, FaceService],
+) -> None:
+    a, b = pair
+    a.create_gallery("g")
+    x = np.random.default_rng(0).normal(size=(3000, 128)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    a.enroll_embeddings("g", [f"p{i}" for i in range(3000)], [EmbeddingInput(v) for v in x])
+    assert top(b, "g", 99)[0]  # b catches up 3,000 faces, and trains its own index
+    assert b.stats("g").index.kind == "ivf_pq"
+    a.delete_identity("g", "p7")
+    a.enroll_embeddings("g", ["new"], [EmbeddingInput(unit(99))])
+    assert top(b, "g", 99)[0] == "new"
+    [matches] = b.identify_embeddings("g", [EmbeddingInput(x[7])], top_k=1)
+    assert matches[0].external_id != "p7"
+    assert b.stats("g").index.count == 3000
