@@ -309,3 +309,22 @@ def test_the_default_rerank_factor_grows_with_the_square_root_of_the_gallery() -
     assert index.default_rerank_factor() == 16  # 4× the reference: ×2
     index.add(np.arange(4000, 200_000), clustered(196_000, seed=2))
     assert index.default_rerank_factor() == 64  # capped
+
+
+def test_an_id_added_again_after_its_removal_is_found_and_removed_again(tmp_path: Path) -> None:
+    """SQLite hands out a deleted last row's id again: the new face must be searchable and erasable."""
+    x = clustered(3)
+    index = FaissGalleryIndex(DIM)
+    index.add([1, 2], x[:2], groups=[10, 20])
+    index.remove([2])
+    index.add([2], x[2:], groups=[30])
+    assert index.groups_of([2]).tolist() == [30] and index.contains([1, 2]).tolist() == [True, True]
+    _, ids = index.search(x[2:], 1)
+    assert ids[0, 0] == 2
+    index.save(tmp_path / "g.index", seq=1)
+    loaded, _ = FaissGalleryIndex.load(tmp_path / "g.index")
+    for idx in (index, loaded):
+        assert idx.remove([2]) == 1 and idx.count() == 1
+        assert idx.contains([2]).tolist() == [False]
+        _, ids = idx.search(x[2:], 1)
+        assert ids[0, 0] == 1
