@@ -5,6 +5,7 @@ Fills one data directory once, then restarts the server on it with each value in
 and drives identify-by-embedding the same way each time.  Prints each run and writes JSON.
 
     python -m faceid.benchmarks.settings_ab --gallery-size 1000000 --setting FACEID_BATCH_INFLIGHT=1,2
+    python -m faceid.benchmarks.settings_ab --gallery-size 1000000 --setting FACEID_PROCESSES=1,2 --channels 8
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--setting", required=True, help="NAME=V1,V2,… (a FACEID_ environment setting)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--channels", type=int, default=1, help="connections (for FACEID_PROCESSES > 1)")
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--out", type=Path, default=Path("results"))
@@ -33,7 +35,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     name, values = args.setting.split("=", 1)
     print(
         f"settings_ab: {name} in {values.split(',')}, {args.rounds} rounds, gallery {args.gallery_size:,}, "
-        f"identify-embedding at c={args.concurrency}, {args.duration:g} s after {args.warmup:g} s"
+        f"identify-embedding at c={args.concurrency} over {args.channels} connection(s), "
+        f"{args.duration:g} s after {args.warmup:g} s"
     )
     print(f"machine: {machine()}")
     runs: list[dict[str, Any]] = []
@@ -53,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         args.warmup,
                         args.duration,
                         key,
+                        args.channels,
                     )
                 finally:
                     proc.send_signal(signal.SIGTERM)

@@ -3,6 +3,7 @@ writes at its next search.  Two real services on one real database stand for two
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -126,3 +127,37 @@ def test_an_index_trained_from_the_others_writes_follows_them_on(
     [matches] = b.identify_embeddings("g", [EmbeddingInput(x[7])], top_k=1)
     assert matches[0].external_id != "p7"
     assert b.stats("g").index.count == 3000
+
+
+def test_concurrent_writers_in_both_processes_leave_both_indexes_equal_to_the_store(
+    pair: tuple[FaceService, FaceService],
+) -> None:
+    """The gallery's writers are serialized in the database, so the change log's order is the
+    commit order and neither process skips a change that committed late."""
+    a, b = pair
+    a.create_gallery("g")
+    errors: list[BaseException] = []
+
+    def enrol(service: FaceService, name: str) -> None:
+        try:
+            for i in range(40):
+                service.enroll_embeddings("g", [f"{name}{i}"], [EmbeddingInput(unit(ord(name) * 1000 + i))])
+                if i % 5 == 4:
+                    service.delete_identity("g", f"{name}{i - 2}")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=enrol, args=(s, n)) for s, n in ((a, "a"), (b, "b"), (a, "c"), (b, "d"))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for s in (a, b):
+        stats = s.stats("g")
+        assert stats.faces == 4 * 32 and stats.index.count == stats.faces
+        assert top(s, "g", ord("d") * 1000 + 39)[0] == "d39"
+        [gone] = s.identify_embeddings("g", [EmbeddingInput(unit(ord("c") * 1000 + 2))], top_k=1)
+        assert not gone or gone[0].external_id != "c2"
