@@ -10,6 +10,7 @@ status code's name and the server's message.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -99,11 +100,20 @@ def call_metadata(api_key: str | None, metadata: Sequence[tuple[str, str]]) -> l
     return [*metadata, *([("authorization", f"Bearer {api_key}")] if api_key else [])]
 
 
-def _channel(api: Any, target: str, credentials: grpc.ChannelCredentials | None) -> Any:
-    """A channel from ``grpc`` or ``grpc.aio``: TLS with ``credentials``, else plaintext."""
+def _channels(
+    api: Any, target: str, credentials: grpc.ChannelCredentials | None, connections: int
+) -> list[Any]:
+    """``connections`` channels from ``grpc`` or ``grpc.aio``, each its own TCP connection (a
+    server of several processes deals out connections, not calls): TLS with ``credentials``, else
+    plaintext."""
+    if connections < 1:
+        raise ValueError("connections must be at least 1")
+    options = channel_options()
+    if connections > 1:
+        options.append(("grpc.use_local_subchannel_pool", 1))  # no connection shared between them
     if credentials:
-        return api.secure_channel(target, credentials, channel_options())
-    return api.insecure_channel(target, channel_options())
+        return [api.secure_channel(target, credentials, options) for _ in range(connections)]
+    return [api.insecure_channel(target, options) for _ in range(connections)]
 
 
 _CODE_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
@@ -366,7 +376,8 @@ class FaceIdClient:
     """Blocking client: ``with FaceIdClient(address, api_key=…) as c: c.identify("staff", photo=…)``.
 
     ``api_key`` is sent with every call; ``credentials`` (see :func:`tls_credentials`) make the
-    channel TLS.
+    channel TLS.  ``connections`` > 1 opens that many connections and takes turns among them, for
+    a server of several processes (``faceid serve --processes N``) to share the calls.
     """
 
     def __init__(
@@ -376,9 +387,12 @@ class FaceIdClient:
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         api_key: str | None = None,
+        connections: int = 1,
     ) -> None:
-        self.channel = _channel(grpc, target, credentials)
+        self.channels = _channels(grpc, target, credentials, connections)
+        self.channel = self.channels[0]
         self.stub = pb_grpc.FaceIdStub(self.channel)
+        self._stubs = itertools.cycle([self.stub, *(pb_grpc.FaceIdStub(c) for c in self.channels[1:])])
         self.timeout = timeout
         self.metadata = call_metadata(api_key, metadata)
 
@@ -389,11 +403,12 @@ class FaceIdClient:
         self.close()
 
     def close(self) -> None:
-        self.channel.close()
+        for channel in self.channels:
+            channel.close()
 
     def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         try:
-            return getattr(self.stub, method)(
+            return getattr(next(self._stubs), method)(
                 request, timeout=timeout or self.timeout, metadata=self.metadata
             )
         except grpc.RpcError as exc:
@@ -528,9 +543,12 @@ class AsyncFaceIdClient:
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         api_key: str | None = None,
+        connections: int = 1,
     ) -> None:
-        self.channel = _channel(grpc.aio, target, credentials)
+        self.channels = _channels(grpc.aio, target, credentials, connections)
+        self.channel = self.channels[0]
         self.stub = pb_grpc.FaceIdStub(self.channel)
+        self._stubs = itertools.cycle([self.stub, *(pb_grpc.FaceIdStub(c) for c in self.channels[1:])])
         self.timeout = timeout
         self.metadata = call_metadata(api_key, metadata)
 
@@ -541,11 +559,13 @@ class AsyncFaceIdClient:
         await self.close()
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()
 
     async def _call(self, method: str, request: Any) -> Any:
         try:
-            return await getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
+            stub = next(self._stubs)
+            return await getattr(stub, method)(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise _error(exc) from None
 

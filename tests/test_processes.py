@@ -8,12 +8,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
-from faceid.client.client import call_metadata, channel_options, enroll_request, identify_request
-from faceid.proto.faceid.v1 import faceid_pb2 as pb
-from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
+from faceid.client.client import FaceIdClient
 from faceid.server.app import Spawned, spawn
 
 from .test_grpc import unit
@@ -60,40 +57,36 @@ def server(tmp_path: Path) -> Iterator[Spawned]:
 
 
 @pytest.fixture
-def stubs(server: Spawned) -> Iterator[list[pb_grpc.FaceIdStub]]:
-    options = [*channel_options(), ("grpc.use_local_subchannel_pool", 1)]  # a connection each
-    channels = [grpc.insecure_channel(server.address, options) for _ in range(CONNECTIONS)]
-    yield [pb_grpc.FaceIdStub(c) for c in channels]  # type: ignore[no-untyped-call]
-    for c in channels:
-        c.close()
+def client(server: Spawned) -> Iterator[FaceIdClient]:
+    with FaceIdClient(server.address, api_key=server.admin_key, connections=CONNECTIONS) as c:
+        yield c
 
 
 def test_the_processes_share_the_connections_and_each_answers_with_the_others_writes(
-    server: Spawned, stubs: list[pb_grpc.FaceIdStub]
+    server: Spawned, client: FaceIdClient
 ) -> None:
-    md = call_metadata(server.admin_key, ())
-    stubs[0].CreateGallery(pb.CreateGalleryRequest(gallery_id="g"), metadata=md)
-    for i, stub in enumerate(stubs):  # each connection enrols one identity
-        stub.Enroll(enroll_request("g", f"p{i}", embedding=unit(i)), metadata=md)
+    client.create_gallery("g")
+    for i in range(CONNECTIONS):  # the client takes turns: each connection enrols one identity
+        client.enroll("g", f"p{i}", embedding=unit(i))
     port = int(server.address.rsplit(":", 1)[1])
     held = [len(socket_inodes(child) & connections_to(port)) for child in children(server.proc.pid)]
     assert len(held) == 2 and min(held) >= 1 and sum(held) == CONNECTIONS
     for i in range(CONNECTIONS):
-        for stub in stubs:
-            found = stub.Identify(identify_request("g", embedding=unit(i), top_k=1), metadata=md)
-            assert found.faces[0].matches[0].identity_id == f"p{i}"
-    stubs[3].DeleteIdentity(pb.DeleteIdentityRequest(name="galleries/g/identities/p3"), metadata=md)
-    for stub in stubs:
-        found = stub.Identify(identify_request("g", embedding=unit(3), top_k=1), metadata=md)
-        assert found.faces[0].matches[0].identity_id != "p3"
+        for _ in range(CONNECTIONS):  # identity i looked up on every connection in turn
+            [face] = client.identify("g", embedding=unit(i), top_k=1)
+            assert face.matches[0].identity_id == f"p{i}"
+    client.delete_identity("g", "p3")
+    for _ in range(CONNECTIONS):
+        [face] = client.identify("g", embedding=unit(3), top_k=1)
+        assert face.matches[0].identity_id != "p3"
 
 
 def test_sigterm_stops_every_process_and_the_first_writes_the_snapshot(
-    server: Spawned, stubs: list[pb_grpc.FaceIdStub], tmp_path: Path
+    server: Spawned, client: FaceIdClient, tmp_path: Path
 ) -> None:
-    md = call_metadata(server.admin_key, ())
-    stubs[0].CreateGallery(pb.CreateGalleryRequest(gallery_id="g"), metadata=md)
-    stubs[1].Enroll(enroll_request("g", "ann", embedding=unit(1)), metadata=md)
+    client.create_gallery("g")
+    for i in range(4):
+        client.enroll("g", f"p{i}", embedding=unit(i))
     workers = children(server.proc.pid)
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(60) == 0
