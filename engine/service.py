@@ -398,7 +398,16 @@ class FaceService:
         """The gallery's state for a search: with a shared store, caught up with what other
         processes logged (one indexed query when they logged nothing)."""
         state = self._state(name)
-        if self.config.shared and self.store.last_seq(state.gallery.id) > state.applied_seq:
+        if not self.config.shared:
+            return state
+        try:
+            behind = self.store.last_seq(state.gallery.id) > state.applied_seq
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            if not is_unavailable(exc):
+                raise
+            log.warning("gallery %s: database unavailable, searching the index as it is", name)
+            return state  # reads stay up while the database is down; writes get UNAVAILABLE
+        if behind:
             with state.lock:
                 self._catch_up(state)
             if state.dropped:
@@ -583,9 +592,15 @@ class FaceService:
         with self._writing(state):
             created: dict[int, Identity] = {}
             ids, identity_ids, seq = self.store.add_faces(state.gallery, faces, created)
-            state.index.add(ids, np.stack([f.embedding for f in faces]), identity_ids)
+            if self.config.shared:
+                # The new faces come back from the log, in order with what other processes
+                # committed meanwhile (SQLite may even have re-used the id of a face one of them
+                # deleted, which this index still holds until it replays that delete).
+                self._catch_up(state)
+            else:
+                state.index.add(ids, np.stack([f.embedding for f in faces]), identity_ids)
+                state.applied_seq = max(state.applied_seq, seq)
             self._identity_cache.put_many(created)
-            self._applied(state, seq)
             self._after_write(state, len(ids))
         return ids
 
