@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceid.engine.index import FaissGalleryIndex, IndexConfig, SearchParams, SnapshotError
+from faceid.engine.index import FaissGalleryIndex, GalleryIndex, IndexConfig, SearchParams, SnapshotError
 
 DIM = 128
 
@@ -328,3 +328,12 @@ def test_an_id_added_again_after_its_removal_is_found_and_removed_again(tmp_path
         assert idx.contains([2]).tolist() == [False]
         _, ids = idx.search(x[2:], 1)
         assert ids[0, 0] == 1
+
+
+def test_the_faiss_index_offers_what_the_engine_needs_of_an_index() -> None:
+    """The engine's use of an index is the GalleryIndex protocol (mypy checks the assignment), so
+    another backend can stand in for FAISS."""
+    index: GalleryIndex = FaissGalleryIndex(DIM)
+    index.add(np.array([4, 9]), clustered(2), np.array([1, 2]))
+    assert index.contains(np.array([4, 5, 9])).tolist() == [True, False, True]
+    assert index.remove(np.array([4])) == 1 and index.count() == 1
