@@ -215,6 +215,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 
 COPY_MIN = 32  # rows from which a PostgreSQL insert goes by COPY
+IN_CHUNK = 10_000  # ids per IN (…) list
 
 
 def _insert(c: Connection, model: type[Base], rows: list[dict[str, Any]]) -> list[int]:
@@ -402,14 +403,19 @@ class Store:
     def face_records(
         self, gallery_id: int, face_ids: Sequence[int]
     ) -> dict[int, tuple[int, npt.NDArray[np.float32]]]:
-        """Identity row id and embedding of each face id that exists (index replays)."""
+        """Identity row id and embedding of each face id that exists (index replays).  Asked in
+        chunks: a replay may ask for a million, and PostgreSQL takes at most 65,535 parameters."""
+        out: dict[int, tuple[int, npt.NDArray[np.float32]]] = {}
+        ids = list(face_ids)
         with self.session() as s:
-            rows = s.execute(
-                select(FaceRow.id, FaceRow.identity_id, FaceRow.embedding).where(
-                    FaceRow.gallery_id == gallery_id, FaceRow.id.in_(list(face_ids))
+            for start in range(0, len(ids), IN_CHUNK):
+                rows = s.execute(
+                    select(FaceRow.id, FaceRow.identity_id, FaceRow.embedding).where(
+                        FaceRow.gallery_id == gallery_id, FaceRow.id.in_(ids[start : start + IN_CHUNK])
+                    )
                 )
-            )
-            return {i: (ident, np.frombuffer(e, dtype="<f4").copy()) for i, ident, e in rows}
+                out.update((i, (ident, np.frombuffer(e, dtype="<f4").copy())) for i, ident, e in rows)
+        return out
 
     def iter_embeddings(
         self, gallery_id: int, dim: int, chunk: int = 50_000

@@ -199,6 +199,14 @@ def test_identities_are_looked_up_by_row_id_in_one_batch(store: Store) -> None:
     assert {i: r.external_id for i, r in found.items()} == {idents[0]: "x", idents[1]: "y"}
 
 
+def test_a_replay_may_ask_for_more_faces_than_one_query_takes_parameters(store: Store) -> None:
+    g = make_gallery(store)
+    ids, idents, _ = store.add_faces(g, [NewFace("x", vec(1)), NewFace("y", vec(2))])
+    wanted = [*range(10**9, 10**9 + 70_000), *ids]  # beyond PostgreSQL's 65,535 parameters
+    records = store.face_records(g.id, wanted)
+    assert sorted(records) == ids and [records[i][0] for i in ids] == idents
+
+
 def test_deleting_a_gallery_erases_everything_in_it(store: Store) -> None:
     g = make_gallery(store, "gone")
     other = make_gallery(store, "kept")
