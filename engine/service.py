@@ -79,6 +79,9 @@ class ServiceConfig:
     #: and write this one catches up with the changes they logged (one indexed query when there
     #: are none), so a caller reads its own writes whichever process answers.
     shared: bool = False
+    #: With a shared store, also catch up in the background this often (seconds), so that a
+    #: process no search reached meanwhile does not meet a long backlog at its next search.
+    sync_seconds: float = 1.0
     #: This process writes index snapshots and clears what a crashed one left: of several
     #: processes sharing a store, only the first does.
     snapshots: bool = True
@@ -294,6 +297,20 @@ class FaceService:
         for gallery in self.store.list_galleries():
             self._galleries[gallery.name] = self._open_index(gallery)
         self._warm_identity_cache()
+        self._closing = threading.Event()
+        if config.shared:
+            threading.Thread(target=self._follow, name="faceid-follow", daemon=True).start()
+
+    def _follow(self) -> None:
+        """Shared store: catch every gallery up now and then (searches and writes also do)."""
+        while not self._closing.wait(self.config.sync_seconds):
+            for name in list(self._galleries):
+                try:
+                    self._current(name)
+                except NotFoundError:
+                    continue
+                except Exception:  # the database is down, say: the next round tries again
+                    log.exception("gallery %s: catching up with the other processes failed", name)
 
     @property
     def pipeline(self) -> FacePipeline:
@@ -464,6 +481,7 @@ class FaceService:
     def close(self) -> None:
         """Snapshot every gallery and release the database.  With a shared store that is every
         gallery in it, also those only other processes served (opened here to be written)."""
+        self._closing.set()
         names = list(self._galleries)
         if self.config.shared and self.config.snapshots:
             names = [g.name for g in self.store.list_galleries()]

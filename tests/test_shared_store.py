@@ -4,6 +4,7 @@ writes at its next search.  Two real services on one real database stand for two
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -161,3 +162,20 @@ def test_concurrent_writers_in_both_processes_leave_both_indexes_equal_to_the_st
         assert top(s, "g", ord("d") * 1000 + 39)[0] == "d39"
         [gone] = s.identify_embeddings("g", [EmbeddingInput(unit(ord("c") * 1000 + 2))], top_k=1)
         assert not gone or gone[0].external_id != "c2"
+
+
+def test_a_process_no_search_reaches_still_follows_in_the_background(
+    pair: tuple[FaceService, FaceService],
+) -> None:
+    a, b = pair
+    a.create_gallery("g")
+    a.enroll_embeddings("g", ["ann"], [EmbeddingInput(unit(1))])
+    assert top(b, "g", 1) == ("ann", "")  # b knows the gallery now
+    a.enroll_embeddings(
+        "g", [f"p{i}" for i in range(100)], [EmbeddingInput(unit(10 + i)) for i in range(100)]
+    )
+    state = b._galleries["g"]
+    deadline = time.monotonic() + 10 * b.config.sync_seconds
+    while state.index.count() < 101 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state.index.count() == 101
