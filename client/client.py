@@ -100,20 +100,22 @@ def call_metadata(api_key: str | None, metadata: Sequence[tuple[str, str]]) -> l
     return [*metadata, *([("authorization", f"Bearer {api_key}")] if api_key else [])]
 
 
-def _channels(
+def _connect(
     api: Any, target: str, credentials: grpc.ChannelCredentials | None, connections: int
-) -> list[Any]:
+) -> tuple[list[Any], Iterator[Any]]:
     """``connections`` channels from ``grpc`` or ``grpc.aio``, each its own TCP connection (a
-    server of several processes deals out connections, not calls): TLS with ``credentials``, else
-    plaintext."""
+    server of several processes deals out connections, not calls), and their stubs in turn: TLS
+    with ``credentials``, else plaintext."""
     if connections < 1:
         raise ValueError("connections must be at least 1")
     options = channel_options()
     if connections > 1:
         options.append(("grpc.use_local_subchannel_pool", 1))  # no connection shared between them
     if credentials:
-        return [api.secure_channel(target, credentials, options) for _ in range(connections)]
-    return [api.insecure_channel(target, options) for _ in range(connections)]
+        channels = [api.secure_channel(target, credentials, options) for _ in range(connections)]
+    else:
+        channels = [api.insecure_channel(target, options) for _ in range(connections)]
+    return channels, itertools.cycle([pb_grpc.FaceIdStub(c) for c in channels])
 
 
 _CODE_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
@@ -389,10 +391,9 @@ class FaceIdClient:
         api_key: str | None = None,
         connections: int = 1,
     ) -> None:
-        self.channels = _channels(grpc, target, credentials, connections)
+        self.channels, self._stubs = _connect(grpc, target, credentials, connections)
         self.channel = self.channels[0]
         self.stub = pb_grpc.FaceIdStub(self.channel)
-        self._stubs = itertools.cycle([self.stub, *(pb_grpc.FaceIdStub(c) for c in self.channels[1:])])
         self.timeout = timeout
         self.metadata = call_metadata(api_key, metadata)
 
@@ -545,10 +546,9 @@ class AsyncFaceIdClient:
         api_key: str | None = None,
         connections: int = 1,
     ) -> None:
-        self.channels = _channels(grpc.aio, target, credentials, connections)
+        self.channels, self._stubs = _connect(grpc.aio, target, credentials, connections)
         self.channel = self.channels[0]
         self.stub = pb_grpc.FaceIdStub(self.channel)
-        self._stubs = itertools.cycle([self.stub, *(pb_grpc.FaceIdStub(c) for c in self.channels[1:])])
         self.timeout = timeout
         self.metadata = call_metadata(api_key, metadata)
 

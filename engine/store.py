@@ -230,7 +230,7 @@ def _insert(c: Connection, model: type[Base], rows: list[dict[str, Any]]) -> lis
         # The Core table, not the ORM entity: the ORM's bulk path costs a one-face enrol ~1 ms more.
         return list(c.scalars(insert(table).returning(key, sort_by_parameter_order=True), rows))
     connection: Any = c.connection.driver_connection  # psycopg, in this transaction
-    json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    json_columns = {col.name for col in table.columns if isinstance(col.type, JSON)}
     columns = list(rows[0])
     with connection.cursor() as cursor:
         cursor.execute(
