@@ -3,6 +3,7 @@
     faceid serve [--data-dir DIR] [--port N] [--config FILE]     run the server (embedded defaults)
     faceid galleries [create|delete NAME]                         list, create, delete galleries
     faceid enroll GALLERY PATH [--identity ID]                    a photo, or a folder IDENTITY/photo.jpg
+                                                                  (a re-run adds only what is missing)
     faceid identify GALLERY PHOTO [--top-k N]
     faceid verify GALLERY PHOTO (--identity ID | --other PHOTO)
     faceid identities GALLERY [list|show ID|delete ID]
@@ -53,7 +54,7 @@ def _client(args: argparse.Namespace) -> Any:
 
 # ---- serve -----------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from faceid.server.app import configure_logging, serve_processes
+    from faceid.server.app import StartupError, configure_logging, serve_processes
     from faceid.server.config import ServerConfig
 
     config = ServerConfig.load(
@@ -70,7 +71,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         processes=args.processes,
     )
     configure_logging(config.log_level)
-    return serve_processes(config)
+    try:
+        return serve_processes(config)
+    except StartupError as exc:
+        print(f"faceid: {exc}", file=sys.stderr)
+        return 1
 
 
 # ---- bench -----------------------------------------------------------------------------------
@@ -212,7 +217,12 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         enroll_request(args.gallery, identity, photo.read_bytes(), all_faces=args.all_faces)
         for identity, photo in items
     )
-    enrolled, skipped = 0, []
+    # Enrolment is idempotent per photo (the server compares each photo's SHA-256 with those the
+    # identity holds): a run after an interrupted one enrols what is missing and reports the rest as
+    # already enrolled, so every photo ends up enrolled once.
+    counts = {"enrolled": [0, 0], "already enrolled": [0, 0]}  # status: [photos, faces]
+    skipped: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
     progress = None
     if not args.json:
         from tqdm import tqdm
@@ -221,7 +231,10 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     with _client(args) as c:
         for result in c.bulk_enroll(requests):
             identity, photo = items[result.index]
+            shown = f"{identity}/{photo.name}" if path.is_dir() else str(photo)
+            face_ids = [f.face_id for f in result.faces]
             if result.error_code:
+                status = "skipped"
                 skipped.append(
                     {
                         "photo": str(photo),
@@ -231,15 +244,37 @@ def cmd_enroll(args: argparse.Namespace) -> int:
                     }
                 )
             else:
-                enrolled += len(result.faces)
+                already = bool(result.faces) and all(f.already_enrolled for f in result.faces)
+                status = "already enrolled" if already else "enrolled"
+                counts[status][0] += 1
+                counts[status][1] += len(result.faces)
+                if progress:
+                    faces = ", ".join(map(str, face_ids))
+                    progress.write(f"{status:<16}  {shown}  (face {faces})", file=sys.stdout)
+            row = {"photo": str(photo), "identity": identity, "status": status, "face_ids": face_ids}
+            results.append(row)
             if progress:
                 progress.update()
     if progress:
         progress.close()
+    (photos_new, faces_new), (photos_old, faces_old) = counts["enrolled"], counts["already enrolled"]
     if args.json:
-        _print_json({"photos": len(items), "faces_enrolled": enrolled, "skipped": skipped})
+        _print_json(
+            {
+                "photos": len(items),
+                "faces_enrolled": faces_new,
+                "photos_enrolled": photos_new,
+                "photos_already_enrolled": photos_old,
+                "faces_already_enrolled": faces_old,
+                "skipped": skipped,
+                "results": results,
+            }
+        )
         return 0
-    print(f"enrolled {enrolled} faces from {len(items) - len(skipped)} of {len(items)} photos")
+    print(
+        f"enrolled {faces_new} faces from {photos_new} of {len(items)} photos; "
+        f"{photos_old} photos were already enrolled ({faces_old} faces)"
+    )
     if skipped:
         print(f"skipped {len(skipped)}:")
         for s in skipped:

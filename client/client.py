@@ -162,6 +162,9 @@ class Gallery:
 class EnrolledFace:
     face_id: int
     box: Box | None
+    #: The face was there before the request: the identity already held a face enrolled from the
+    #: same photo bytes (or embedding values), and none was added (enrolment is safe to retry).
+    already_enrolled: bool = False
 
 
 @dataclass(frozen=True)
@@ -252,7 +255,7 @@ def _identity(m: pb.Identity) -> Identity:
 
 
 def _enrolled(m: pb.EnrolledFace) -> EnrolledFace:
-    return EnrolledFace(m.face_id, _box(m.box, m.HasField("box")))
+    return EnrolledFace(m.face_id, _box(m.box, m.HasField("box")), m.already_enrolled)
 
 
 def _bulk_result(m: pb.BulkEnrollResult) -> BulkResult:

@@ -25,7 +25,8 @@ class ImageTooLargeError(InvalidImageError):
 
 
 class ModelError(FaceIdError):
-    """The embedding model's weights are missing or do not match the network."""
+    """The embedding model's weights are missing or do not match the network: a fault of the
+    server (its installation), not of the request; the gRPC layer answers INTERNAL."""
 
 
 class NotFoundError(FaceIdError):
@@ -42,3 +43,8 @@ class FailedPreconditionError(FaceIdError):
 
 class UnavailableError(FaceIdError):
     """A dependency (the database) is unreachable; the call can be retried."""
+
+
+class DeadlineExceededError(FaceIdError):
+    """The call was cancelled, or too little of its deadline was left, before its write was
+    committed: nothing was written, and the call can be sent again."""

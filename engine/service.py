@@ -10,7 +10,13 @@ Galleries of identities, each with one or more enrolled faces.  SQL (the
 * on start each gallery's index loads its snapshot and replays the changes after
   the snapshot's sequence number; a missing, corrupt or inconsistent snapshot
   (face counts differ) is rebuilt from the faces table;
-* snapshots are written on close and every ``snapshot_every`` changes.
+* snapshots are written on close and every ``snapshot_every`` changes; each one lets the change
+  log drop what it reflects (:meth:`FaceService._trim`: at once with one process, once the
+  snapshot is ``change_log_keep_seconds`` old when processes share the store);
+* erasure: within ``erasure_seconds`` (5 s) of a delete's acknowledgement, also after a crash
+  and restart, no file in the data directory holds an erased embedding: an erasure pass
+  (:meth:`FaceService.erase_now`) rewrites the snapshots that held them and empties SQLite's
+  write-ahead log into the database file, where ``secure_delete`` has overwritten them.
 
 Scores: ``distance`` is the Euclidean distance between unit-length embeddings
 (0 … 2, smaller = more alike) and ``similarity`` the cosine, ``1 − distance²/2``
@@ -26,7 +32,8 @@ import itertools
 import json
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -36,13 +43,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import sqlalchemy.exc
+from sqlalchemy import event
 
+from faceid.engine import limits
 from faceid.engine.config import PipelineConfig
 from faceid.engine.detect import Box
 from faceid.engine.errors import (
     AlreadyExistsError,
+    FaceIdError,
     FailedPreconditionError,
     InvalidInputError,
+    ModelError,
     NotFoundError,
     UnavailableError,
 )
@@ -50,13 +61,26 @@ from faceid.engine.index import FaissGalleryIndex, IndexConfig, IndexStats, Sear
 from faceid.engine.migrate import upgrade
 from faceid.engine.models import DLIB_RESNET_V1, EmbeddingModel
 from faceid.engine.pipeline import FacePipeline
-from faceid.engine.store import Change, Gallery, Identity, NewFace, Store, make_engine, sha256_hex
+from faceid.engine.store import (
+    Change,
+    Gallery,
+    Identity,
+    NewFace,
+    SourceResult,
+    Store,
+    StoredFace,
+    embedding_sha256,
+    make_engine,
+    sha256_hex,
+)
+from faceid.engine.weights import models_source
 
 log = logging.getLogger("faceid.service")
 
-MAX_NAME = 128
-MAX_EXTERNAL_ID = 256
-MAX_ATTRIBUTES_BYTES = 64 * 1024
+#: Called right before a write's transaction starts and again right before its COMMIT (in the
+#: thread that writes); raises (e.g. ``DeadlineExceededError``) to write nothing.  The gRPC layer
+#: passes one that refuses once the call was cancelled or its deadline is too close.
+Proceed = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -85,6 +109,22 @@ class ServiceConfig:
     #: This process writes index snapshots and clears what a crashed one left: of several
     #: processes sharing a store, only the first does.
     snapshots: bool = True
+    #: Erasure bound, seconds: this long after a delete is acknowledged (an identity, a face, a
+    #: gallery), also when the process was killed meanwhile and restarted, no file in the data
+    #: directory holds the erased embeddings (the snapshots that held them are rewritten, SQLite's
+    #: write-ahead log is emptied into the database file).  A pass starts min(1 s, bound / 5)
+    #: after the first delete that needs one, gathering the deletes that come meanwhile; the bound
+    #: holds while rewriting the affected snapshots takes under (bound − that) / 2 (a snapshot of
+    #: 100,000 faces: ~0.1 s).  With a shared store the process that writes snapshots hears of
+    #: another's delete within ``sync_seconds``, which adds to the bound.  PostgreSQL keeps a
+    #: deleted row's bytes in its own files regardless (docs/reliability.md).  0: erase only at
+    #: close (the behaviour before).
+    erasure_seconds: float = 5.0
+    #: Shared store: the change log is trimmed up to a snapshot only once the snapshot is this old
+    #: (seconds), so that the other processes, which catch up every ``sync_seconds``, have replayed
+    #: what is dropped; one that has not (stalled that long) finds the log's "trim" row past its
+    #: position and rebuilds its index from the store.  One process alone trims at each snapshot.
+    change_log_keep_seconds: float = 300.0
 
     def url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'faceid.db'}"
@@ -118,6 +158,10 @@ class EnrolledFace:
     external_id: str
     box: Box | None = None
     detection_score: float | None = None
+    #: The face was there before this call: enrolled earlier from the same source (the same photo
+    #: bytes, or the same embedding values) into the same identity, by an earlier call or an earlier
+    #: item of this one.  The call added no face for it.
+    already_enrolled: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,6 +213,13 @@ class _GalleryState:
     uncertain: bool = False
     #: Another process deleted the gallery (shared store): ``_state`` takes it out of the registry.
     dropped: bool = False
+    #: Faces were removed since the snapshot on disk was written: it may hold their embeddings,
+    #: so the next erasure pass rewrites it.
+    erased: bool = False
+    #: (monotonic time, change sequence number) of the snapshots written, for trimming the log.
+    saved: list[tuple[float, int]] = field(default_factory=list)
+    #: The change log is trimmed up to here.
+    trimmed_to: int = 0
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -234,8 +285,35 @@ class IdentityCache:
             self._rows.clear()
 
 
+def _enrolled(source: Sequence[NewFace], result: SourceResult) -> list[EnrolledFace]:
+    """A source's faces as the API reports them."""
+    return [_enrolled_face(source[0].external_id, face, result.already) for face in result.faces]
+
+
+def _enrolled_face(external_id: str, face: StoredFace, already: bool) -> EnrolledFace:
+    box = Box(*face.box) if face.box is not None else None
+    return EnrolledFace(face.id, external_id, box, face.detection_score, already)
+
+
 def similarity(distance: float) -> float:
     return 1.0 - distance * distance / 2.0
+
+
+def _distinct(
+    distances: list[float], face_ids: list[int], groups: list[int], top_k: int
+) -> list[tuple[int, int, float]]:
+    """The first ``top_k`` identities among a probe's faces (nearest first), each with its nearest
+    face: (face id, identity row id, distance)."""
+    seen: set[int] = set()
+    best: list[tuple[int, int, float]] = []
+    for d, fid, gid in zip(distances, face_ids, groups, strict=True):
+        if gid < 0 or gid in seen:  # removed meanwhile, or a worse face of a listed identity
+            continue
+        seen.add(gid)
+        best.append((fid, gid, d))
+        if len(best) == top_k:
+            break
+    return best
 
 
 def encode_page_token(after: str) -> str:
@@ -255,28 +333,6 @@ def decode_page_token(token: str) -> str | None:
         raise InvalidInputError("page_token is not one this server issued; start again without it") from None
 
 
-def _check_name(kind: str, value: str, limit: int) -> None:
-    if not value or not value.strip():
-        raise InvalidInputError(f"{kind} must not be empty")
-    if len(value) > limit:
-        raise InvalidInputError(f"{kind} is {len(value)} characters long; the limit is {limit}")
-    if any(ord(c) < 32 for c in value):
-        raise InvalidInputError(f"{kind} must not contain control characters")
-
-
-def _check_attributes(attributes: dict[str, Any] | None) -> None:
-    if attributes is None:
-        return
-    try:
-        size = len(json.dumps(attributes))
-    except (TypeError, ValueError):
-        raise InvalidInputError("attributes must be JSON values (strings, numbers, lists, objects)") from None
-    if size > MAX_ATTRIBUTES_BYTES:
-        raise InvalidInputError(
-            f"attributes take {size:,} bytes as JSON; the limit is {MAX_ATTRIBUTES_BYTES:,}"
-        )
-
-
 class FaceService:
     """Galleries, enrolment, identify and verify; thread-safe; one per process and database."""
 
@@ -289,10 +345,18 @@ class FaceService:
         (config.data_dir / "index").mkdir(exist_ok=True)
         for leftover in (config.data_dir / "index").glob("*.tmp") if config.snapshots else ():
             leftover.unlink(missing_ok=True)  # a snapshot cut short by a crash
-        self.store = Store(make_engine(config.url()))
+        # Stored attributes are read through limits.read_stored_json: a row that cannot be read
+        # (nested past what Python's json can take, as an older version accepted) reads as {}.
+        self.store = Store(make_engine(config.url(), json_deserializer=limits.read_stored_json))
+        #: The check of the write this thread is about to commit (see ``Proceed``), run by the
+        #: engine's "commit" event right before COMMIT is sent.
+        self._commit_check = threading.local()
+        event.listen(self.store.engine, "commit", self._before_commit)
         self._galleries: dict[str, _GalleryState] = {}
         self._identity_cache = IdentityCache(config.identity_cache)
         self._registry_lock = threading.RLock()  # delete_gallery looks a gallery up under it
+        #: An erasure pass is due (the erasure thread waits for it).
+        self._erase_due = threading.Event()
         upgrade(self.store.engine)
         for gallery in self.store.list_galleries():
             self._galleries[gallery.name] = self._open_index(gallery)
@@ -300,6 +364,18 @@ class FaceService:
         self._closing = threading.Event()
         if config.shared:
             threading.Thread(target=self._follow, name="faceid-follow", daemon=True).start()
+        self._eraser: threading.Thread | None = None
+        if config.erasure_seconds > 0:
+            # Before serving: a crash may have left erased rows in SQLite's log, erased vectors in
+            # a snapshot (the replayed removes), or the snapshot of a deleted gallery.
+            self._erase_due.clear()
+            try:
+                self.erase_now()
+            except Exception:  # the thread tries again
+                log.exception("erasure pass at start failed")
+                self._erase_due.set()
+            self._eraser = threading.Thread(target=self._erase_loop, name="faceid-erasure", daemon=True)
+            self._eraser.start()
 
     def _follow(self) -> None:
         """Shared store: catch every gallery up now and then (searches and writes also do)."""
@@ -314,12 +390,28 @@ class FaceService:
 
     @property
     def pipeline(self) -> FacePipeline:
-        """The face pipeline, loaded on first use (embedding-only deployments never load it)."""
+        """The face pipeline, loaded on first use (embedding-only deployments never load it).
+
+        Model files that cannot be loaded (missing, damaged) raise :class:`ModelError`, a fault of
+        the server, not of the request; each call that needs the model tries again."""
         if self._pipeline is None:
             with self._pipeline_lock:
                 if self._pipeline is None:
-                    self._pipeline = FacePipeline(self.config.pipeline)
+                    try:
+                        self._pipeline = FacePipeline(self.config.pipeline)
+                    except ModelError:
+                        raise
+                    except Exception as exc:  # a damaged file: dlib's RuntimeError, DlibFormatError
+                        raise ModelError(
+                            f"the face model files could not be loaded ({type(exc).__name__}: {exc}); "
+                            f"they come from {models_source()}"
+                        ) from exc
         return self._pipeline
+
+    def _before_commit(self, _connection: object) -> None:
+        check: Proceed | None = getattr(self._commit_check, "proceed", None)
+        if check is not None:
+            check()
 
     # ---- index lifecycle --------------------------------------------------------------------------
     def _snapshot_path(self, gallery: Gallery) -> Path:
@@ -341,17 +433,31 @@ class FaceService:
                 seq,
                 len(replayed),
             )
-            return _GalleryState(gallery, index, max(seq, last, *(c.seq for c in replayed[-1:])))
+            state = _GalleryState(gallery, index, max(seq, last, *(c.seq for c in replayed[-1:])))
+            # Faces removed after the snapshot was written (a crash came before the erasure pass):
+            # the file still holds them.
+            erased = any(c.op == "remove" for c in replayed)
         except SnapshotError as exc:
-            if path.exists():
+            erased = path.exists()  # a file the index was not loaded from: whatever it holds goes
+            if erased:
                 log.warning("gallery %s: %s; rebuilding the index from the store", gallery.name, exc)
-            return _GalleryState(gallery, self._rebuild(gallery), last)
+            state = _GalleryState(gallery, self._rebuild(gallery), last)
+        if erased:
+            state.erased = True
+            self._erase_due.set()
+        return state
 
     def _replay(self, gallery: Gallery, index: FaissGalleryIndex, seq: int) -> list[Change]:
         """Apply the logged changes after ``seq`` to the index, and return them.  Idempotent: a
         face the index holds is not added again, one it lacks is not removed, and an added face
         that is gone from the store by now is skipped."""
         changes = self.store.changes_since(gallery.id, seq)
+        trimmed = max((c.face_id for c in changes if c.op == "trim"), default=0)
+        if trimmed > seq:  # see Store.trim_changes
+            raise SnapshotError(
+                f"the change log was trimmed up to change {trimmed}, past this index's change {seq}: "
+                "changes it has not applied are gone"
+            )
         added = [c.face_id for c in changes if c.op == "add"]
         held = {f for f, h in zip(added, index.contains(added), strict=True) if h} if added else set()
         apply: set[int] = set()  # the seq of each add to apply: the face was not held at that point
@@ -383,11 +489,27 @@ class FaceService:
         """Under the gallery's lock: apply what other processes logged since ``applied_seq``.
 
         Identities they updated or deleted leave the cache; a dropped gallery leaves the registry.
+        Faces they removed make the snapshot due for rewriting (erasure).  An index so far behind
+        that the log was trimmed past it (stalled longer than ``change_log_keep_seconds``) is
+        rebuilt from the store.
         """
-        changes = self._replay(state.gallery, state.index, state.applied_seq)
+        try:
+            changes = self._replay(state.gallery, state.index, state.applied_seq)
+        except SnapshotError as exc:
+            log.warning("gallery %s: %s; rebuilding the index from the store", state.gallery.name, exc)
+            last = self.store.last_seq(state.gallery.id)
+            state.index = self._rebuild(state.gallery)
+            state.applied_seq = max(state.applied_seq, last)
+            self._identity_cache.clear()  # the updates it missed are gone from the log too
+            state.erased = True
+            self._erase_due.set()
+            return
         if not changes:
             return
         state.applied_seq = changes[-1].seq
+        if any(c.op == "remove" for c in changes):
+            state.erased = True
+            self._erase_due.set()
         for c in changes:
             if c.op == "update":
                 self._identity_cache.discard(c.face_id)  # an identity's row id, for "update"
@@ -396,13 +518,24 @@ class FaceService:
             self._identity_cache.clear()
 
     def _warm_identity_cache(self) -> None:
+        """Fill the identity cache at start.  Only a head start: a gallery whose rows cannot be
+        read stops its own warm-up, in the log, and its identities are read when a search needs
+        them; no stored row can keep the server from starting (stored attributes that cannot be
+        decoded already read as empty, see ``limits.read_stored_json``)."""
         room = self._identity_cache.capacity
         for state in self._galleries.values():
-            for rows in self.store.iter_identities(state.gallery.id):
-                if room <= 0:
-                    return
-                self._identity_cache.put_many({r.id: r for r in rows[:room]})
-                room -= len(rows)
+            try:
+                for rows in self.store.iter_identities(state.gallery.id):
+                    if room <= 0:
+                        return
+                    self._identity_cache.put_many({r.id: r for r in rows[:room]})
+                    room -= len(rows)
+            except (sqlalchemy.exc.SQLAlchemyError, ValueError, TypeError, RecursionError):
+                log.exception(
+                    "gallery %s: warming the identity cache stopped at a row that could not be read; "
+                    "its identities are read from the database when needed",
+                    state.gallery.name,
+                )
 
     def _rebuild(self, gallery: Gallery) -> FaissGalleryIndex:
         index = FaissGalleryIndex(gallery.dim, replace(self.config.index, background=False))
@@ -475,13 +608,112 @@ class FaceService:
             return
         state = self._state(name)
         with state.lock:
-            state.index.save(self._snapshot_path(state.gallery), state.applied_seq)
-            state.since_snapshot = 0
+            self._save(state)
+
+    def _save(self, state: _GalleryState) -> None:
+        """Under the gallery's lock: write its snapshot (live faces only: it holds no erased one),
+        then trim the change log it makes redundant.  With a shared store the index first catches
+        up with the others' changes (unless the database is down: the snapshot is valid as it is)."""
+        if self.config.shared:
+            try:
+                self._catch_up(state)
+            except sqlalchemy.exc.SQLAlchemyError as exc:
+                if not is_unavailable(exc):
+                    raise
+            if state.dropped:
+                return
+        seq = state.applied_seq
+        state.index.save(self._snapshot_path(state.gallery), seq)
+        state.since_snapshot = 0
+        state.erased = False
+        self._trim(state, seq)
+
+    def _trim(self, state: _GalleryState, seq: int) -> None:
+        """Under the gallery's lock, after a snapshot at change ``seq``: drop the change-log rows
+        no reader needs any more (:meth:`Store.trim_changes`), so that the log stops growing.
+
+        The rule: one process alone drops everything up to ``seq`` at once (its next start loads
+        that snapshot and replays what comes after).  Processes sharing the store drop only up to
+        the newest snapshot written at least ``change_log_keep_seconds`` (300 s) ago: the others
+        catch up every ``sync_seconds`` (1 s), so they replayed that far long ago, and one that did
+        not finds the trim row past its position and rebuilds its index from the store.  The log
+        then holds the changes since the trim point and one "trim" row: about ``snapshot_every``
+        rows plus what the keep time adds.  A failure (database down) only postpones the trim.
+        """
+        now = time.monotonic()
+        state.saved.append((now, seq))
+        keep = self.config.change_log_keep_seconds if self.config.shared else 0.0
+        ripe = [i for i, (t, _) in enumerate(state.saved) if t <= now - keep]
+        if not ripe:
+            return
+        del state.saved[: ripe[-1]]  # the newest ripe entry stays: the next bound is never lower
+        bound = state.saved[0][1]
+        if bound <= state.trimmed_to:
+            return
+        try:
+            dropped = self.store.trim_changes(state.gallery.id, bound)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            name = state.gallery.name
+            log.warning("gallery %s: trimming the change log failed: %s", name, type(exc).__name__)
+            return
+        state.trimmed_to = bound
+        log.info("gallery %s: change log trimmed to change %d (%d rows)", state.gallery.name, bound, dropped)
+
+    def _erase_loop(self) -> None:
+        """The erasure thread: a pass min(1 s, erasure_seconds / 5) after an erasure asked for one
+        (the deletes of that interval share it); a failed pass is tried again as long after."""
+        delay = min(1.0, self.config.erasure_seconds / 5)
+        while not self._closing.is_set():
+            self._erase_due.wait()
+            if self._closing.wait(delay):
+                return
+            self._erase_due.clear()
+            try:
+                self.erase_now()
+            except Exception:
+                log.exception("erasure pass failed; trying again in %.1f s", delay)
+                self._erase_due.set()
+
+    def erase_now(self) -> None:
+        """One erasure pass: what the erasure thread runs ``erasure_seconds`` after a delete at
+        the latest, and the service once at start, before it serves.  It rewrites each snapshot
+        that may hold removed faces, deletes the snapshots of deleted galleries (a crash may have
+        come before ``delete_gallery`` unlinked its file), and moves SQLite's write-ahead log,
+        which holds every page version written since it was last emptied, into the database
+        file, truncating it to 0 bytes.  Raises when the log could not be emptied (readers never
+        let go for 2 s)."""
+        if self.config.snapshots:
+            for state in list(self._galleries.values()):
+                with state.lock:
+                    if not state.erased or state.dropped:
+                        continue
+                    if self._snapshot_path(state.gallery).exists():
+                        self._save(state)
+                    state.erased = False
+            self._remove_orphan_snapshots()
+        if not self.store.checkpoint():
+            raise RuntimeError("SQLite's write-ahead log could not be emptied: readers held it throughout")
+
+    def _remove_orphan_snapshots(self) -> None:
+        """Delete the snapshot files of galleries the store no longer has (listed before the store
+        is asked: a file listed belongs to a gallery created before, so one the store lacks is gone)."""
+        files = list((self.config.data_dir / "index").glob("gallery-*.faceidx"))
+        if not files:
+            return
+        known = {g.id for g in self.store.list_galleries()}
+        for path in files:
+            number = path.name.removeprefix("gallery-").removesuffix(".faceidx")
+            if number.isascii() and number.isdigit() and int(number) not in known:
+                log.info("removing %s: its gallery was deleted", path.name)
+                path.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Snapshot every gallery and release the database.  With a shared store that is every
         gallery in it, also those only other processes served (opened here to be written)."""
         self._closing.set()
+        self._erase_due.set()  # wakes the erasure thread, to end
+        if self._eraser is not None:
+            self._eraser.join(60)
         names = list(self._galleries)
         if self.config.shared and self.config.snapshots:
             names = [g.name for g in self.store.list_galleries()]
@@ -538,7 +770,7 @@ class FaceService:
         return self._state(name).gallery
 
     def create_gallery(self, name: str) -> Gallery:
-        _check_name("gallery name", name, MAX_NAME)
+        limits.check_gallery_id(name)
         with self._registry_lock:
             if name in self._galleries:
                 raise AlreadyExistsError(f"gallery {name!r} already exists")
@@ -567,6 +799,7 @@ class FaceService:
                 self._snapshot_path(state.gallery).unlink(missing_ok=True)
                 del self._galleries[name]
                 self._identity_cache.clear()
+                self._erase_due.set()  # the deleted rows' old pages are in SQLite's log
 
     # ---- input checks -------------------------------------------------------------------------
     def _check_embedding(self, gallery: Gallery, item: EmbeddingInput) -> npt.NDArray[np.float32]:
@@ -606,21 +839,59 @@ class FaceService:
         return threshold
 
     # ---- enrolment ----------------------------------------------------------------------------
-    def _enroll(self, state: _GalleryState, faces: list[NewFace]) -> list[int]:
+    def _enroll(
+        self, state: _GalleryState, sources: list[list[NewFace]], proceed: Proceed | None = None
+    ) -> list[list[EnrolledFace]]:
+        """Enrol sources (each the faces of one photo, or one embedding) in one transaction, then
+        add the new faces to the index; the enrolled faces of each source, in order.  A source the
+        identity already holds (the same hash: :meth:`Store.enrol`) writes nothing and answers
+        with the faces enrolled from it before, marked ``already_enrolled``.  ``proceed`` (see
+        :data:`Proceed`) runs under the gallery's lock before the transaction starts and again
+        right before its COMMIT; when it raises, the transaction is rolled back: nothing is written."""
         with self._writing(state):
+            if proceed is not None:
+                proceed()
             created: dict[int, Identity] = {}
-            ids, identity_ids, seq = self.store.add_faces(state.gallery, faces, created)
+            self._commit_check.proceed = proceed
+            try:
+                results, seq = self.store.enrol(state.gallery, sources, created)
+            finally:
+                self._commit_check.proceed = None
+            new = [
+                (face, f)
+                for source, result in zip(sources, results, strict=True)
+                if not result.already
+                for face, f in zip(result.faces, source, strict=True)
+            ]
             if self.config.shared:
                 # The new faces come back from the log, in order with what other processes
                 # committed meanwhile (SQLite may even have re-used the id of a face one of them
                 # deleted, which this index still holds until it replays that delete).
                 self._catch_up(state)
             else:
-                state.index.add(ids, np.stack([f.embedding for f in faces]), identity_ids)
+                if new:
+                    state.index.add(
+                        [face.id for face, _ in new],
+                        np.stack([f.embedding for _, f in new]),
+                        [face.identity_id for face, _ in new],
+                    )
                 state.applied_seq = max(state.applied_seq, seq)
             self._identity_cache.put_many(created)
-            self._after_write(state, len(ids))
-        return ids
+            self._after_write(state, len(new))
+        return [_enrolled(source, result) for source, result in zip(sources, results, strict=True)]
+
+    def check_enroll_item(self, gallery: Gallery, item: EnrollItem) -> NewFace | FaceIdError:
+        """One item to enrol, checked without writing anything: the face to write, or the error
+        that refuses it (every field's limit, and the embedding against the gallery's model)."""
+        try:
+            limits.check_identity_id(item.external_id)
+            limits.check_display_name(item.display_name)
+            limits.check_attributes(item.attributes)
+            vector = self._check_embedding(gallery, item.embedding)
+        except FaceIdError as exc:
+            return exc
+        digest = embedding_sha256(item.embedding.vector)
+        return NewFace(item.external_id, vector, item.display_name, item.attributes, source_sha256=digest)
 
     def enroll_embeddings(
         self,
@@ -629,20 +900,29 @@ class FaceService:
         embeddings: Sequence[EmbeddingInput],
         display_name: str | None = None,
         attributes: dict[str, Any] | None = None,
+        proceed: Proceed | None = None,
     ) -> list[EnrolledFace]:
         """Enrol ready embeddings, ``external_ids[i]`` the identity of ``embeddings[i]``."""
         state = self._state(gallery)
         if len(external_ids) != len(embeddings) or not embeddings:
             raise InvalidInputError("give one identity per embedding, and at least one")
         for eid in external_ids:
-            _check_name("external_id", eid, MAX_EXTERNAL_ID)
-        _check_attributes(attributes)
-        faces = [
-            NewFace(eid, self._check_embedding(state.gallery, e), display_name, attributes)
+            limits.check_identity_id(eid)
+        limits.check_display_name(display_name)
+        limits.check_attributes(attributes)
+        sources = [
+            [
+                NewFace(
+                    eid,
+                    self._check_embedding(state.gallery, e),
+                    display_name,
+                    attributes,
+                    source_sha256=embedding_sha256(e.vector),
+                )
+            ]
             for eid, e in zip(external_ids, embeddings, strict=True)
         ]
-        ids = self._enroll(state, faces)
-        return [EnrolledFace(i, f.external_id) for i, f in zip(ids, faces, strict=True)]
+        return [face for faces in self._enroll(state, sources, proceed) for face in faces]
 
     def enroll_items(self, gallery: str, items: Sequence[EnrollItem]) -> list[EnrolledFace]:
         """Enrol ready embeddings with per-item identity metadata, all in one transaction: every
@@ -652,12 +932,25 @@ class FaceService:
             raise InvalidInputError("give at least one embedding")
         faces = []
         for item in items:
-            _check_name("external_id", item.external_id, MAX_EXTERNAL_ID)
-            _check_attributes(item.attributes)
-            vector = self._check_embedding(state.gallery, item.embedding)
-            faces.append(NewFace(item.external_id, vector, item.display_name, item.attributes))
-        ids = self._enroll(state, faces)
-        return [EnrolledFace(i, f.external_id) for i, f in zip(ids, faces, strict=True)]
+            checked = self.check_enroll_item(state.gallery, item)
+            if isinstance(checked, FaceIdError):
+                raise checked
+            faces.append([checked])
+        return [face for enrolled in self._enroll(state, faces) for face in enrolled]
+
+    def enroll_each(
+        self, gallery: str, items: Sequence[EnrollItem], proceed: Proceed | None = None
+    ) -> list[EnrolledFace | FaceIdError]:
+        """Enrol ready embeddings, each item on its own merits: every item is checked first
+        (:meth:`check_enroll_item`), then the good ones are written together, in one transaction
+        (one COMMIT, whatever their number); a bad item gets its error in its place, and nothing
+        of it is written.  With ``proceed`` (see :data:`Proceed`) refusing, nothing at all is."""
+        state = self._state(gallery)
+        limits.check_batch_size(len(items))
+        checked = [self.check_enroll_item(state.gallery, item) for item in items]
+        sources = [[c] for c in checked if isinstance(c, NewFace)]
+        enrolled = iter(self._enroll(state, sources, proceed) if sources else [])
+        return [next(enrolled)[0] if isinstance(c, NewFace) else c for c in checked]
 
     def enroll_photo(
         self,
@@ -667,11 +960,20 @@ class FaceService:
         all_faces: bool = False,
         display_name: str | None = None,
         attributes: dict[str, Any] | None = None,
+        proceed: Proceed | None = None,
     ) -> list[EnrolledFace]:
-        """Enrol the largest face in the photo (or every face) under ``external_id``."""
+        """Enrol the largest face in the photo (or every face) under ``external_id``; the fields
+        are checked before the photo is decoded.  A photo the identity already holds (the same
+        bytes) is not decoded again: the answer is the faces enrolled from it before, marked
+        ``already_enrolled``, whatever ``all_faces`` says (checked again under the gallery's lock)."""
         state = self._state(gallery)
-        _check_name("external_id", external_id, MAX_EXTERNAL_ID)
-        _check_attributes(attributes)
+        limits.check_identity_id(external_id)
+        limits.check_display_name(display_name)
+        limits.check_attributes(attributes)
+        digest = sha256_hex(photo)
+        known = self.store.source_faces(state.gallery.id, external_id, digest)
+        if known:
+            return [_enrolled_face(external_id, face, True) for face in known]
         found = self.pipeline.process(photo)
         if not found:
             raise InvalidInputError(
@@ -679,7 +981,6 @@ class FaceService:
                 "upright and not heavily occluded"
             )
         chosen = found if all_faces else found[:1]
-        digest = sha256_hex(photo)
         faces = [
             NewFace(
                 external_id,
@@ -692,10 +993,8 @@ class FaceService:
             )
             for f in chosen
         ]
-        ids = self._enroll(state, faces)
-        return [
-            EnrolledFace(i, external_id, f.box, f.detection.score) for i, f in zip(ids, chosen, strict=True)
-        ]
+        [enrolled] = self._enroll(state, [faces], proceed)
+        return enrolled
 
     # ---- identify -----------------------------------------------------------------------------
     def _search(
@@ -706,24 +1005,36 @@ class FaceService:
         threshold: float,
         params: SearchParams | None,
     ) -> list[list[Match]]:
+        """The ``top_k`` nearest identities of each probe, each with its nearest face.
+
+        The index ranks faces, and an identity may hold many faces near the probe: the first
+        search asks for a few times ``top_k`` faces, and a probe whose faces came from fewer than
+        ``top_k`` identities while the index had more faces to give (a full page) is searched
+        again, four times as deep each round, up to the index's ``max_k`` faces (1,000).  So
+        ``top_k`` identities come back whenever the gallery holds that many and the nearest
+        ``max_k`` faces include them.  Probes served by the first search (identities with a
+        few faces each: the usual gallery) cost what they did before.
+        """
         if state.index.count() == 0:
             return [[] for _ in vectors]
-        k_faces = min(state.index.config.max_k, max(top_k * 4, top_k + 10))
+        max_k = state.index.config.max_k
+        k_faces = min(max_k, max(top_k * 4, top_k + 10))
         # Faces beyond top_k only stand in for identities listed twice: the re-rank covers top_k.
         params = replace(params or SearchParams(), rerank_k=top_k)
         distances, ids, groups = state.index.search_with_groups(vectors, k_faces, params)
-        ranked: list[list[tuple[int, int, float]]] = []  # per probe: (face id, identity id, distance)
-        for drow, irow, grow in zip(distances.tolist(), ids.tolist(), groups.tolist(), strict=True):
-            seen: set[int] = set()
-            best: list[tuple[int, int, float]] = []
-            for d, fid, gid in zip(drow, irow, grow, strict=True):
-                if gid < 0 or gid in seen:  # removed meanwhile, or a worse face of a listed identity
-                    continue
-                seen.add(gid)
-                best.append((fid, gid, d))
-                if len(best) == top_k:
-                    break
-            ranked.append(best)
+        # Per probe: (face id, identity id, distance) of its nearest identities.
+        ranked = [
+            _distinct(drow, irow, grow, top_k)
+            for drow, irow, grow in zip(distances.tolist(), ids.tolist(), groups.tolist(), strict=True)
+        ]
+        short = [p for p, row in enumerate(ranked) if len(row) < top_k and ids[p, -1] >= 0]
+        while short and k_faces < max_k:
+            k_faces = min(max_k, k_faces * 4)
+            distances, ids, groups = state.index.search_with_groups(vectors[short], k_faces, params)
+            rows = zip(short, distances.tolist(), ids.tolist(), groups.tolist(), strict=True)
+            for p, drow, irow, grow in rows:
+                ranked[p] = _distinct(drow, irow, grow, top_k)
+            short = [p for j, p in enumerate(short) if len(ranked[p]) < top_k and ids[j, -1] >= 0]
         identities = self._identities(state.gallery.id, {gid for row in ranked for _, gid, _ in row})
         return [
             [
@@ -839,8 +1150,7 @@ class FaceService:
     ) -> tuple[list[Identity], str]:
         """A page of identities in external-id order and the token of the next page ('' at the end)."""
         state = self._state(gallery)
-        if not 1 <= page_size <= 1000:
-            raise InvalidInputError(f"page_size must be between 1 and 1000; got {page_size}")
+        limits.check_page_size(page_size)
         after = decode_page_token(page_token)
         page = self.store.list_identities(state.gallery.id, page_size + 1, after)
         more = len(page) > page_size
@@ -855,9 +1165,8 @@ class FaceService:
         attributes: dict[str, Any] | None = None,
     ) -> Identity:
         state = self._state(gallery)
-        if display_name is not None and len(display_name) > 256:
-            raise InvalidInputError("display_name is longer than 256 characters")
-        _check_attributes(attributes)
+        limits.check_display_name(display_name)
+        limits.check_attributes(attributes)
         with state.lock:
             updated = self.store.update_identity(state.gallery.id, external_id, display_name, attributes)
             self._identity_cache.discard(updated.id if updated else None)
@@ -877,6 +1186,7 @@ class FaceService:
             self._applied(state, seq)
             self._identity_cache.clear()
             self._after_write(state, len(face_ids))
+            self._erased(state, bool(face_ids))
         return face_ids
 
     def delete_face(self, gallery: str, face_id: int) -> None:
@@ -888,6 +1198,13 @@ class FaceService:
             state.index.remove(removed)
             self._applied(state, seq)
             self._after_write(state, 1)
+            self._erased(state, True)
+
+    def _erased(self, state: _GalleryState, faces: bool) -> None:
+        """After a delete, under the gallery's lock: an erasure pass is due within
+        ``erasure_seconds`` (the identity's row is in SQLite's log even when it had no face)."""
+        state.erased = state.erased or faces
+        self._erase_due.set()
 
     # ---- stats --------------------------------------------------------------------------------
     def stats(self, gallery: str) -> GalleryStats:

@@ -4,7 +4,12 @@ SQL is the source of truth; each gallery's vector index is derived from it.  Eve
 add or removal of a face writes a row to ``changes`` in the same transaction, with
 a sequence number that only grows; an index snapshot records the sequence number
 it reflects, and on start the index replays the changes after it.  The change log
-holds ids only, never embeddings, so erasing a face erases its embedding.
+holds ids only, never embeddings, so erasing a face erases its embedding.  Snapshots let it
+drop what they reflect (:meth:`Store.trim_changes`, one "trim" row in its place), so it does
+not grow without end.  Times are stored in UTC and read back as aware UTC datetimes
+(:class:`UtcDateTime`) on both databases.  Every face records the SHA-256 of its source (the
+photo's bytes or the embedding's values): enrolling a source again into the same identity adds no
+face (:meth:`Store.enrol`), so a retried or resumed enrolment is safe.
 
 The embedded default is SQLite in the data directory (WAL, foreign keys on, busy
 timeout, synchronous=FULL so that an acknowledged write survives a crash,
@@ -17,14 +22,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import (
+    ARRAY,
     JSON,
     BigInteger,
     DateTime,
@@ -35,7 +43,9 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Table,
+    TypeDecorator,
     UniqueConstraint,
+    any_,
     bindparam,
     create_engine,
     delete,
@@ -43,9 +53,10 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite's rowid alias must be INTEGER
@@ -53,6 +64,31 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite's rowid alias m
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A point in time, stored in UTC and always read back as an aware UTC datetime.
+
+    The column is ``DateTime(timezone=True)`` (no schema change: TIMESTAMP WITH TIME ZONE on
+    PostgreSQL, text on SQLite).  SQLite keeps no offset (``2026-11-25 09:49:45.461433``), so a
+    value read back was naive, and the API's ``isoformat()`` sent a time without one; PostgreSQL
+    answers in the session's time zone (``+05:30`` on a server set to local time).  Written:
+    converted to UTC (a naive value is taken as UTC); read: naive → UTC, aware → converted to UTC.
+    The API's times are then RFC 3339 with ``+00:00`` on both databases.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -68,7 +104,7 @@ class GalleryRow(Base):
     model_version: Mapped[str] = mapped_column(String(64))
     dim: Mapped[int] = mapped_column(Integer)
     metric: Mapped[str] = mapped_column(String(32))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class IdentityRow(Base):
@@ -80,13 +116,17 @@ class IdentityRow(Base):
     external_id: Mapped[str] = mapped_column(String(256))
     display_name: Mapped[str] = mapped_column(String(256), default="")
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class FaceRow(Base):
     __tablename__ = "faces"
-    __table_args__ = (Index("ix_faces_gallery_id_id", "gallery_id", "id"),)
+    __table_args__ = (
+        Index("ix_faces_gallery_id_id", "gallery_id", "id"),
+        # An enrolment of a source the identity already holds finds those faces (Store.enrol).
+        Index("ix_faces_identity_id_source_sha256", "identity_id", "source_sha256"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"))
@@ -98,8 +138,11 @@ class FaceRow(Base):
     box_top: Mapped[float | None] = mapped_column(Float, nullable=True)
     box_right: Mapped[float | None] = mapped_column(Float, nullable=True)
     box_bottom: Mapped[float | None] = mapped_column(Float, nullable=True)
-    image_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: SHA-256 (hex) of what the face was enrolled from: the photo's bytes, or the embedding's values
+    #: as little-endian float32 (as sent, before normalisation).  NULL for faces enrolled from an
+    #: embedding before migration 0003, and for faces written by :meth:`Store.add_faces` without one.
+    source_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class ChangeRow(Base):
@@ -110,8 +153,9 @@ class ChangeRow(Base):
 
     seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     gallery_id: Mapped[int] = mapped_column(BigInteger)  # no FK: the log outlives a deleted gallery briefly
-    op: Mapped[str] = mapped_column(String(8))  # "add" | "remove" | "update" | "drop"
-    #: The face added or removed; for "update" the identity's row id; 0 for "drop".
+    op: Mapped[str] = mapped_column(String(8))  # "add" | "remove" | "update" | "drop" | "trim"
+    #: The face added or removed; for "update" the identity's row id; 0 for "drop"; for "trim" the
+    #: highest sequence number dropped from the log (see :meth:`Store.trim_changes`).
     face_id: Mapped[int] = mapped_column(BigInteger)
 
 
@@ -146,7 +190,8 @@ class Identity:
 
 @dataclass(frozen=True)
 class NewFace:
-    """A face to enrol: the identity it belongs to (created when new) and its embedding."""
+    """A face to enrol: the identity it belongs to (created when new) and its embedding;
+    ``source_sha256`` is the SHA-256 of what it came from (see :attr:`FaceRow.source_sha256`)."""
 
     external_id: str
     embedding: npt.NDArray[np.float32]
@@ -154,7 +199,28 @@ class NewFace:
     attributes: dict[str, Any] | None = None
     detection_score: float | None = None
     box: tuple[float, float, float, float] | None = None
-    image_sha256: str | None = None
+    source_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredFace:
+    """An enrolled face as an enrolment reports it: its id, its identity's row id and, for a face
+    found in a photo, the detector's score and the box (left, top, right, bottom)."""
+
+    id: int
+    identity_id: int
+    detection_score: float | None = None
+    box: tuple[float, float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class SourceResult:
+    """What one source of an enrolment came to (:meth:`Store.enrol`): the faces written for it, or,
+    with ``already``, the faces enrolled from the same source into the same identity before (by an
+    earlier call, or by an earlier item of the same call); none was written for it then."""
+
+    faces: tuple[StoredFace, ...]
+    already: bool
 
 
 @dataclass(frozen=True)
@@ -166,6 +232,47 @@ class Change:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def embedding_sha256(vector: npt.ArrayLike) -> str:
+    """The source hash of an enrolment by embedding: SHA-256 of its values as little-endian float32,
+    as the caller sent them (a client can compute it:
+    ``hashlib.sha256(np.asarray(v, "<f4").tobytes())``)."""
+    return sha256_hex(
+        np.ascontiguousarray(np.asarray(vector, dtype=np.float32).ravel(), dtype="<f4").tobytes()
+    )
+
+
+_STORED_FACE = select(
+    FaceRow.id,
+    FaceRow.identity_id,
+    FaceRow.source_sha256,
+    FaceRow.detection_score,
+    FaceRow.box_left,
+    FaceRow.box_top,
+    FaceRow.box_right,
+    FaceRow.box_bottom,
+)
+
+
+def _stored_face(row: Any) -> StoredFace:
+    box = None if row[4] is None else (row[4], row[5], row[6], row[7])
+    return StoredFace(row[0], row[1], row[3], box)
+
+
+def _among(c: Connection, column: Any, values: list[int]) -> Any:
+    """``column IN (values)``; on PostgreSQL ``column = ANY(:array)``, one parameter: a quarter of
+    the time of thousands of them."""
+    if c.dialect.name == "postgresql":
+        return column == any_(bindparam(None, values, type_=ARRAY(BigInteger())))
+    return column.in_(values)
+
+
+def _source_key(source: Sequence[NewFace]) -> tuple[str, str] | None:
+    """(identity, source hash) of a source's faces; None when it has no hash (never a repeat)."""
+    if not source or source[0].source_sha256 is None:
+        return None
+    return source[0].external_id, source[0].source_sha256
 
 
 def _gallery(row: GalleryRow) -> Gallery:
@@ -190,11 +297,14 @@ def _rowcount(result: Any) -> int:
     return int(result.rowcount)
 
 
+BUSY_TIMEOUT_MS = 10_000  # SQLite: how long a write waits for the database's one writer lock
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA secure_delete=ON")  # erasure: a deleted embedding's bytes are overwritten
     cursor.close()
@@ -250,6 +360,7 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._claim: Connection | None = None  # the connection holding :meth:`claim`'s lock
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -261,6 +372,38 @@ class Store:
 
     def session(self) -> Session:
         return self._sessions()
+
+    #: The advisory lock a faceid server holds on a PostgreSQL database it owns (any fixed number).
+    SERVER_LOCK = 0x66616365  # "face"
+
+    def claim(self, wait: float = 5.0) -> bool:
+        """Take the store for one server (or one ``--processes N`` group); False when another server
+        holds it.  Two servers with their own indexes on one database would each miss the other's
+        writes.  On PostgreSQL a session advisory lock on (faceid, the schema), held by a
+        connection kept open for the life of the process: the database drops it when the process
+        dies, even by SIGKILL, though the old session may take a moment to notice, hence ``wait``
+        seconds of retries.  On SQLite the data directory's lock does this (the database is a
+        file in it): always True."""
+        if self.engine.dialect.name != "postgresql":
+            return True
+        connection = self.engine.connect()
+        claim = text("SELECT pg_try_advisory_lock(:key, hashtext(current_schema()))")
+        deadline = time.monotonic() + wait
+        while not connection.execute(claim, {"key": self.SERVER_LOCK}).scalar():
+            connection.commit()
+            if time.monotonic() >= deadline:
+                connection.close()
+                return False
+            time.sleep(0.2)
+        connection.commit()
+        self._claim = connection
+        return True
+
+    def release(self) -> None:
+        """Give up what :meth:`claim` took (at a graceful stop; a dead process releases by dying)."""
+        if self._claim is not None:
+            self._claim.invalidate()  # closes the session for good, and the lock with it
+            self._claim = None
 
     # ---- galleries ----------------------------------------------------------------------------
     def create_gallery(
@@ -300,78 +443,209 @@ class Store:
 
     @staticmethod
     def _lock_gallery(c: Connection, gallery_id: int) -> None:
-        """Serialize the gallery's writers in the database (a row lock; SQLite has one writer
-        anyway), so that its change log's order is the order its changes were committed in: a
-        process that replays the log by sequence number then never skips a late commit."""
-        if c.dialect.name != "sqlite":  # SQLite: one writer at a time already, no query
+        """Serialize the gallery's writers in the database, before the transaction reads anything,
+        so that (1) its change log's order is the order its changes were committed in: a process
+        that replays the log by sequence number then never skips a late commit; and (2) what a
+        writer reads (e.g. the faces already enrolled from a source, :meth:`enrol`) stays true
+        until it commits, also against writers in other processes.
+
+        PostgreSQL: the gallery's row lock.  SQLite has one writer at a time, but Python's sqlite3
+        starts the transaction only at the first INSERT, UPDATE or DELETE: the SELECTs before it
+        ran outside, each on its own snapshot.  An UPDATE that matches no row starts the
+        transaction and takes the database's write lock (waiting up to the busy timeout) without
+        writing a page."""
+        if c.dialect.name == "sqlite":
+            c.execute(update(GalleryRow).where(GalleryRow.id == -1).values(id=GalleryRow.id))
+        else:
             c.execute(select(GalleryRow.id).where(GalleryRow.id == gallery_id).with_for_update())
 
     # ---- faces --------------------------------------------------------------------------------
     def add_faces(
         self, gallery: Gallery, faces: Sequence[NewFace], created: dict[int, Identity] | None = None
     ) -> tuple[list[int], list[int], int]:
-        """Enrol faces (creating identities that do not exist yet) in one transaction.
+        """Write faces (creating identities that do not exist yet) in one transaction, every one,
+        also a repeat of a source the identity already holds (:meth:`enrol` checks for those).
 
         Returns the new face ids and their identities' row ids, in order, and the sequence
         number of the last change; the identities it created go into ``created`` when given.
         """
         if not faces:
             return [], [], self.last_seq(gallery.id)
-        now = utcnow()
         # A Core connection, not an ORM session: enrolment is the hot write (its SQL -20 %).
         with self.engine.begin() as c:
             self._lock_gallery(c, gallery.id)
-            wanted = sorted({f.external_id for f in faces})
-            existing = dict(
-                c.execute(
-                    select(IdentityRow.external_id, IdentityRow.id).where(
-                        IdentityRow.gallery_id == gallery.id, IdentityRow.external_id.in_(wanted)
-                    )
-                ).all()
-            )
-            first: dict[str, NewFace] = {}
-            for f in faces:
-                if f.external_id not in existing:
-                    first.setdefault(f.external_id, f)
-            if first:
-                rows = [
-                    {
-                        "gallery_id": gallery.id,
-                        "external_id": eid,
-                        "display_name": f.display_name or "",
-                        "attributes": f.attributes or {},
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for eid, f in first.items()
+            identities = self._identity_ids(c, gallery.id, faces)
+            ids, identity_ids = self._write_faces(c, gallery, faces, identities, created)
+            return ids, identity_ids, self._log(c, gallery.id, "add", ids)
+
+    def enrol(
+        self,
+        gallery: Gallery,
+        sources: Sequence[Sequence[NewFace]],
+        created: dict[int, Identity] | None = None,
+    ) -> tuple[list[SourceResult], int]:
+        """Enrol sources, each once, in one transaction: what each came to, in order, and the
+        sequence number of the last change.
+
+        A source is what one enrolment names: the faces found in one photo, or one embedding;
+        its faces share their identity and ``source_sha256``.  A source whose identity already
+        holds faces enrolled from the same hash (by an earlier call, or by an earlier source of
+        this one) writes nothing: its result is those faces, with ``already``.  The others are
+        written as :meth:`add_faces` writes them.  The check and the write happen under the
+        gallery's lock in the database (:meth:`_lock_gallery`), so two enrolments of one source,
+        in any processes, enrol it once.  A source without a hash is always written.
+        """
+        if not sources:
+            return [], self.last_seq(gallery.id)
+        with self.engine.begin() as c:
+            self._lock_gallery(c, gallery.id)
+            identities = self._identity_ids(c, gallery.id, [f for s in sources for f in s])
+            wanted = {
+                (identities[key[0]], key[1])
+                for key in map(_source_key, sources)
+                if key is not None and key[0] in identities
+            }
+            before = self._source_faces(c, gallery.id, wanted)
+            # Per source: a result (already enrolled), the position of the earlier source of this
+            # call it repeats, or None (to be written).
+            plan: list[SourceResult | int | None] = []
+            first: dict[tuple[str, str], int] = {}
+            for k, source in enumerate(sources):
+                key = _source_key(source)
+                if key is None:
+                    plan.append(None)
+                elif (found := before.get((identities.get(key[0], -1), key[1]))) is not None:
+                    plan.append(SourceResult(tuple(found), True))
+                elif key in first:
+                    plan.append(first[key])
+                else:
+                    first[key] = k
+                    plan.append(None)
+            new = [f for source, p in zip(sources, plan, strict=True) if p is None for f in source]
+            if new:
+                ids, identity_ids = self._write_faces(c, gallery, new, identities, created)
+                seq = self._log(c, gallery.id, "add", ids)
+            else:
+                ids, identity_ids = [], []
+                seq = int(c.execute(_LAST_SEQ, {"gallery_id": gallery.id}).scalar() or 0)
+        written = iter(zip(ids, identity_ids, new, strict=True))
+        results: list[SourceResult] = []
+        for source, p in zip(sources, plan, strict=True):
+            if p is None:
+                faces = [
+                    StoredFace(i, ident, f.detection_score, f.box)
+                    for i, ident, f in islice(written, len(source))
                 ]
-                new_ids = dict(zip(first, _insert(c, IdentityRow, rows), strict=True))
-                existing.update(new_ids)
-                if created is not None:
-                    for eid, f in first.items():
-                        i = new_ids[eid]
-                        created[i] = Identity(
-                            i, gallery.id, eid, f.display_name or "", dict(f.attributes or {}), now, now
-                        )
-            face_rows = [
+                results.append(SourceResult(tuple(faces), False))
+            elif isinstance(p, int):
+                results.append(SourceResult(results[p].faces, True))
+            else:
+                results.append(p)
+        return results, seq
+
+    def source_faces(self, gallery_id: int, external_id: str, source_sha256: str) -> list[StoredFace]:
+        """The faces the identity holds from that source (none when the identity does not exist),
+        by id: read without the gallery's lock, for a look before costly work (a photo's
+        decoding and embedding); :meth:`enrol` checks again under the lock."""
+        with self.engine.connect() as c:
+            identity = c.execute(
+                select(IdentityRow.id).where(
+                    IdentityRow.gallery_id == gallery_id, IdentityRow.external_id == external_id
+                )
+            ).scalar()
+            if identity is None:
+                return []
+            return self._source_faces(c, gallery_id, {(identity, source_sha256)}).get(
+                (identity, source_sha256), []
+            )
+
+    @staticmethod
+    def _source_faces(
+        c: Connection, gallery_id: int, keys: set[tuple[int, str]]
+    ) -> dict[tuple[int, str], list[StoredFace]]:
+        """The faces enrolled from each (identity row id, source hash), by id.
+
+        Asked by identity (``identity_id IN (…)``, 10,000 at a time, on the index (identity_id,
+        source_sha256), which answers it alone), then the few faces that match by id: SQLite uses
+        no index for a row-value IN of pairs (it scanned the whole table)."""
+        matched: list[int] = []
+        identities = sorted({i for i, _ in keys})
+        for start in range(0, len(identities), IN_CHUNK):
+            among = _among(c, FaceRow.identity_id, identities[start : start + IN_CHUNK])
+            rows = c.execute(select(FaceRow.identity_id, FaceRow.source_sha256, FaceRow.id).where(among))
+            matched += [face for identity, digest, face in rows if (identity, digest) in keys]
+        found: dict[tuple[int, str], list[StoredFace]] = {}
+        matched.sort()
+        for start in range(0, len(matched), IN_CHUNK):
+            among = _among(c, FaceRow.id, matched[start : start + IN_CHUNK])
+            query = _STORED_FACE.where(among, FaceRow.gallery_id == gallery_id)
+            for row in c.execute(query.order_by(FaceRow.id)):
+                found.setdefault((row[1], row[2] or ""), []).append(_stored_face(row))
+        return found
+
+    @staticmethod
+    def _identity_ids(c: Connection, gallery_id: int, faces: Sequence[NewFace]) -> dict[str, int]:
+        """Row ids of the faces' identities that exist, by external id."""
+        wanted = sorted({f.external_id for f in faces})
+        rows = c.execute(
+            select(IdentityRow.external_id, IdentityRow.id).where(
+                IdentityRow.gallery_id == gallery_id, IdentityRow.external_id.in_(wanted)
+            )
+        )
+        return dict(rows.all())
+
+    @staticmethod
+    def _write_faces(
+        c: Connection,
+        gallery: Gallery,
+        faces: Sequence[NewFace],
+        identities: dict[str, int],
+        created: dict[int, Identity] | None,
+    ) -> tuple[list[int], list[int]]:
+        """Insert the faces, and the identities of theirs not in ``identities`` (added to it): the
+        new face ids and their identities' row ids, in order."""
+        now = utcnow()
+        first: dict[str, NewFace] = {}
+        for f in faces:
+            if f.external_id not in identities:
+                first.setdefault(f.external_id, f)
+        if first:
+            rows = [
                 {
                     "gallery_id": gallery.id,
-                    "identity_id": existing[f.external_id],
-                    "embedding": np.ascontiguousarray(f.embedding, dtype="<f4").tobytes(),
-                    "model_version": gallery.model_version,
-                    "detection_score": f.detection_score,
-                    "box_left": f.box[0] if f.box else None,
-                    "box_top": f.box[1] if f.box else None,
-                    "box_right": f.box[2] if f.box else None,
-                    "box_bottom": f.box[3] if f.box else None,
-                    "image_sha256": f.image_sha256,
+                    "external_id": eid,
+                    "display_name": f.display_name or "",
+                    "attributes": f.attributes or {},
                     "created_at": now,
+                    "updated_at": now,
                 }
-                for f in faces
+                for eid, f in first.items()
             ]
-            ids = _insert(c, FaceRow, face_rows)
-            seq = self._log(c, gallery.id, "add", ids)
-            return ids, [existing[f.external_id] for f in faces], seq
+            new_ids = dict(zip(first, _insert(c, IdentityRow, rows), strict=True))
+            identities.update(new_ids)
+            if created is not None:
+                for eid, f in first.items():
+                    i = new_ids[eid]
+                    created[i] = Identity(
+                        i, gallery.id, eid, f.display_name or "", dict(f.attributes or {}), now, now
+                    )
+        face_rows = [
+            {
+                "gallery_id": gallery.id,
+                "identity_id": identities[f.external_id],
+                "embedding": np.ascontiguousarray(f.embedding, dtype="<f4").tobytes(),
+                "model_version": gallery.model_version,
+                "detection_score": f.detection_score,
+                "box_left": f.box[0] if f.box else None,
+                "box_top": f.box[1] if f.box else None,
+                "box_right": f.box[2] if f.box else None,
+                "box_bottom": f.box[3] if f.box else None,
+                "source_sha256": f.source_sha256,
+                "created_at": now,
+            }
+            for f in faces
+        ]
+        return _insert(c, FaceRow, face_rows), [identities[f.external_id] for f in faces]
 
     def _log(self, c: Connection, gallery_id: int, op: str, face_ids: Sequence[int]) -> int:
         rows = [{"gallery_id": gallery_id, "op": op, "face_id": i} for i in face_ids]
@@ -582,10 +856,61 @@ class Store:
             )
 
     def trim_changes(self, gallery_id: int, up_to_seq: int) -> int:
-        """Drop change-log rows a saved snapshot already reflects."""
+        """Drop the gallery's change-log rows up to ``up_to_seq`` (what a saved snapshot already
+        reflects); returns how many went.
+
+        One ``"trim"`` row takes their place, its ``face_id`` the highest sequence number dropped
+        (of an add, remove or update; an earlier trim row's own figure carries over).  It keeps
+        two promises the dropped rows kept: the gallery's ``last_seq`` never goes back (a snapshot
+        "ahead of the store" would be refused), and a reader replaying from a point before that
+        figure learns that changes it needed are gone (it rebuilds its index from the store;
+        ``FaceService._replay``).  So the log of a gallery holds at most one trim row, and after
+        a trim nothing older than ``up_to_seq`` but that row.  Nothing happens (0) when no row but
+        a trim row is that old.
+        """
         with self.session() as s, s.begin():
-            return _rowcount(
-                s.execute(
-                    delete(ChangeRow).where(ChangeRow.gallery_id == gallery_id, ChangeRow.seq <= up_to_seq)
-                )
-            )
+            self._lock_gallery(s.connection(), gallery_id)  # the trim row's seq is in commit order
+            old = (ChangeRow.gallery_id == gallery_id, ChangeRow.seq <= up_to_seq)
+            top = s.scalar(select(func.max(ChangeRow.seq)).where(*old, ChangeRow.op != "trim"))
+            if top is None:
+                return 0
+            carried = s.scalar(select(func.max(ChangeRow.face_id)).where(*old, ChangeRow.op == "trim"))
+            dropped = _rowcount(s.execute(delete(ChangeRow).where(*old)))
+            self._log(s.connection(), gallery_id, "trim", [max(int(top), int(carried or 0))])
+            return dropped
+
+    def count_changes(self, gallery_id: int | None = None) -> int:
+        """Rows in the change log: the gallery's, or all of them."""
+        query = select(func.count()).select_from(ChangeRow)
+        if gallery_id is not None:
+            query = query.where(ChangeRow.gallery_id == gallery_id)
+        with self.engine.connect() as c:
+            return int(c.execute(query).scalar() or 0)
+
+    def checkpoint(self, attempts: int = 40, pause: float = 0.05, busy_ms: int = 250) -> bool:
+        """SQLite: move the write-ahead log into the database file and truncate it to 0 bytes
+        (``PRAGMA wal_checkpoint(TRUNCATE)``), so that no page an erased row was on survives in
+        the log; True when done, and always on other databases (nothing to do).
+
+        The log keeps every page version written since it was last reset, an erased embedding's
+        among them, until the last connection closes; with ``secure_delete`` the database file
+        itself holds only the overwritten page once checkpointed.  TRUNCATE waits for readers
+        still on an older snapshot and holds new writers back meanwhile, so it waits at most
+        ``busy_ms`` at a time (not the 10 s busy timeout of the store's writes) and is tried
+        ``attempts`` times, ``pause`` s apart (2 s at most in all, by default), while the
+        store's reads and writes, each a few milliseconds, go on in between.
+        """
+        if self.engine.dialect.name != "sqlite":
+            return True
+        for attempt in range(attempts):
+            with self.engine.connect() as c:
+                c.exec_driver_sql(f"PRAGMA busy_timeout={int(busy_ms)}")
+                try:
+                    busy, _, _ = c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+                finally:
+                    c.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            if busy == 0:
+                return True
+            if attempt + 1 < attempts:
+                time.sleep(pause)
+        return False

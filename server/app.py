@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import fcntl
 import functools
 import gc
 import json
@@ -13,10 +16,11 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,8 +31,9 @@ from grpc_reflection.v1alpha import reflection
 
 from faceid.engine.keys import ALL_GALLERIES, KeyRing, KeyStore, NewKey, Role
 from faceid.engine.service import FaceService, ServiceConfig
+from faceid.engine.store import Store
 from faceid.proto.faceid.v1 import faceid_pb2, faceid_pb2_grpc
-from faceid.server.auth import AuthInterceptor
+from faceid.server.auth import AuthInterceptor, GateLimits
 from faceid.server.config import ServerConfig
 from faceid.server.servicer import FaceIdServicer
 
@@ -59,6 +64,10 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
+class StartupError(Exception):
+    """The server cannot start, for a reason its operator can fix (the message says how)."""
+
+
 def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     pending = (
         [
@@ -76,6 +85,11 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", config.keepalive_timeout_ms),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        # One connection cannot hold every call: more wait in the client (HTTP/2 flow control).
+        ("grpc.max_concurrent_streams", config.max_streams_per_connection),
+        # SO_REUSEPORT only for the server's own processes: with it, a second server on a busy port
+        # would start without an error and take a share of the connections.
+        ("grpc.so_reuseport", 1 if config.processes > 1 else 0),
     ]
 
 
@@ -85,23 +99,35 @@ class Server:
     def __init__(self, config: ServerConfig, service: FaceService | None = None, first: bool = True) -> None:
         """``first``: the first (or only) process of the server, the one that writes snapshots."""
         self.config = config
-        self.service = service or FaceService(
-            ServiceConfig(
-                data_dir=config.data_dir,
-                database_url=config.database_url or None,
-                shared=config.processes > 1,
-                snapshots=first,
-            )
+        settings = ServiceConfig(
+            data_dir=config.data_dir,
+            database_url=config.database_url or None,
+            shared=config.processes > 1,
+            snapshots=first,
+            erasure_seconds=config.erasure_seconds,
+            change_log_keep_seconds=config.change_log_keep_seconds,
         )
+        #: The store claimed for this server before anything is opened (the first process claims
+        #: for the group): a second server on one PostgreSQL database is refused at start.
+        self.owner = Store.from_url(settings.url()) if first and service is None else None
+        if self.owner is not None and not self.owner.claim():
+            raise StartupError(
+                "the database is in use by another faceid server; stop it, or give this one its own "
+                "database (several processes on one store: --processes N)"
+            )
+        self.service = service or FaceService(settings)
         self.servicer = FaceIdServicer(self.service, config)
         self.keys = KeyRing(KeyStore(self.service.store.engine))
         self._refresher: asyncio.Task[None] | None = None
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
-        self.grpc = grpc.aio.server(
-            options=grpc_options(config),
-            maximum_concurrent_rpcs=2 * config.max_concurrent_rpcs,  # a backstop: the servicer sheds first
-            interceptors=[AuthInterceptor(self.keys)] if config.auth else [],
+        gate = AuthInterceptor(
+            self.keys if config.auth else None,
+            GateLimits(config.request_arrival_seconds, config.stream_idle_seconds),
         )
+        # No maximum_concurrent_rpcs: gRPC counts calls from their headers on, health checks
+        # included, so whoever can open calls could fill it (server/auth.py); the gate and the
+        # servicer bound the work instead.
+        self.grpc = grpc.aio.server(options=grpc_options(config), interceptors=[gate])
         faceid_pb2_grpc.add_FaceIdServicer_to_server(self.servicer, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
@@ -113,10 +139,14 @@ class Server:
             self.grpc,
         )
         address = f"{config.host}:{config.port}"
-        if config.tls:
-            self.port = self.grpc.add_secure_port(address, server_credentials(config))
-        else:
-            self.port = self.grpc.add_insecure_port(address)
+        try:
+            if config.tls:
+                self.port = self.grpc.add_secure_port(address, server_credentials(config))
+            else:
+                self.port = self.grpc.add_insecure_port(address)
+        except RuntimeError as exc:  # gRPC says only "Failed to bind"
+            self.service.close()
+            raise StartupError(_port_taken(config)) from exc
         #: The admin key made on a first start (no key was ever created): printed once by ``serve``.
         #: Made last, once the port is bound, so that a start that fails does not swallow it.
         self.first_key: NewKey | None = None
@@ -151,6 +181,8 @@ class Server:
         await self.grpc.stop(self.config.grace_seconds)
         self.servicer.executor.shutdown(wait=True)
         await asyncio.get_running_loop().run_in_executor(None, self.service.close)
+        if self.owner is not None:
+            self.owner.release()
         log.info("faceid stopped; index snapshots written")
 
     async def _refresh_keys(self) -> None:
@@ -267,7 +299,83 @@ async def serve(
 
 def _process_main(config: ServerConfig, first: bool, ready: Any) -> None:
     configure_logging(config.log_level)
-    asyncio.run(serve(config, first, ready.put))
+    try:
+        asyncio.run(serve(config, first, ready.put))
+    except StartupError as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+
+
+def _port_taken(config: ServerConfig) -> str:
+    return (
+        f"{config.host}:{config.port} is already in use (another faceid server, or another program); "
+        "stop it, or give another --port (several processes on one port: --processes N)"
+    )
+
+
+def check_port_free(config: ServerConfig) -> None:
+    """Refuse a port something already listens on (port 0, a fresh one, always passes).
+
+    gRPC binds with SO_REUSEPORT when the server has several processes, and the kernel would let a
+    second server that did the same share the port silently; a plain bind, without SO_REUSEPORT,
+    fails on any port in use, whoever holds it.  (SO_REUSEADDR only lets it pass connections of
+    an earlier server that are closing.)
+    """
+    if config.port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(
+            config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise StartupError(
+            f"cannot listen on {config.host!r}: {exc.strerror}; give a host name or address"
+        ) from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise StartupError(_port_taken(config)) from None
+                if exc.errno != errno.EADDRNOTAVAIL:  # e.g. no IPv6 here: gRPC will say if it matters
+                    raise StartupError(
+                        f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
+                    ) from None
+
+
+LOCK_FILE = "faceid.lock"
+
+
+@contextlib.contextmanager
+def own_data_dir(config: ServerConfig) -> Iterator[None]:
+    """Hold the data directory's lock while the server runs: a second server on the same directory
+    (its database, its snapshots) would lose the first's galleries, so it is refused at start.
+
+    An advisory ``flock`` on ``faceid.lock``, which holds the owner's process id for the message;
+    the kernel releases it when the owner dies, even by SIGKILL, so a crash never leaves a stale lock.
+    """
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    path = config.data_dir / LOCK_FILE
+    handle = path.open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise StartupError(
+                f"the data directory {config.data_dir} is in use by another faceid server (process {owner}); "
+                "stop it, or give this one another --data-dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 def serve_processes(config: ServerConfig) -> int:
@@ -278,9 +386,16 @@ def serve_processes(config: ServerConfig) -> int:
     port, perhaps port 0), the others then bind the same port.  When one of them dies the others
     are stopped too and the status is 1: a supervisor (systemd, Kubernetes) restarts the whole.
     """
-    if config.processes == 1:
-        asyncio.run(serve(config))
-        return 0
+    with own_data_dir(config):
+        check_port_free(config)
+        if config.processes == 1:
+            asyncio.run(serve(config))
+            return 0
+        return _supervise(config)
+
+
+def _supervise(config: ServerConfig) -> int:
+    """``serve_processes`` for several processes, the data directory locked and the port free."""
     ctx = mp.get_context("spawn")  # no fork: gRPC and faiss threads do not survive one
     ready: Any = ctx.Queue()
     procs: list[Any] = []

@@ -53,6 +53,21 @@ class ServerConfig:
     #: growing ×1.5 per quarter second of sustained refusals up to the maximum (servicer.Backoff).
     overload_pushback_ms: int = 100
     overload_pushback_max_ms: int = 20_000
+    #: The gate (server/auth.py): a call's request message must arrive within this many seconds of
+    #: its headers, and each streamed item within ``stream_idle_seconds`` of the one before; else
+    #: the call ends with DEADLINE_EXCEEDED.  A call waiting for its message holds no engine slot.
+    request_arrival_seconds: float = 10.0
+    stream_idle_seconds: float = 60.0
+    #: Calls one connection may carry at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; a client's
+    #: further calls wait for a free stream): a bound on what one connection's held calls cost in
+    #: memory.  Not lower: a client that opens more calls than this at once on a new connection,
+    #: before it has read the server's settings, gets the excess refused (UNAVAILABLE).
+    max_streams_per_connection: int = 1000
+    #: Erasure bound (seconds): this long after a delete is acknowledged, also across a crash and
+    #: restart, no file in the data directory holds the erased embeddings (engine/service.py).
+    erasure_seconds: float = 5.0
+    #: Several processes: the change log is trimmed up to a snapshot once it is this old (seconds).
+    change_log_keep_seconds: float = 300.0
     #: Keepalive: ping an idle connection every this many ms; drop it when no answer in the timeout.
     keepalive_time_ms: int = 60_000
     keepalive_timeout_ms: int = 20_000
@@ -87,6 +102,12 @@ class ServerConfig:
             raise ValueError("overload_pushback_ms must not be negative")
         if self.key_refresh_seconds <= 0:
             raise ValueError("key_refresh_seconds must be positive")
+        if min(self.request_arrival_seconds, self.stream_idle_seconds) <= 0:
+            raise ValueError("request_arrival_seconds and stream_idle_seconds must be positive")
+        if self.erasure_seconds < 0 or self.change_log_keep_seconds < 0:
+            raise ValueError("erasure_seconds and change_log_keep_seconds must not be negative")
+        if self.max_streams_per_connection < 1:
+            raise ValueError("max_streams_per_connection must be positive")
 
     @property
     def tls(self) -> bool:

@@ -14,9 +14,10 @@ import functools
 import json
 import logging
 import random
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -28,13 +29,16 @@ import numpy as np
 from faceid.engine.detect import Box, Detection
 from faceid.engine.errors import (
     AlreadyExistsError,
+    DeadlineExceededError,
     FaceIdError,
     FailedPreconditionError,
     InvalidInputError,
+    ModelError,
     NotFoundError,
     UnavailableError,
 )
 from faceid.engine.index import SearchParams
+from faceid.engine.limits import check_batch_size, parse_attributes
 from faceid.engine.pipeline import Face
 from faceid.engine.service import (
     EmbeddingInput,
@@ -55,7 +59,10 @@ log = logging.getLogger("faceid.server")
 T = TypeVar("T")
 BULK_BATCH = 500  # embedding items enrolled in one transaction
 BULK_WAIT = 0.005  # seconds to wait for more items before enrolling those already received
-MAX_BATCH_ITEMS = 10_000  # items in one EnrollBatch call
+#: Seconds of a call's deadline kept for what follows a COMMIT (the index, the answer): a write
+#: that would start later is not started (``CommitGuard``); plus this much per item of a batch.
+COMMIT_MARGIN = 0.05
+COMMIT_MARGIN_PER_ITEM = 50e-6
 
 _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -63,7 +70,10 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
+#: Server faults logged once (by kind), not at every call they fail.
+_LOGGED: set[str] = set()
 
 
 MAX_MESSAGE = 1000  # characters: a message travels in HTTP/2 trailers, which gRPC caps at 16 KiB
@@ -81,6 +91,19 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
             return code, shorten(str(exc))
     if is_unavailable(exc):
         return grpc.StatusCode.UNAVAILABLE, "the database is unavailable; retry later"
+    if isinstance(exc, ModelError):  # the server's installation, not the request
+        if "model" not in _LOGGED:
+            _LOGGED.add("model")
+            log.error(
+                "the face model cannot be loaded: calls that need it (photos) get INTERNAL until the "
+                "model files are fixed and the server is restarted: %s",
+                exc,
+                exc_info=exc,
+            )
+        return grpc.StatusCode.INTERNAL, (
+            "the server's face model files are missing or damaged: a fault of the server, not of the "
+            "request (calls with ready embeddings still work); tell the server's operator"
+        )
     if isinstance(exc, FaceIdError):
         return grpc.StatusCode.INVALID_ARGUMENT, shorten(str(exc))
     ref = uuid.uuid4().hex[:12]
@@ -174,18 +197,6 @@ def identity_name(gallery: str, external_id: str) -> str:
     return f"galleries/{gallery}/identities/{quote(external_id, safe='')}"
 
 
-def parse_attributes(text: str) -> dict[str, Any] | None:
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise InvalidInputError("attributes_json is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise InvalidInputError("attributes_json must be a JSON object")
-    return value
-
-
 # ---- translation -----------------------------------------------------------------------------
 def box_pb(box: Box | None) -> pb.Box | None:
     return None if box is None else pb.Box(left=box.left, top=box.top, right=box.right, bottom=box.bottom)
@@ -232,7 +243,60 @@ def enrolled_pb(gallery: str, f: EnrolledFace) -> pb.EnrolledFace:
         face_id=f.face_id,
         box=box_pb(f.box),
         detection_score=f.detection_score or 0.0,
+        already_enrolled=f.already_enrolled,
     )
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A streamed item whose bytes are not the method's message (see ``server/auth.py``): it
+    fails alone, with this message, and the stream goes on."""
+
+    message: str
+
+
+def error_result(index: int, exc: BaseException) -> pb.BulkEnrollResult:
+    """A failed item's result: its status code and message."""
+    code, message = status_of(exc)
+    return pb.BulkEnrollResult(index=index, error_code=code.value[0], error_message=message)
+
+
+class CommitGuard:
+    """Keeps a call from committing a write once it can no longer be answered as a success.
+
+    :meth:`check` (the service's ``Proceed``) runs in the worker thread under the gallery's lock,
+    before the write's transaction starts and again right before its COMMIT, and raises
+    :class:`DeadlineExceededError` (the transaction rolls back, nothing is written) once the call
+    was cancelled (the caller went away, or gRPC cancelled the handler at the deadline), or when
+    less than ``COMMIT_MARGIN`` (+ ``COMMIT_MARGIN_PER_ITEM`` per item) is left before the
+    deadline: what follows a COMMIT (the index update, the answer) must fit in that margin.  A
+    COMMIT once sent is not stopped; the margin is what keeps its answer inside the deadline.
+    """
+
+    def __init__(self, time_remaining: float | None, items: int = 1) -> None:
+        margin = COMMIT_MARGIN + COMMIT_MARGIN_PER_ITEM * items
+        self.deadline = None if time_remaining is None else time.monotonic() + time_remaining - margin
+        self.cancelled = threading.Event()
+
+    @classmethod
+    @contextlib.contextmanager
+    def of(cls, context: Any, items: int = 1) -> Iterator[CommitGuard]:
+        """A guard for the call of ``context`` (its deadline), cancelled when the handler is."""
+        guard = cls(context.time_remaining(), items)
+        try:
+            yield guard
+        except asyncio.CancelledError:
+            guard.cancelled.set()
+            raise
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise DeadlineExceededError("the call was cancelled before its enrolment was committed")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineExceededError(
+                "too little of the call's deadline was left to commit the enrolment, so nothing was "
+                "written: send it again with a longer deadline (or fewer items)"
+            )
 
 
 @dataclass(frozen=True)
@@ -246,11 +310,12 @@ def _runs(requests: list[pb.EnrollRequest]) -> list[list[pb.EnrollRequest]]:
     """Consecutive embedding items of one gallery together; each photo item alone."""
     runs: list[list[pb.EnrollRequest]] = []
     for r in requests:
-        embedding = r.probe.WhichOneof("kind") == "embedding"
+        embedding = not isinstance(r, Malformed) and r.probe.WhichOneof("kind") == "embedding"
         last = runs[-1] if runs else None
         if (
             last is not None
             and embedding
+            and not isinstance(last[0], Malformed)
             and last[0].probe.WhichOneof("kind") == "embedding"
             and last[0].parent == r.parent
         ):
@@ -349,8 +414,6 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
     @rpc
     async def CreateGallery(self, request: pb.CreateGalleryRequest, context: Any) -> pb.Gallery:
         gallery = request.gallery_id
-        if "/" in gallery:
-            raise InvalidInputError("gallery_id must not contain '/'")
         await self._call(self.service.create_gallery, gallery)
         return await self._call(self._gallery_pb, gallery)
 
@@ -370,7 +433,13 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
         return pb.DeleteGalleryResponse()
 
     # ---- enrolment -------------------------------------------------------------------------------
-    async def _enroll(self, request: pb.EnrollRequest) -> list[pb.EnrolledFace]:
+    async def _enroll(
+        self, request: pb.EnrollRequest | Malformed, guard: CommitGuard | None = None
+    ) -> list[pb.EnrolledFace]:
+        """One item; with a ``guard``, nothing is committed once the call cannot be answered."""
+        proceed = guard.check if guard is not None else None
+        if isinstance(request, Malformed):
+            raise InvalidInputError(request.message)
         gallery = gallery_of(request.parent, "parent")
         attributes = parse_attributes(request.attributes_json)
         name = request.display_name or None
@@ -384,6 +453,7 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
                 request.all_faces,
                 name,
                 attributes,
+                proceed,
             )
         elif kind == "embedding":
             faces = await self._call(
@@ -393,6 +463,7 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
                 [embedding_in(request.probe.embedding)],
                 name,
                 attributes,
+                proceed,
             )
         else:
             raise InvalidInputError("probe must hold a photo or an embedding")
@@ -400,58 +471,87 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
 
     @rpc
     async def Enroll(self, request: pb.EnrollRequest, context: Any) -> pb.EnrollResponse:
-        return pb.EnrollResponse(faces=await self._enroll(request))
+        with CommitGuard.of(context) as guard:
+            return pb.EnrollResponse(faces=await self._enroll(request, guard))
 
-    async def _enroll_batch(self, requests: list[pb.EnrollRequest], first: int) -> list[pb.BulkEnrollResult]:
-        """Embedding items of one gallery in one transaction."""
-        gallery = gallery_of(requests[0].parent, "parent")
-        items = [
-            EnrollItem(
-                r.identity_id,
-                embedding_in(r.probe.embedding),
-                r.display_name or None,
-                parse_attributes(r.attributes_json),
+    async def _enroll_embeddings(
+        self, requests: list[pb.EnrollRequest], first: int, guard: CommitGuard | None = None
+    ) -> list[pb.BulkEnrollResult]:
+        """A run of embedding items of one gallery: every item is checked first, then the good
+        ones are enrolled in one transaction; each bad item gets its own error result.  An error
+        of the run as a whole (no such gallery, the database down) is every item's result."""
+        results: list[pb.BulkEnrollResult | None] = [None] * len(requests)
+        items: list[EnrollItem] = []
+        positions: list[int] = []
+        try:
+            gallery = gallery_of(requests[0].parent, "parent")  # the run's items share their parent
+        except FaceIdError as exc:
+            return [error_result(first + i, exc) for i in range(len(requests))]
+        for i, r in enumerate(requests):
+            try:
+                attributes = parse_attributes(r.attributes_json)
+            except FaceIdError as exc:
+                results[i] = error_result(first + i, exc)
+                continue
+            items.append(
+                EnrollItem(r.identity_id, embedding_in(r.probe.embedding), r.display_name or None, attributes)
             )
-            for r in requests
-        ]
-        faces = await self._call(self.service.enroll_items, gallery, items)
-        return [
-            pb.BulkEnrollResult(index=first + i, faces=[enrolled_pb(gallery, f)]) for i, f in enumerate(faces)
-        ]
+            positions.append(i)
+        if items:
+            proceed = guard.check if guard is not None else None
+            try:
+                outcomes = await self._call(self.service.enroll_each, gallery, items, proceed)
+            except DeadlineExceededError:
+                raise  # the call fails as a whole: nothing of this run was written
+            except Exception as exc:
+                failed = error_result(0, exc)
+                for i in positions:
+                    results[i] = pb.BulkEnrollResult(
+                        index=first + i, error_code=failed.error_code, error_message=failed.error_message
+                    )
+            else:
+                for i, outcome in zip(positions, outcomes, strict=True):
+                    results[i] = (
+                        error_result(first + i, outcome)
+                        if isinstance(outcome, FaceIdError)
+                        else pb.BulkEnrollResult(index=first + i, faces=[enrolled_pb(gallery, outcome)])
+                    )
+        return [r for r in results if r is not None]
 
     async def _enroll_runs(
-        self, requests: list[pb.EnrollRequest], first: int
+        self, requests: list[pb.EnrollRequest], first: int, guard: CommitGuard | None = None
     ) -> AsyncIterator[list[pb.BulkEnrollResult]]:
-        """One result per request, in order, a run at a time: runs of embeddings in one transaction
-        each; photos, single items and runs whose transaction is refused (a bad item, the
-        database) item by item, each with its own result."""
+        """One result per request, in order, a run at a time: each run of embedding items of one
+        gallery is checked item by item and its good items enrolled in one transaction; photos
+        (and items without a probe) one by one, each with its own result."""
         index = first
         for run in _runs(requests):
-            results: list[pb.BulkEnrollResult] | None = None
-            if len(run) > 1 and run[0].probe.WhichOneof("kind") == "embedding":
-                with contextlib.suppress(Exception):
-                    results = await self._enroll_batch(run, index)
-            yield results or [await self._enroll_result(r, index + i) for i, r in enumerate(run)]
+            if not isinstance(run[0], Malformed) and run[0].probe.WhichOneof("kind") == "embedding":
+                yield await self._enroll_embeddings(run, index, guard)
+            else:
+                yield [await self._enroll_result(run[0], index, guard)]
             index += len(run)
 
     @rpc
     async def EnrollBatch(self, request: pb.EnrollBatchRequest, context: Any) -> pb.EnrollBatchResponse:
-        if not 1 <= len(request.items) <= MAX_BATCH_ITEMS:
-            raise InvalidInputError(
-                f"items must hold 1 to {MAX_BATCH_ITEMS:,} requests; got {len(request.items):,} "
-                "(split larger batches, or stream them with BulkEnroll)"
-            )
-        runs = self._enroll_runs(list(request.items), 0)
-        return pb.EnrollBatchResponse(results=[result async for results in runs for result in results])
+        """Items are checked before anything is written; then each run of embedding items of one
+        gallery is one transaction, each photo item another.  Nothing is committed once the call
+        was cancelled or too little of its deadline is left (``CommitGuard``): a single-gallery
+        batch of embeddings is then written whole or not at all."""
+        check_batch_size(len(request.items))
+        with CommitGuard.of(context, len(request.items)) as guard:
+            runs = self._enroll_runs(list(request.items), 0, guard)
+            return pb.EnrollBatchResponse(results=[result async for results in runs for result in results])
 
-    async def _enroll_result(self, request: pb.EnrollRequest, index: int) -> pb.BulkEnrollResult:
+    async def _enroll_result(
+        self, request: pb.EnrollRequest, index: int, guard: CommitGuard | None = None
+    ) -> pb.BulkEnrollResult:
         try:
-            return pb.BulkEnrollResult(index=index, faces=await self._enroll(request))
-        except asyncio.CancelledError:
+            return pb.BulkEnrollResult(index=index, faces=await self._enroll(request, guard))
+        except (asyncio.CancelledError, DeadlineExceededError):
             raise
         except Exception as exc:
-            code, message = status_of(exc)
-            return pb.BulkEnrollResult(index=index, error_code=code.value[0], error_message=message)
+            return error_result(index, exc)
 
     async def BulkEnroll(
         self, request_iterator: AsyncIterator[pb.EnrollRequest], context: Any

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import grpc
 import numpy as np
@@ -22,15 +23,16 @@ from .conftest import encode
 class ServerProcess:
     """``faceid serve`` in a child process on a free loopback port."""
 
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.extra = extra
+        self.env = env  # FACEID_* settings, over the process's own environment
         self.proc: subprocess.Popen[str] | None = None
         self.address = ""
         self.admin_key = ""  # printed on the first start only; kept across restarts
 
-    def start(self) -> ServerProcess:
-        self.proc, self.address, key = spawn(self.data_dir, *self.extra)
+    def start(self) -> Self:
+        self.proc, self.address, key = spawn(self.data_dir, *self.extra, env=self.env)
         self.admin_key = key or self.admin_key
         return self
 
@@ -38,6 +40,13 @@ class ServerProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=60)
+
+    def client(self, timeout: float = 120) -> FaceIdClient:
+        """A client with the admin key."""
+        return FaceIdClient(self.address, timeout=timeout, api_key=self.admin_key)
+
+    def log(self) -> str:
+        return (self.data_dir / "server.log").read_text()
 
 
 @pytest.fixture(scope="module")

@@ -244,16 +244,17 @@ def test_idle_streams_and_slow_clients_do_not_block_others(tmp_path: Path) -> No
             c.enroll("busy", "someone", embedding=unit(1))
             stalled = threading.Event()
 
-            def never_finishes() -> Iterator[pb.EnrollRequest]:
-                yield enroll_request("busy", "slow", embedding=unit(2))
+            def never_finishes(i: int) -> Iterator[pb.EnrollRequest]:
+                # each its own face: the same source twice would be enrolled once (idempotent)
+                yield enroll_request("busy", f"slow-{i}", embedding=unit(2 + i))
                 stalled.wait(60)  # a client that opens a stream and goes quiet
 
             calls = []
-            for _ in range(20):  # each on its own connection, as separate slow clients would be
+            for i in range(20):  # each on its own connection, as separate slow clients would be
                 channel = grpc.insecure_channel(address, channel_options())
                 channels.append(channel)
                 stub = pb_grpc.FaceIdStub(channel)  # type: ignore[no-untyped-call]
-                calls.append(stub.BulkEnroll(never_finishes(), metadata=md))
+                calls.append(stub.BulkEnroll(never_finishes(i), metadata=md))
             t0 = time.perf_counter()
             for i in range(50):
                 assert c.identify("busy", embedding=unit(1))[0].matches[0].identity_id == "someone"

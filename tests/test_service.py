@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 
 from faceid.engine.errors import (
     AlreadyExistsError,
@@ -22,7 +20,7 @@ from faceid.engine.pipeline import FacePipeline
 from faceid.engine.service import EmbeddingInput, FaceService, ServiceConfig
 
 from .conftest import encode
-from .test_store import PG_URL, _postgres_available
+from .test_store import _postgres_available, fresh_postgres_database
 
 MODEL = "dlib-resnet-v1/flip-unit"
 
@@ -46,16 +44,8 @@ def config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServiceCo
     reason = _postgres_available()
     if reason:
         pytest.skip(reason)
-    name = f"faceid_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f"create database {name}"))
-    try:
-        yield ServiceConfig(data_dir=tmp_path / "data", database_url=PG_URL.rsplit("/", 1)[0] + f"/{name}")
-    finally:
-        with admin.connect() as c:
-            c.execute(sa.text(f"drop database {name} with (force)"))
-        admin.dispose()
+    with fresh_postgres_database() as url:
+        yield ServiceConfig(data_dir=tmp_path / "data", database_url=url)
 
 
 @pytest.fixture

@@ -117,16 +117,18 @@ class EnrollRequest(_message.Message):
     def __init__(self, parent: _Optional[str] = ..., identity_id: _Optional[str] = ..., probe: _Optional[_Union[Probe, _Mapping]] = ..., all_faces: _Optional[bool] = ..., display_name: _Optional[str] = ..., attributes_json: _Optional[str] = ...) -> None: ...
 
 class EnrolledFace(_message.Message):
-    __slots__ = ("name", "face_id", "box", "detection_score")
+    __slots__ = ("name", "face_id", "box", "detection_score", "already_enrolled")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FACE_ID_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
     DETECTION_SCORE_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_ENROLLED_FIELD_NUMBER: _ClassVar[int]
     name: str
     face_id: int
     box: Box
     detection_score: float
-    def __init__(self, name: _Optional[str] = ..., face_id: _Optional[int] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., detection_score: _Optional[float] = ...) -> None: ...
+    already_enrolled: bool
+    def __init__(self, name: _Optional[str] = ..., face_id: _Optional[int] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., detection_score: _Optional[float] = ..., already_enrolled: _Optional[bool] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
     __slots__ = ("faces",)

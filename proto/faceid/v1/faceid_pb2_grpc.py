@@ -149,7 +149,10 @@ class FaceIdServicer:
 
     def Enroll(self, request, context):
         """Enrols the largest face of a photo (or every face), or a ready embedding, into an identity,
-        creating the identity when it is new.
+        creating the identity when it is new.  Idempotent per source: enrolling the same photo bytes (or
+        the same embedding values) into the same identity again adds no face and answers with the faces
+        enrolled from it before, marked `already_enrolled`; so a call whose outcome is unknown (a timeout,
+        a dropped connection, an interrupted run) may simply be sent again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,6 +160,8 @@ class FaceIdServicer:
 
     def BulkEnroll(self, request_iterator, context):
         """Enrols a stream of items; one result per item, in order, so that one bad photo fails only itself.
+        Idempotent per source as Enroll, also within the stream: an item that repeats an earlier one
+        (same gallery, identity and source) gets that item's faces, marked `already_enrolled`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,7 +170,8 @@ class FaceIdServicer:
     def EnrollBatch(self, request, context):
         """Enrols up to 10,000 items in one call, one result per item, in order: the batch form of
         BulkEnroll, for ready embeddings above all (one message instead of one per face).  A key
-        must reach every gallery the items name, or the whole call is refused.
+        must reach every gallery the items name, or the whole call is refused.  Idempotent per source
+        as BulkEnroll, within the batch too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
