@@ -22,7 +22,7 @@ from PIL import Image
 
 from faceid.benchmarks.common import faces_dir, machine, write_json
 from faceid.engine.config import DetectConfig, EmbedConfig, Precision
-from faceid.engine.embedder import Embedder
+from faceid.engine.vision.embedder import Embedder
 
 
 def sample_chips(n: int, chips_file: Path | None) -> tuple[np.ndarray, str]:
@@ -95,7 +95,7 @@ def precision_agreement(chips: np.ndarray, device: str, weights: Path | None) ->
 def bench_dlib(chips: np.ndarray, seconds: float) -> float:
     import dlib
 
-    from faceid.engine.weights import RESNET_FILE, model_file
+    from faceid.engine.vision.weights import RESNET_FILE, model_file
 
     net = dlib.face_recognition_model_v1(str(model_file(RESNET_FILE)))
     batch = list(chips[:32])
@@ -105,7 +105,7 @@ def bench_dlib(chips: np.ndarray, seconds: float) -> float:
 
 
 def bench_detector(seconds: float) -> list[dict[str, Any]]:
-    from faceid.engine.detect import FaceDetector
+    from faceid.engine.vision.detect import FaceDetector
 
     source = faces_dir() / "fr_openface_examples7" / "images" / "obama" / "001.jpg"
     base = Image.open(source).convert("RGB") if source.is_file() else None
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=Path("results"))
     args = ap.parse_args(argv)
 
-    from faceid.engine.embedder import pick_device
+    from faceid.engine.vision.embedder import pick_device
 
     device = str(pick_device(args.device))
     batches = [int(b) for b in args.batches.split(",")]

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from faceid.benchmarks.common import Progress, machine, unit_vectors, write_json
-from faceid.engine.index import IndexConfig
-from faceid.engine.service import EmbeddingInput, FaceService, ServiceConfig
+from faceid.engine.config import EngineConfig, IndexConfig
+from faceid.engine.domain.results import EmbeddingInput
+from faceid.engine.index import FaissGalleryIndex
+from faceid.engine.service import FaceService
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -36,14 +38,15 @@ def enrol(service: FaceService, n: int, batch: int, faces_per_identity: int) -> 
         ids = [f"person-{(start + i) // faces_per_identity}" for i in range(m)]
         service.enroll_embeddings("bench", ids, [EmbeddingInput(v) for v in vecs])
         progress.update(m)
-    state = service._state("bench")
-    state.index.wait_for_training()
+    index = service.galleries.state("bench").index
+    assert isinstance(index, FaissGalleryIndex)  # this benchmark measures the FAISS backend
+    index.wait_for_training()
     return time.perf_counter() - t0
 
 
 def identify_split(service: FaceService, queries: int, batch: int) -> dict[str, float]:
     """Seconds per query spent in the index search and in the metadata lookup, at top-10."""
-    state = service._state("bench")
+    state = service.galleries.state("bench")
     q = unit_vectors(queries, 999)
     t_search = t_lookup = 0.0
     for start in range(0, queries, batch):
@@ -73,7 +76,7 @@ def run(database: str, n: int, batch: int, faces_per_identity: int, work: Path) 
             c.execute(sa.text(f"create database {name}"))
         url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
     service = FaceService(
-        ServiceConfig(data_dir=data, database_url=url, snapshot_every=0, index=IndexConfig(background=True))
+        EngineConfig(data_dir=data, database_url=url, snapshot_every=0, index=IndexConfig(background=True))
     )
     try:
         seconds = enrol(service, n, batch, faces_per_identity)

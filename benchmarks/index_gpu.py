@@ -25,7 +25,10 @@ import numpy as np
 from faceid.benchmarks.common import machine, write_json
 from faceid.benchmarks.index_scale import latency, recall
 from faceid.benchmarks.synthetic import FaceDistribution
-from faceid.engine.index import FaissGalleryIndex, IndexConfig, SearchParams, gpu_count
+from faceid.engine.config import IndexConfig
+from faceid.engine.domain.search import SearchParams
+from faceid.engine.index import FaissGalleryIndex
+from faceid.engine.index.gpu import gpu_count
 
 
 def make_gallery(n: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,9 @@ import numpy.typing as npt
 
 from faceid.benchmarks.common import machine, write_json
 from faceid.benchmarks.synthetic import LfwEmbeddings, embed_lfw, fit
-from faceid.engine.index import FaissGalleryIndex, IndexConfig, SearchParams
+from faceid.engine.config import IndexConfig
+from faceid.engine.domain.search import SearchParams
+from faceid.engine.index import FaissGalleryIndex
 
 #: A variant is a FAISS factory string ({nlist}, {pq_m} filled in), optionally followed by
 #: ``;field=value`` overrides of :class:`IndexConfig`.  The second is the session-3 default

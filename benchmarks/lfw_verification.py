@@ -45,11 +45,12 @@ from faceid.benchmarks.common import (
     tar_at_far,
     write_json,
 )
-from faceid.engine.align import face_chips
 from faceid.engine.config import EmbedConfig, PipelineConfig
-from faceid.engine.detect import Box, FaceDetector
-from faceid.engine.embedder import Embedder
-from faceid.engine.pipeline import FacePipeline
+from faceid.engine.domain.faces import Box
+from faceid.engine.vision.align import face_chips
+from faceid.engine.vision.detect import FaceDetector
+from faceid.engine.vision.embedder import Embedder
+from faceid.engine.vision.pipeline import FacePipeline
 
 
 def median_box(boxes: list[Box], width: int, height: int) -> Box:
@@ -94,7 +95,7 @@ def dlib_embeddings(paths: list[Path], upsample: int) -> tuple[np.ndarray, int, 
     import dlib
     from PIL import Image
 
-    from faceid.engine.weights import LANDMARKS_5_FILE, RESNET_FILE, model_file
+    from faceid.engine.vision.weights import LANDMARKS_5_FILE, RESNET_FILE, model_file
 
     detector = dlib.get_frontal_face_detector()
     shape = dlib.shape_predictor(str(model_file(LANDMARKS_5_FILE)))

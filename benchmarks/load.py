@@ -319,7 +319,7 @@ def pipeline_alone(photos: list[bytes], seconds: float = 10.0, threads: int = 2)
     alignment and embedding too (what identify-by-photo does before its search)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from faceid.engine.pipeline import FacePipeline
+    from faceid.engine.vision.pipeline import FacePipeline
 
     pipeline = FacePipeline()
     pipeline.process(photos[0])  # load the models first

@@ -62,7 +62,7 @@ def embed_lfw(
         z = np.load(cache, allow_pickle=False)
         return LfwEmbeddings(z["vectors"], z["labels"], z["names"].tolist(), z["paths"].tolist())
     from faceid.benchmarks.lfw_verification import faceid_chips
-    from faceid.engine.pipeline import FacePipeline
+    from faceid.engine.vision.pipeline import FacePipeline
 
     root = (data or faces_dir()) / "lfw" / "images"
     paths = sorted(root.glob("*/*.jpg"))

@@ -95,18 +95,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # ---- keys ------------------------------------------------------------------------------------
 def cmd_keys(args: argparse.Namespace) -> int:
     """API keys, read and written on the server's database directly (works with the server up or down)."""
-    from faceid.engine.errors import InvalidInputError
-    from faceid.engine.keys import ALL_GALLERIES, KeyStore, Role, describe, parse_scope
-    from faceid.engine.migrate import upgrade
-    from faceid.engine.service import ServiceConfig
-    from faceid.engine.store import make_engine
+    from faceid.engine.domain.access import ALL_GALLERIES, Role, describe, parse_scope
+    from faceid.engine.domain.errors import InvalidInputError
+    from faceid.engine.service.access import key_store
     from faceid.server.config import ServerConfig
 
     server = ServerConfig.load(args.config, data_dir=args.data_dir, database_url=args.database_url)
-    url = ServiceConfig(data_dir=server.data_dir, database_url=server.database_url or None).url()
-    engine = make_engine(url)
-    upgrade(engine)
-    keys = KeyStore(engine)
+    keys = key_store(server.engine)
     try:
         if args.action == "create":
             galleries = [ALL_GALLERIES] if args.all_galleries else parse_scope(args.gallery or [])
@@ -135,14 +130,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     f"{k.description}"
                 )
     except Exception as exc:
-        from faceid.engine.errors import FaceIdError
+        from faceid.engine.domain.errors import FaceIdError
 
         if isinstance(exc, FaceIdError):
             print(f"faceid keys: {exc}", file=sys.stderr)
             return 1
         raise
     finally:
-        engine.dispose()
+        keys.close()
     return 0
 
 
@@ -350,8 +345,8 @@ def cmd_faces(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from faceid.engine.config import PipelineConfig
-    from faceid.engine.errors import FaceIdError
-    from faceid.engine.pipeline import FacePipeline
+    from faceid.engine.domain.errors import FaceIdError
+    from faceid.engine.vision.pipeline import FacePipeline
 
     config = PipelineConfig()
     pipeline = FacePipeline(replace(config, detect=replace(config.detect, upsample=args.upsample)))

@@ -29,9 +29,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from faceid.engine.keys import ALL_GALLERIES, KeyRing, KeyStore, NewKey, Role
-from faceid.engine.service import FaceService, ServiceConfig
-from faceid.engine.store import Store
+from faceid.engine.domain.access import ALL_GALLERIES, NewKey, Role
+from faceid.engine.service import Engine
+from faceid.engine.service.access import StoreClaim
 from faceid.proto.faceid.v1 import faceid_pb2, faceid_pb2_grpc
 from faceid.server.auth import AuthInterceptor, GateLimits
 from faceid.server.config import ServerConfig
@@ -96,28 +96,21 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
 class Server:
     """A started faceid server; ``stop`` drains it and snapshots every gallery."""
 
-    def __init__(self, config: ServerConfig, service: FaceService | None = None, first: bool = True) -> None:
+    def __init__(self, config: ServerConfig, engine: Engine | None = None, first: bool = True) -> None:
         """``first``: the first (or only) process of the server, the one that writes snapshots."""
         self.config = config
-        settings = ServiceConfig(
-            data_dir=config.data_dir,
-            database_url=config.database_url or None,
-            shared=config.processes > 1,
-            snapshots=first,
-            erasure_seconds=config.erasure_seconds,
-            change_log_keep_seconds=config.change_log_keep_seconds,
-        )
+        settings = config.engine_for(first)
         #: The store claimed for this server before anything is opened (the first process claims
         #: for the group): a second server on one PostgreSQL database is refused at start.
-        self.owner = Store.from_url(settings.url()) if first and service is None else None
-        if self.owner is not None and not self.owner.claim():
+        self.owner = StoreClaim(settings) if first and engine is None else None
+        if self.owner is not None and not self.owner.acquire():
             raise StartupError(
                 "the database is in use by another faceid server; stop it, or give this one its own "
                 "database (several processes on one store: --processes N)"
             )
-        self.service = service or FaceService(settings)
-        self.servicer = FaceIdServicer(self.service, config)
-        self.keys = KeyRing(KeyStore(self.service.store.engine))
+        self.engine = engine or Engine(settings)
+        self.servicer = FaceIdServicer(self.engine, config)
+        self.keys = self.engine.key_ring()
         self._refresher: asyncio.Task[None] | None = None
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         gate = AuthInterceptor(
@@ -145,7 +138,7 @@ class Server:
             else:
                 self.port = self.grpc.add_insecure_port(address)
         except RuntimeError as exc:  # gRPC says only "Failed to bind"
-            self.service.close()
+            self.engine.close()
             raise StartupError(_port_taken(config)) from exc
         #: The admin key made on a first start (no key was ever created): printed once by ``serve``.
         #: Made last, once the port is bound, so that a start that fails does not swallow it.
@@ -179,8 +172,7 @@ class Server:
         if self._refresher is not None:
             self._refresher.cancel()
         await self.grpc.stop(self.config.grace_seconds)
-        self.servicer.executor.shutdown(wait=True)
-        await asyncio.get_running_loop().run_in_executor(None, self.service.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
         if self.owner is not None:
             self.owner.release()
         log.info("faceid stopped; index snapshots written")

@@ -3,7 +3,7 @@
 It admits a call in three steps, each before the next costs the server anything:
 
 1. **From the headers alone**: the key (``authorization: Bearer <key>``, checked in constant time
-   by :class:`faceid.engine.keys.KeyRing`) and the method's role (:data:`RULES`).  A refused call
+   by :class:`faceid.engine.store.keys.KeyRing`) and the method's role (:data:`RULES`).  A refused call
    ends at once, before its request message is read: an independent audit held 128 keyless
    unary calls that sent headers and never their message, and while gRPC read (waiting for)
    those messages every other call, health checks included, got RESOURCE_EXHAUSTED for 300 s.
@@ -45,10 +45,12 @@ from typing import Any
 
 import grpc
 
-from faceid.engine.errors import FaceIdError
-from faceid.engine.keys import ApiKey, KeyRing, Role
+from faceid.engine.domain.access import ApiKey, Role
+from faceid.engine.domain.errors import FaceIdError
+from faceid.engine.service.access import KeyRing
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
-from faceid.server.servicer import Malformed, face_of, gallery_of, identity_of
+from faceid.server.convert import Malformed
+from faceid.server.names import face_of, gallery_of, identity_of
 
 log = logging.getLogger("faceid.auth")
 SERVICE = "/faceid.v1.FaceId/"

@@ -1,14 +1,25 @@
-"""Server configuration in one typed place: defaults, then a TOML file, then FACEID_* environment
-variables, then command-line flags (each overriding the one before)."""
+"""The configuration tree, loaded once: :class:`ServerConfig` (the transport, security and process
+settings) holding the engine's tree (:class:`~faceid.engine.config.EngineConfig`) as ``engine``.
+
+Sources, each overriding the one before: defaults, a TOML file's ``[server]`` table, ``FACEID_*``
+environment variables, command-line flags.  Every leaf of the tree has one name (:func:`settings`):
+the server's and the engine's top-level settings by their own names (``port``, ``data_dir``,
+``workers``), the engine's sections by dotted names (``index.nprobe_min``,
+``pipeline.detect.upsample``).  Every value is range-checked when the tree is built, with the
+setting's section in the message.
+"""
 
 from __future__ import annotations
 
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from faceid.engine.config import DERIVED, EngineConfig
 
 MIB = 1024 * 1024
 
@@ -18,10 +29,6 @@ class ServerConfig:
     #: Address to listen on; 127.0.0.1 by default (put TLS or a proxy in front for other hosts).
     host: str = "127.0.0.1"
     port: int = 50051
-    #: Data directory: the SQLite database and the index snapshots.
-    data_dir: Path = Path("faceid-data")
-    #: SQLAlchemy URL of the store; default SQLite in the data directory.
-    database_url: str = ""
     #: Largest request or response (photos are large): 32 MiB.
     max_message_bytes: int = 32 * MIB
     #: Server processes on the one port (SO_REUSEPORT: the kernel deals out connections, not
@@ -30,16 +37,6 @@ class ServerConfig:
     #: indexes in RAM and catches up with the others' writes before each search.  The first one
     #: writes the snapshots.
     processes: int = 1
-    #: Threads for CPU-bound work (decoding, detection, embedding, search), per process.
-    workers: int = 4
-    #: Micro-batching (adaptive): while ``batch_inflight`` batches run, new requests wait and go
-    #: together in the next batch (at most ``max_batch`` items); ``batch_window_ms`` > 0 also holds
-    #: a request arriving at an idle server that long to gather more.
-    batch_window_ms: float = 0.0
-    max_batch: int = 256
-    #: One batch at a time (per gallery and search settings) makes the batches bigger and holds the
-    #: GIL less: at 1M faces, 32 callers, +22 % identify calls/s and p99 39 ms against 57 ms with 2.
-    batch_inflight: int = 1
     #: Calls in progress beyond this are refused at once with RESOURCE_EXHAUSTED (load shedding).
     max_concurrent_rpcs: int = 64
     #: Calls that have arrived but that the server has not started yet (gRPC core's pending queue,
@@ -63,11 +60,6 @@ class ServerConfig:
     #: memory.  Not lower: a client that opens more calls than this at once on a new connection,
     #: before it has read the server's settings, gets the excess refused (UNAVAILABLE).
     max_streams_per_connection: int = 1000
-    #: Erasure bound (seconds): this long after a delete is acknowledged, also across a crash and
-    #: restart, no file in the data directory holds the erased embeddings (engine/service.py).
-    erasure_seconds: float = 5.0
-    #: Several processes: the change log is trimmed up to a snapshot once it is this old (seconds).
-    change_log_keep_seconds: float = 300.0
     #: Keepalive: ping an idle connection every this many ms; drop it when no answer in the timeout.
     keepalive_time_ms: int = 60_000
     keepalive_timeout_ms: int = 20_000
@@ -83,17 +75,17 @@ class ServerConfig:
     tls_key_file: str = ""
     #: Mutual TLS: CA certificate(s) that client certificates must chain to; clients without one are refused.
     tls_client_ca_file: str = ""
+    #: The engine's tree (:class:`faceid.engine.config.EngineConfig`): data directory, database,
+    #: workers, batching, erasure, and the ``pipeline`` and ``index`` sections.
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be between 0 and 65535")
         if self.max_message_bytes < 1 * MIB:
             raise ValueError("max_message_bytes must be at least 1 MiB")
-        counts = (self.processes, self.workers, self.max_batch, self.max_concurrent_rpcs, self.batch_inflight)
-        if min(counts) < 1:
-            raise ValueError(
-                "processes, workers, max_batch, batch_inflight and max_concurrent_rpcs must be positive"
-            )
+        if min(self.processes, self.max_concurrent_rpcs) < 1:
+            raise ValueError("processes and max_concurrent_rpcs must be positive")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("TLS needs both tls_cert_file and tls_key_file")
         if self.tls_client_ca_file and not self.tls_cert_file:
@@ -104,8 +96,6 @@ class ServerConfig:
             raise ValueError("key_refresh_seconds must be positive")
         if min(self.request_arrival_seconds, self.stream_idle_seconds) <= 0:
             raise ValueError("request_arrival_seconds and stream_idle_seconds must be positive")
-        if self.erasure_seconds < 0 or self.change_log_keep_seconds < 0:
-            raise ValueError("erasure_seconds and change_log_keep_seconds must not be negative")
         if self.max_streams_per_connection < 1:
             raise ValueError("max_streams_per_connection must be positive")
 
@@ -113,34 +103,125 @@ class ServerConfig:
     def tls(self) -> bool:
         return bool(self.tls_cert_file)
 
+    @property
+    def data_dir(self) -> Path:
+        return self.engine.data_dir
+
+    def engine_for(self, first: bool) -> EngineConfig:
+        """The engine's settings for one of this server's processes (``first``: the one that
+        writes snapshots)."""
+        return replace(self.engine, shared=self.processes > 1, snapshots=first)
+
     @classmethod
     def load(
         cls, file: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any
     ) -> ServerConfig:
+        """Defaults, then ``file``'s ``[server]`` table (engine sections as sub-tables, e.g.
+        ``[server.index]``), then ``FACEID_*`` variables (``FACEID_PORT``,
+        ``FACEID_INDEX__NPROBE_MIN``: ``__`` for a section), then ``overrides`` (flags; a dotted
+        name for a section's setting, e.g. ``{"index.nprobe_min": 32}``), each overriding the one
+        before.  Raises ValueError naming the setting for an unknown name or a value out of range."""
+        known = settings()
         values: dict[str, Any] = {}
         if file is not None:
             with file.open("rb") as handle:
-                values.update(tomllib.load(handle).get("server", {}))
+                values.update(_flatten(tomllib.load(handle).get("server", {})))
         env = os.environ if env is None else env
-        for f in fields(cls):
-            key = f"FACEID_{f.name.upper()}"
+        for name in known:
+            key = "FACEID_" + name.upper().replace(".", "__")
             if key in env:
-                values[f.name] = env[key]
+                values[name] = env[key]
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return replace(cls(), **{k: _coerce(cls, k, v) for k, v in values.items()})
+        return _build(cls, {name: _coerce(known, name, value) for name, value in values.items()})
 
 
-def _coerce(cls: type[ServerConfig], name: str, value: Any) -> Any:
-    known = {f.name: f for f in fields(cls)}
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _leaves(cls: type, prefix: str = "") -> dict[str, tuple[str, ...]]:
+    """Dotted setting name → path of field names, for every leaf of a config dataclass."""
+    found: dict[str, tuple[str, ...]] = {}
+    for f in fields(cls):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if is_dataclass(default):
+            for name, path in _leaves(type(default), f"{prefix}{f.name}.").items():
+                found[name] = (f.name, *path)
+        else:
+            found[f"{prefix}{f.name}"] = (f.name,)
+    return found
+
+
+@cache
+def settings() -> dict[str, tuple[str, ...]]:
+    """Every setting ``faceid serve`` takes: its name (the server's own, the engine's top-level
+    ones as they are, ``index.*`` and ``pipeline.*.*`` for the sections) and its path in the tree."""
+    names = {name: path for name, path in _leaves(ServerConfig).items() if path[0] != "engine"}
+    for name, path in _leaves(EngineConfig).items():
+        if name not in DERIVED:
+            names[name] = ("engine", *path)
+    return names
+
+
+def _default(path: tuple[str, ...]) -> Any:
+    value: Any = ServerConfig()
+    for part in path:
+        value = getattr(value, part)
+    return value
+
+
+def _coerce(known: dict[str, tuple[str, ...]], name: str, value: Any) -> Any:
     if name not in known:
         raise ValueError(f"unknown server setting {name!r}; known: {', '.join(sorted(known))}")
-    default = getattr(cls(), name)
-    if isinstance(default, Path):
-        return Path(value)
-    if isinstance(default, bool):
-        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-    if isinstance(default, int):
-        return int(value)
-    if isinstance(default, float):
-        return float(value)
+    default = _default(known[name])
+    try:
+        if isinstance(default, Path):
+            return Path(value)
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(f"not a yes/no value: {value!r}")
+            return text in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError as exc:
+        kind = type(default).__name__
+        raise ValueError(f"setting {name}: expected {kind}, got {value!r} ({exc})") from None
     return str(value)
+
+
+def _build(cls: type[ServerConfig], values: dict[str, Any]) -> ServerConfig:
+    """The tree with ``values`` (dotted names) set; each section's range checks run with the
+    setting's name in the message."""
+    known = settings()
+    nested: dict[str, Any] = {}
+    for name, value in values.items():
+        node = nested
+        *parents, leaf = known[name]
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+
+    def make(kind: type, given: dict[str, Any], prefix: str) -> Any:
+        args = {}
+        for key, value in given.items():
+            sub = next(f for f in fields(kind) if f.name == key)
+            current = sub.default_factory() if sub.default_factory is not MISSING else sub.default
+            args[key] = make(type(current), value, f"{prefix}{key}.") if isinstance(value, dict) else value
+        try:
+            return kind(**args)
+        except (ValueError, TypeError) as exc:
+            section = prefix.rstrip(".") or "server"
+            raise ValueError(f"{section} settings: {exc}") from None
+
+    return cast(ServerConfig, make(cls, nested, ""))

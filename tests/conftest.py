@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from faceid.benchmarks.common import FACES_ENV, faces_dir
-from faceid.engine.pipeline import FacePipeline
+from faceid.engine.vision.pipeline import FacePipeline
 
 
 @pytest.fixture(scope="session")

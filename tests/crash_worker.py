@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from faceid.engine.errors import AlreadyExistsError
-from faceid.engine.index import IndexConfig
-from faceid.engine.service import EmbeddingInput, FaceService, ServiceConfig
+from faceid.engine.config import EngineConfig, IndexConfig
+from faceid.engine.domain.errors import AlreadyExistsError
+from faceid.engine.domain.results import EmbeddingInput
+from faceid.engine.service import FaceService
 
 
 def vector(seed: int) -> np.ndarray:
@@ -29,7 +30,7 @@ def main() -> None:
     data_dir, seed = Path(sys.argv[1]), int(sys.argv[2])
     url = sys.argv[3] if len(sys.argv) > 3 else None
     # small thresholds so that kills also land in snapshots and index training
-    config = ServiceConfig(
+    config = EngineConfig(
         data_dir=data_dir,
         database_url=url,
         snapshot_every=40,

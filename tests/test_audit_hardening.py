@@ -19,9 +19,10 @@ import pytest
 import sqlalchemy as sa
 
 from faceid.client.client import FaceIdClient, FaceIdClientError, enroll_request, update_request
-from faceid.engine.errors import DeadlineExceededError, InvalidInputError
-from faceid.engine.limits import MAX_ATTRIBUTES_DEPTH, MAX_ATTRIBUTES_KEYS, MAX_DISPLAY_NAME
-from faceid.engine.service import EmbeddingInput, EnrolledFace, EnrollItem, FaceService
+from faceid.engine.domain.errors import DeadlineExceededError, InvalidInputError
+from faceid.engine.domain.limits import MAX_ATTRIBUTES_DEPTH, MAX_ATTRIBUTES_KEYS, MAX_DISPLAY_NAME
+from faceid.engine.domain.results import EmbeddingInput, EnrolledFace, EnrollItem
+from faceid.engine.service import FaceService
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 
 from .conftest import encode
@@ -225,7 +226,7 @@ def test_model_files_that_cannot_load_are_a_server_fault_not_a_bad_request(
     models = tmp_path / "models"
     models.mkdir()
     if fault == "corrupt":
-        from faceid.engine.weights import LANDMARKS_5_FILE, RESNET_FILE
+        from faceid.engine.vision.weights import LANDMARKS_5_FILE, RESNET_FILE
 
         (models / RESNET_FILE).write_bytes(b"\x00not a dlib network" * 10)
         (models / LANDMARKS_5_FILE).write_bytes(b"\x00not a shape predictor" * 10)

@@ -20,9 +20,10 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from faceid.client.client import FaceIdClient, FaceIdClientError, enroll_request, tls_credentials
-from faceid.engine.keys import KeyRing, KeyStore, Role
-from faceid.engine.migrate import upgrade
-from faceid.engine.store import make_engine
+from faceid.engine.domain.access import Role
+from faceid.engine.service.access import KeyRing
+from faceid.engine.store import KeyStore, make_engine
+from faceid.engine.store.migrate import upgrade
 from faceid.proto.faceid.v1 import faceid_pb2
 from faceid.server.auth import RULES
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from faceid.server.batching import MicroBatcher
+from faceid.engine.service.batching import MicroBatcher
 
 
 class Recorder:

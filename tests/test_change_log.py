@@ -10,9 +10,11 @@ from dataclasses import replace
 import numpy as np
 import sqlalchemy as sa
 
-from faceid.engine.index import IndexConfig
-from faceid.engine.service import EmbeddingInput, FaceService, ServiceConfig
-from faceid.engine.store import NewFace, Store
+from faceid.engine.config import EngineConfig, IndexConfig
+from faceid.engine.domain.records import NewFace
+from faceid.engine.domain.results import EmbeddingInput
+from faceid.engine.service import FaceService
+from faceid.engine.store import Store
 
 from .test_service import config, unit  # noqa: F401  (the sqlite/postgresql fixture)
 from .test_store import make_gallery, store, vec  # noqa: F401  (the sqlite/postgresql fixture)
@@ -45,12 +47,15 @@ def logged(service: FaceService, gallery_id: int) -> int:
 
 
 def faces_of(service: FaceService, gallery: str) -> tuple[list[int], list[int]]:
-    """The face ids of the store and of the index, sorted."""
-    state = service._state(gallery)
+    """The face ids of the store, sorted, and those of them the index holds (the same list when
+    the index holds exactly the store's faces: it holds each and no more)."""
+    state = service.galleries.state(gallery)
     in_store = sorted(
         int(i) for ids, _, _ in service.store.iter_embeddings(state.gallery.id, 128) for i in ids
     )
-    return in_store, sorted(state.index.store.items()[0].tolist())
+    held = state.index.contains(in_store) if in_store else np.zeros(0, bool)
+    in_index = [f for f, h in zip(in_store, held, strict=True) if h]
+    return in_store, in_index if state.index.count() == len(in_store) else [*in_index, -1]
 
 
 def found(service: FaceService, gallery: str, seed: int) -> str:
@@ -59,7 +64,7 @@ def found(service: FaceService, gallery: str, seed: int) -> str:
 
 
 def test_a_snapshot_trims_the_change_log_and_restarts_after_it_lose_and_resurrect_nothing(
-    config: ServiceConfig,  # noqa: F811
+    config: EngineConfig,  # noqa: F811
 ) -> None:
     config = replace(config, erasure_seconds=0)  # only the snapshots asked for here trim
     service = FaceService(config)
@@ -98,7 +103,7 @@ def test_a_snapshot_trims_the_change_log_and_restarts_after_it_lose_and_resurrec
 
 
 def test_processes_sharing_the_store_trim_only_after_the_keep_time_and_still_converge(
-    config: ServiceConfig,  # noqa: F811
+    config: EngineConfig,  # noqa: F811
 ) -> None:
     shared = replace(
         config,
@@ -143,7 +148,7 @@ def test_processes_sharing_the_store_trim_only_after_the_keep_time_and_still_con
 
 
 def test_an_erasure_in_one_process_is_rewritten_out_of_the_snapshot_by_the_first(
-    config: ServiceConfig,  # noqa: F811
+    config: EngineConfig,  # noqa: F811
 ) -> None:
     """The snapshot is the first process's; a delete made in another reaches it within a catch-up."""
     from .test_erasure import traces

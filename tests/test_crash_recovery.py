@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceid.engine.index import SearchParams
-from faceid.engine.service import FaceService, ServiceConfig
+from faceid.engine.config import EngineConfig
+from faceid.engine.domain.search import SearchParams
+from faceid.engine.service import FaceService
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 TRIALS = int(os.environ.get("FACEID_CRASH_TRIALS", "12"))
@@ -50,10 +51,10 @@ def run_and_kill(data_dir: Path, seed: int, delay: float) -> tuple[dict[str, int
 def check_consistent(
     service: FaceService, acked: dict[str, int], deleted: set[str], gallery: str = "crash"
 ) -> None:
-    state = service._state(gallery)
+    state = service.galleries.state(gallery)
     store_ids = [int(i) for ids, _, _ in service.store.iter_embeddings(state.gallery.id, 128) for i in ids]
-    index_ids, _, _ = state.index.store.items()
-    assert sorted(store_ids) == sorted(index_ids.tolist()), "store and index hold different faces"
+    held = state.index.contains(store_ids) if store_ids else np.zeros(0, bool)
+    assert all(held) and state.index.count() == len(store_ids), "store and index hold different faces"
     live = {eid: fid for eid, fid in acked.items() if eid not in deleted}
     missing = set(live.values()) - set(store_ids)
     assert not missing, f"{len(missing)} acknowledged faces are lost"
@@ -74,7 +75,7 @@ def test_sigkill_during_enrolment_loses_no_acknowledged_face(tmp_path: Path) -> 
         a, d = run_and_kill(tmp_path, trial, rng.uniform(0.05, 1.5))
         acked.update(a)
         deleted |= d
-        service = FaceService(ServiceConfig(data_dir=tmp_path))
+        service = FaceService(EngineConfig(data_dir=tmp_path))
         try:
             check_consistent(service, acked, deleted)
         finally:

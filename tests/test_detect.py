@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from faceid.engine.config import DetectConfig, PipelineConfig
-from faceid.engine.detect import FaceDetector
-from faceid.engine.pipeline import FacePipeline
+from faceid.engine.vision.detect import FaceDetector
+from faceid.engine.vision.pipeline import FacePipeline
 
 from .conftest import encode
 

@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from faceid.engine.dlib_format import DlibFormatError, Reader, parse_net, read_net
-from faceid.engine.weights import RESNET_FILE, model_file
+from faceid.engine.vision.dlib_format import DlibFormatError, Reader, parse_net, read_net
+from faceid.engine.vision.weights import RESNET_FILE, model_file
 
 
 def dlib_int(value: int) -> bytes:

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from faceid.engine.config import EmbedConfig
-from faceid.engine.embedder import Embedder, pick_device
-from faceid.engine.errors import InvalidInputError
+from faceid.engine.domain.errors import InvalidInputError
+from faceid.engine.vision.embedder import Embedder, pick_device
 
 
 def chip_paths(faces: Path) -> list[Path]:

@@ -14,16 +14,19 @@ import numpy as np
 import pytest
 
 from faceid.client.client import FaceIdClient, FaceIdClientError
-from faceid.engine.errors import NotFoundError
-from faceid.engine.pipeline import FacePipeline
-from faceid.engine.service import EmbeddingInput, FaceService, ServiceConfig
-from faceid.engine.store import NewFace, Store, make_engine
+from faceid.engine.config import EngineConfig
+from faceid.engine.domain.errors import NotFoundError
+from faceid.engine.domain.records import NewFace
+from faceid.engine.domain.results import EmbeddingInput
+from faceid.engine.service import FaceService
+from faceid.engine.store import Store, make_engine
+from faceid.engine.vision.pipeline import FacePipeline
 from faceid.server.app import spawn
 
 from .test_service import unit
 
-#: The documented bound from a delete's acknowledgement to no trace on disk (ServiceConfig).
-BOUND = ServiceConfig().erasure_seconds
+#: The documented bound from a delete's acknowledgement to no trace on disk (EngineConfig).
+BOUND = EngineConfig().erasure_seconds
 
 
 def traces(folder: Path, vector: np.ndarray) -> list[str]:
@@ -35,9 +38,9 @@ def traces(folder: Path, vector: np.ndarray) -> list[str]:
 def test_deleted_embeddings_leave_no_trace_in_files_and_stay_deleted(
     tmp_path: Path, pipeline: FacePipeline
 ) -> None:
-    config = ServiceConfig(data_dir=tmp_path / "data")
+    config = EngineConfig(data_dir=tmp_path / "data")
     vectors = {name: unit(i) for i, name in enumerate(["keep", "erase", "face-erased", "gallery-erased"])}
-    service = FaceService(config, pipeline)
+    service = FaceService(config)
     service.create_gallery("people")
     service.create_gallery("doomed")
     face_ids = {}
@@ -49,7 +52,7 @@ def test_deleted_embeddings_leave_no_trace_in_files_and_stay_deleted(
     service.close()  # snapshots that hold every vector
     assert traces(tmp_path, vectors["erase"]), "the check must see a vector that is stored"
 
-    service = FaceService(config, pipeline)
+    service = FaceService(config)
     service.delete_identity("people", "erase")
     service.delete_face("people", face_ids["face-erased"])
     service.delete_gallery("doomed")
@@ -59,7 +62,7 @@ def test_deleted_embeddings_leave_no_trace_in_files_and_stay_deleted(
         assert traces(tmp_path, vectors[name]) == [], f"{name}: embedding bytes left behind"
     assert traces(tmp_path, vectors["keep"]), "the kept face is still stored"
 
-    service = FaceService(config, pipeline)
+    service = FaceService(config)
     try:
         for name in ("erase", "face-erased"):
             [matches] = service.identify_embeddings("people", [EmbeddingInput(vectors[name])], 5)

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from faceid.client.client import call_metadata, channel_options
-from faceid.engine.service import FaceService, ServiceConfig
+from faceid.engine.config import EngineConfig
+from faceid.engine.service import FaceService
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
 from faceid.server.app import spawn
@@ -78,7 +79,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     t.channel.close()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, "the server did not shut down cleanly after the fuzzing"
-    service = FaceService(ServiceConfig(data_dir=data_dir))
+    service = FaceService(EngineConfig(data_dir=data_dir))
     try:  # after all that: the store and the index agree, face for face
         for gallery in service.list_galleries():
             check_consistent(service, {}, set(), gallery=gallery.name)

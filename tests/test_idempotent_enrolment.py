@@ -27,10 +27,12 @@ import sqlalchemy as sa
 
 from faceid.client.client import AsyncFaceIdClient, BulkResult, FaceIdClient, enroll_request
 from faceid.client.client import EnrolledFace as ClientFace
-from faceid.engine.index import IndexConfig
-from faceid.engine.migrate import upgrade
-from faceid.engine.service import EmbeddingInput, EnrolledFace, FaceService, ServiceConfig
-from faceid.engine.store import NewFace, Store, make_engine, sha256_hex
+from faceid.engine.config import EngineConfig, IndexConfig
+from faceid.engine.domain.records import NewFace, sha256_hex
+from faceid.engine.domain.results import EmbeddingInput, EnrolledFace
+from faceid.engine.service import FaceService
+from faceid.engine.store import Store, make_engine
+from faceid.engine.store.migrate import upgrade
 
 from .test_audit_hardening import Server
 from .test_service import config, unit  # noqa: F401  (the sqlite/postgresql fixture)
@@ -224,7 +226,7 @@ def test_an_interrupted_faceid_enroll_run_again_enrols_every_photo_once_and_says
 
 
 def test_two_processes_enrolling_the_same_sources_at_once_enrol_each_once(
-    config: ServiceConfig,  # noqa: F811
+    config: EngineConfig,  # noqa: F811
 ) -> None:
     """Two services on one database stand for two server processes; two threads in each send the
     same 30 embeddings for one identity at the same time.  The check and the write happen under

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from faceid.engine.config import DecodeConfig
-from faceid.engine.errors import ImageTooLargeError, InvalidImageError
-from faceid.engine.image import decode_image
+from faceid.engine.domain.errors import ImageTooLargeError, InvalidImageError
+from faceid.engine.vision.image import decode_image
 
 from .conftest import encode
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceid.engine.index import FaissGalleryIndex, GalleryIndex, IndexConfig, SearchParams, SnapshotError
+from faceid.engine.config import IndexConfig
+from faceid.engine.domain.search import SearchParams
+from faceid.engine.index import FaissGalleryIndex, GalleryIndex, SnapshotError
 
 DIM = 128
 

@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceid.engine.index import FaissGalleryIndex, GpuReplica, IndexConfig, SearchParams, gpu_count
+from faceid.engine.config import IndexConfig
+from faceid.engine.domain.search import SearchParams
+from faceid.engine.index import FaissGalleryIndex
+from faceid.engine.index.gpu import GpuReplica, gpu_count
 
 from .test_index import DIM, brute_force, clustered
 

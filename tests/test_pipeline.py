@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -9,18 +11,35 @@ import pytest
 from PIL import Image
 
 from faceid.benchmarks.common import read_pairs
-from faceid.engine.errors import InvalidImageError
-from faceid.engine.models import DLIB_RESNET_V1
-from faceid.engine.pipeline import FacePipeline
+from faceid.engine.config import EngineConfig
+from faceid.engine.domain.errors import InvalidImageError
+from faceid.engine.domain.faces import Face
+from faceid.engine.domain.models import DLIB_RESNET_V1
+from faceid.engine.service import Engine
+from faceid.engine.vision.pipeline import FacePipeline
 
 from .conftest import encode
+
+
+async def _faces_together(
+    pipeline: FacePipeline, photos: list[bytes], data: Path | None = None
+) -> list[list[Face]]:
+    """Every photo's faces through the engine's photo stages, all photos at once (one engine with
+    no gallery: only its pipeline and batching are used)."""
+    engine = Engine(EngineConfig(data_dir=data or Path(tempfile.mkdtemp())), pipeline=pipeline)
+    try:
+        found = await asyncio.gather(*(engine.faces(p) for p in photos))
+        assert engine.embed_batcher.batches < len(photos), "concurrent photos share network batches"
+        return list(found)
+    finally:
+        engine.close()
 
 
 def test_full_size_photos_verify_at_dlibs_threshold(faces: Path, pipeline: FacePipeline) -> None:
     """deepface's 520 pairs of full-size photos (one file a WEBP named .jpg), at the default threshold."""
     pairs = read_pairs(faces / "deepface_unit13" / "pairs.csv")
     paths = sorted({p.path1 for p in pairs} | {p.path2 for p in pairs})
-    found = pipeline.process_many([p.read_bytes() for p in paths])
+    found = asyncio.run(_faces_together(pipeline, [p.read_bytes() for p in paths]))
     assert all(found), "every photo of the set holds a face"
     emb = {p: f[0].embedding for p, f in zip(paths, found, strict=True)}
     threshold = DLIB_RESNET_V1.default_threshold
@@ -28,9 +47,13 @@ def test_full_size_photos_verify_at_dlibs_threshold(faces: Path, pipeline: FaceP
     assert np.mean(correct) >= 0.95
 
 
-def test_process_many_gives_what_process_gives_one_by_one(faces: Path, pipeline: FacePipeline) -> None:
+def test_photos_embedded_together_get_what_each_gets_alone(
+    faces: Path, pipeline: FacePipeline, tmp_path: Path
+) -> None:
+    """The engine's photo path, with concurrent photos' faces in shared network batches, gives
+    each photo the faces and embeddings the pipeline gives it alone."""
     photos = [p.read_bytes() for p in sorted((faces / "fr_openface_examples7" / "images").glob("*/*"))[:6]]
-    together = pipeline.process_many(photos)
+    together = asyncio.run(_faces_together(pipeline, photos, tmp_path))
     for data, batch_faces in zip(photos, together, strict=True):
         alone = pipeline.process(data)
         assert len(alone) == len(batch_faces)

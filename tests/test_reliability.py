@@ -31,11 +31,12 @@ from faceid.client.client import (
     channel_options,
     enroll_request,
 )
-from faceid.engine.service import FaceService, ServiceConfig
+from faceid.engine.config import EngineConfig
+from faceid.engine.service import FaceService
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
+from faceid.server.admission import Backoff
 from faceid.server.app import spawn
-from faceid.server.servicer import Backoff
 
 from .conftest import encode
 from .test_crash_recovery import check_consistent
@@ -145,7 +146,7 @@ def test_postgres_restart_under_load_answers_unavailable_and_loses_nothing(
                 assert hit.matches[0].identity_id == external_id
     finally:
         assert server.stop() == 0
-    service = FaceService(ServiceConfig(data_dir=tmp_path / "data", database_url=private_postgres.url))
+    service = FaceService(EngineConfig(data_dir=tmp_path / "data", database_url=private_postgres.url))
     try:
         check_consistent(service, acked, set(), gallery="pg")
     finally:
@@ -298,7 +299,7 @@ def test_sigkill_during_bulk_enrolment_through_the_server_loses_no_acknowledged_
                 assert exc.code in ("UNAVAILABLE", "CANCELLED"), exc
             killer.join()
             proc.wait(30)
-        service = FaceService(ServiceConfig(data_dir=tmp_path))
+        service = FaceService(EngineConfig(data_dir=tmp_path))
         try:
             check_consistent(service, acked, set(), gallery="crash")
         finally:

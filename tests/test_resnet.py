@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from faceid.engine.config import EmbedConfig
-from faceid.engine.embedder import Embedder
-from faceid.engine.resnet import DlibResNet, add_prev, load_resnet
-from faceid.engine.weights import LANDMARKS_5_FILE, RESNET_FILE, model_file
+from faceid.engine.vision.embedder import Embedder
+from faceid.engine.vision.resnet import DlibResNet, add_prev, load_resnet
+from faceid.engine.vision.weights import LANDMARKS_5_FILE, RESNET_FILE, model_file
 
 
 def test_add_prev_zero_pads_the_smaller_input_at_the_end() -> None:

@@ -15,7 +15,8 @@ def test_each_source_overrides_the_one_before(tmp_path: Path) -> None:
     env = {"FACEID_PORT": "7001", "FACEID_BATCH_WINDOW_MS": "2.5"}
     config = ServerConfig.load(file, env, port=7002)
     assert config.port == 7002
-    assert config.workers == 2 and config.data_dir == Path("/srv/faces") and config.batch_window_ms == 2.5
+    engine = config.engine
+    assert engine.workers == 2 and engine.data_dir == Path("/srv/faces") and engine.batch_window_ms == 2.5
     assert ServerConfig.load(None, {}).max_message_bytes == 32 * MIB
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,15 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceid.engine.errors import (
+from faceid.engine.config import EngineConfig, IndexConfig
+from faceid.engine.domain.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidInputError,
     NotFoundError,
 )
-from faceid.engine.index import IndexConfig
-from faceid.engine.pipeline import FacePipeline
-from faceid.engine.service import EmbeddingInput, FaceService, ServiceConfig
+from faceid.engine.domain.results import EmbeddingInput
+from faceid.engine.service import Engine, FaceService
+from faceid.engine.vision.pipeline import FacePipeline
 
 from .conftest import encode
 from .test_store import _postgres_available, fresh_postgres_database
@@ -37,20 +39,20 @@ def near(v: np.ndarray, seed: int, scale: float = 0.01) -> np.ndarray:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServiceConfig]:
+def config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineConfig]:
     if request.param == "sqlite":
-        yield ServiceConfig(data_dir=tmp_path / "data")
+        yield EngineConfig(data_dir=tmp_path / "data")
         return
     reason = _postgres_available()
     if reason:
         pytest.skip(reason)
     with fresh_postgres_database() as url:
-        yield ServiceConfig(data_dir=tmp_path / "data", database_url=url)
+        yield EngineConfig(data_dir=tmp_path / "data", database_url=url)
 
 
 @pytest.fixture
-def service(config: ServiceConfig, pipeline: FacePipeline) -> Iterator[FaceService]:
-    s = FaceService(config, pipeline)
+def service(config: EngineConfig, pipeline: FacePipeline) -> Iterator[FaceService]:
+    s = FaceService(config)
     yield s
     s.close()
 
@@ -160,28 +162,28 @@ def test_update_identity_changes_its_metadata(service: FaceService) -> None:
         service.update_identity("g", "nobody", display_name="N")
 
 
-def test_a_restart_finds_everything_as_it_was(config: ServiceConfig, pipeline: FacePipeline) -> None:
-    first = FaceService(config, pipeline)
+def test_a_restart_finds_everything_as_it_was(config: EngineConfig, pipeline: FacePipeline) -> None:
+    first = FaceService(config)
     first.create_gallery("g")
     first.enroll_embeddings("g", [f"p{i}" for i in range(50)], [EmbeddingInput(unit(i)) for i in range(50)])
     first.delete_identity("g", "p3")
     before = first.identify_embeddings("g", [EmbeddingInput(unit(i)) for i in range(10)], top_k=3)
     first.close()
-    second = FaceService(config, pipeline)
+    second = FaceService(config)
     assert second.identify_embeddings("g", [EmbeddingInput(unit(i)) for i in range(10)], top_k=3) == before
     assert second.stats("g").faces == 49
     second.close()
 
 
-def test_changes_after_the_last_snapshot_are_replayed(config: ServiceConfig, pipeline: FacePipeline) -> None:
-    first = FaceService(config, pipeline)
+def test_changes_after_the_last_snapshot_are_replayed(config: EngineConfig, pipeline: FacePipeline) -> None:
+    first = FaceService(config)
     first.create_gallery("g")
     first.enroll_embeddings("g", ["a", "b"], [EmbeddingInput(unit(1)), EmbeddingInput(unit(2))])
     first.snapshot("g")
     first.enroll_embeddings("g", ["c"], [EmbeddingInput(unit(3))])
     first.delete_identity("g", "a")
     first.store.engine.dispose()  # no close(): as if the process had been killed
-    second = FaceService(config, pipeline)
+    second = FaceService(config)
     names = {m.external_id for m in second.identify_embeddings("g", [EmbeddingInput(unit(3))], top_k=5)[0]}
     assert names == {"b", "c"}
     assert second.stats("g").index.count == 2
@@ -190,9 +192,9 @@ def test_changes_after_the_last_snapshot_are_replayed(config: ServiceConfig, pip
 
 @pytest.mark.parametrize("damage", ["corrupt", "truncate", "delete"])
 def test_a_damaged_snapshot_is_rebuilt_from_the_store(
-    config: ServiceConfig, pipeline: FacePipeline, damage: str
+    config: EngineConfig, pipeline: FacePipeline, damage: str
 ) -> None:
-    first = FaceService(config, pipeline)
+    first = FaceService(config)
     first.create_gallery("g")
     first.enroll_embeddings("g", [f"p{i}" for i in range(20)], [EmbeddingInput(unit(i)) for i in range(20)])
     first.close()
@@ -204,7 +206,7 @@ def test_a_damaged_snapshot_is_rebuilt_from_the_store(
         snapshot.write_bytes(data[: len(data) // 2])
     else:
         snapshot.unlink()
-    second = FaceService(config, pipeline)
+    second = FaceService(config)
     [matches] = second.identify_embeddings("g", [EmbeddingInput(unit(5))], top_k=1)
     assert matches[0].external_id == "p5" and second.stats("g").index.count == 20
     second.close()
@@ -243,8 +245,8 @@ def test_identify_during_enrol_and_delete_is_consistent(service: FaceService) ->
 
 
 def test_the_index_switches_to_ivf_pq_as_the_gallery_grows(tmp_path: Path, pipeline: FacePipeline) -> None:
-    config = ServiceConfig(data_dir=tmp_path, index=IndexConfig(train_min=2000, background=False))
-    service = FaceService(config, pipeline)
+    config = EngineConfig(data_dir=tmp_path, index=IndexConfig(train_min=2000, background=False))
+    service = FaceService(config)
     service.create_gallery("g")
     vectors = [EmbeddingInput(unit(i)) for i in range(2500)]
     service.enroll_embeddings("g", [f"p{i}" for i in range(2500)], vectors)
@@ -252,39 +254,42 @@ def test_the_index_switches_to_ivf_pq_as_the_gallery_grows(tmp_path: Path, pipel
     [matches] = service.identify_embeddings("g", [EmbeddingInput(unit(42))], top_k=1)
     assert matches[0].external_id == "p42"
     service.close()
-    reopened = FaceService(config, pipeline)
+    reopened = FaceService(config)
     assert reopened.stats("g").index.kind == "ivf_pq"
     reopened.close()
 
 
 def test_photos_enrol_identify_and_verify(faces: Path, tmp_path: Path, pipeline: FacePipeline) -> None:
-    service = FaceService(ServiceConfig(data_dir=tmp_path), pipeline)
-    service.create_gallery("people")
+    """The engine's photo path (decode, detect, align, the embedding batch) under every use case
+    that takes a photo: the same path the gRPC server runs."""
+    engine = Engine(EngineConfig(data_dir=tmp_path), pipeline=pipeline)
+    run = asyncio.run
+    run(engine.create_gallery("people"))
     root = faces / "lfw_orig_subset10_krasserm" / "images"
     people = sorted(p for p in root.iterdir() if p.is_dir())
     probes = []
     for person in people:
         photos = sorted(person.iterdir())
         for photo in photos[:3]:
-            service.enroll_photo("people", person.name, photo.read_bytes(), display_name=person.name)
+            run(engine.enroll("people", person.name, photo.read_bytes(), display_name=person.name))
         probes += [(person.name, p) for p in photos[3:6]]
     correct = 0
     for name, photo in probes:
-        [face] = service.identify_photo("people", photo.read_bytes(), top_k=3)[:1]
+        [face] = run(engine.identify("people", photo.read_bytes(), top_k=3)).faces[:1]
         assert face.box is not None and face.box.width > 20
         correct += face.matches[0].external_id == name
     assert correct / len(probes) >= 0.9
     name, photo = probes[0]
-    same = service.verify_identity("people", photo.read_bytes(), name)
+    same = run(engine.verify_identity("people", photo.read_bytes(), name))
     assert same.is_match and same.face_id is not None
     other = next(p for n, p in probes if n != name)
-    assert not service.verify_pair("people", photo.read_bytes(), other.read_bytes()).is_match
+    assert not run(engine.verify_pair("people", photo.read_bytes(), other.read_bytes())).is_match
     with pytest.raises(InvalidInputError, match="no face"):
-        service.enroll_photo("people", "nobody", encode(np.full((200, 300, 3), 128, np.uint8)))
+        run(engine.enroll("people", "nobody", encode(np.full((200, 300, 3), 128, np.uint8))))
     with pytest.raises(InvalidInputError, match="empty"):
-        service.enroll_photo("people", "nobody", b"")
-    assert service.stats("people").faces == 30
-    service.close()
+        run(engine.enroll("people", "nobody", b""))
+    assert run(engine.gallery("people")).faces == 30
+    engine.close()
 
 
 def test_identify_shows_identity_changes_at_once(service: FaceService) -> None:

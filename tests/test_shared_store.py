@@ -11,15 +11,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from faceid.engine.errors import NotFoundError
-from faceid.engine.index import IndexConfig
-from faceid.engine.service import EmbeddingInput, FaceService, ServiceConfig
+from faceid.engine.config import EngineConfig, IndexConfig
+from faceid.engine.domain.errors import NotFoundError
+from faceid.engine.domain.results import EmbeddingInput
+from faceid.engine.service import FaceService
 
 from .test_service import config, unit  # noqa: F401  (the sqlite/postgresql fixture)
 
 
 @pytest.fixture
-def pair(config: ServiceConfig) -> Iterator[tuple[FaceService, FaceService]]:  # noqa: F811
+def pair(config: EngineConfig) -> Iterator[tuple[FaceService, FaceService]]:  # noqa: F811
     """The first process (writes snapshots) and a second one, opened after it as the server does."""
     shared = replace(config, shared=True, index=IndexConfig(background=False, train_min=2000))
     first = FaceService(shared)
@@ -98,7 +99,7 @@ def test_a_reused_face_id_is_found_and_erased_everywhere(pair: tuple[FaceService
         assert s.stats("g").index.count == 1
 
 
-def test_only_the_first_process_writes_snapshots(config: ServiceConfig) -> None:  # noqa: F811
+def test_only_the_first_process_writes_snapshots(config: EngineConfig) -> None:  # noqa: F811
     shared = replace(config, shared=True)
     second = FaceService(replace(shared, snapshots=False))
     second.create_gallery("g")
@@ -174,7 +175,7 @@ def test_a_process_no_search_reaches_still_follows_in_the_background(
     a.enroll_embeddings(
         "g", [f"p{i}" for i in range(100)], [EmbeddingInput(unit(10 + i)) for i in range(100)]
     )
-    state = b._galleries["g"]
+    state = b.galleries.state("g")
     deadline = time.monotonic() + 10 * b.config.sync_seconds
     while state.index.count() < 101 and time.monotonic() < deadline:
         time.sleep(0.05)

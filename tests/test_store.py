@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from faceid.engine.store import COPY_MIN, Identity, NewFace, Store, make_engine
+from faceid.engine.domain.records import Identity, NewFace
+from faceid.engine.store import Store, make_engine
+from faceid.engine.store.store import COPY_MIN
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -260,8 +262,8 @@ def test_migrations_build_exactly_the_schema_of_the_models(tmp_path: Path) -> No
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from faceid.engine.migrate import upgrade
     from faceid.engine.store import Base
+    from faceid.engine.store.migrate import upgrade
 
     urls = [f"sqlite:///{tmp_path / 'migrated.db'}"]
     if _postgres_available() is None:

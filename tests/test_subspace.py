@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceid.engine.index import FaissGalleryIndex, IndexConfig, SearchParams
-from faceid.engine.subspace import Subspace
+from faceid.engine.config import IndexConfig
+from faceid.engine.domain.search import SearchParams
+from faceid.engine.index import FaissGalleryIndex
+from faceid.engine.index.subspace import Subspace
 
 from .test_index import DIM, brute_force, clustered
 

@@ -20,31 +20,20 @@ Callers get plain dataclasses, never ORM objects.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
+import sqlalchemy.exc
 from sqlalchemy import (
     ARRAY,
     JSON,
     BigInteger,
-    DateTime,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    LargeBinary,
-    String,
     Table,
-    TypeDecorator,
-    UniqueConstraint,
     any_,
     bindparam,
     create_engine,
@@ -56,191 +45,23 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session, sessionmaker
 
-BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite's rowid alias must be INTEGER
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """A point in time, stored in UTC and always read back as an aware UTC datetime.
-
-    The column is ``DateTime(timezone=True)`` (no schema change: TIMESTAMP WITH TIME ZONE on
-    PostgreSQL, text on SQLite).  SQLite keeps no offset (``2026-11-25 09:49:45.461433``), so a
-    value read back was naive, and the API's ``isoformat()`` sent a time without one; PostgreSQL
-    answers in the session's time zone (``+05:30`` on a server set to local time).  Written:
-    converted to UTC (a naive value is taken as UTC); read: naive → UTC, aware → converted to UTC.
-    The API's times are then RFC 3339 with ``+00:00`` on both databases.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class GalleryRow(Base):
-    __tablename__ = "galleries"
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
-    model_name: Mapped[str] = mapped_column(String(64))
-    model_version: Mapped[str] = mapped_column(String(64))
-    dim: Mapped[int] = mapped_column(Integer)
-    metric: Mapped[str] = mapped_column(String(32))
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
-
-
-class IdentityRow(Base):
-    __tablename__ = "identities"
-    __table_args__ = (UniqueConstraint("gallery_id", "external_id", name="uq_identity_external_id"),)
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"), index=True)
-    external_id: Mapped[str] = mapped_column(String(256))
-    display_name: Mapped[str] = mapped_column(String(256), default="")
-    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
-
-
-class FaceRow(Base):
-    __tablename__ = "faces"
-    __table_args__ = (
-        Index("ix_faces_gallery_id_id", "gallery_id", "id"),
-        # An enrolment of a source the identity already holds finds those faces (Store.enrol).
-        Index("ix_faces_identity_id_source_sha256", "identity_id", "source_sha256"),
-    )
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"))
-    identity_id: Mapped[int] = mapped_column(ForeignKey("identities.id", ondelete="CASCADE"), index=True)
-    embedding: Mapped[bytes] = mapped_column(LargeBinary)
-    model_version: Mapped[str] = mapped_column(String(64))
-    detection_score: Mapped[float | None] = mapped_column(Float, nullable=True)
-    box_left: Mapped[float | None] = mapped_column(Float, nullable=True)
-    box_top: Mapped[float | None] = mapped_column(Float, nullable=True)
-    box_right: Mapped[float | None] = mapped_column(Float, nullable=True)
-    box_bottom: Mapped[float | None] = mapped_column(Float, nullable=True)
-    #: SHA-256 (hex) of what the face was enrolled from: the photo's bytes, or the embedding's values
-    #: as little-endian float32 (as sent, before normalisation).  NULL for faces enrolled from an
-    #: embedding before migration 0003, and for faces written by :meth:`Store.add_faces` without one.
-    source_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
-
-
-class ChangeRow(Base):
-    """One change to a gallery that an index must follow; ``seq`` only grows (indexes replay by it)."""
-
-    __tablename__ = "changes"
-    __table_args__ = (Index("ix_changes_gallery_id_seq", "gallery_id", "seq"), {"sqlite_autoincrement": True})
-
-    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    gallery_id: Mapped[int] = mapped_column(BigInteger)  # no FK: the log outlives a deleted gallery briefly
-    op: Mapped[str] = mapped_column(String(8))  # "add" | "remove" | "update" | "drop" | "trim"
-    #: The face added or removed; for "update" the identity's row id; 0 for "drop"; for "trim" the
-    #: highest sequence number dropped from the log (see :meth:`Store.trim_changes`).
-    face_id: Mapped[int] = mapped_column(BigInteger)
-
+from faceid.engine.domain.records import (
+    Change,
+    Gallery,
+    Identity,
+    NewFace,
+    SourceResult,
+    StoredFace,
+)
+from faceid.engine.store.migrate import upgrade
+from faceid.engine.store.schema import Base, ChangeRow, FaceRow, GalleryRow, IdentityRow, utcnow
 
 _LAST_SEQ = select(func.coalesce(func.max(ChangeRow.seq), 0)).where(
     ChangeRow.gallery_id == bindparam("gallery_id")
 )
-
-
-# ---- records handed to callers ---------------------------------------------------------------
-@dataclass(frozen=True)
-class Gallery:
-    id: int
-    name: str
-    model_name: str
-    model_version: str
-    dim: int
-    metric: str
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class Identity:
-    id: int
-    gallery_id: int
-    external_id: str
-    display_name: str
-    attributes: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
-    face_ids: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class NewFace:
-    """A face to enrol: the identity it belongs to (created when new) and its embedding;
-    ``source_sha256`` is the SHA-256 of what it came from (see :attr:`FaceRow.source_sha256`)."""
-
-    external_id: str
-    embedding: npt.NDArray[np.float32]
-    display_name: str | None = None
-    attributes: dict[str, Any] | None = None
-    detection_score: float | None = None
-    box: tuple[float, float, float, float] | None = None
-    source_sha256: str | None = None
-
-
-@dataclass(frozen=True)
-class StoredFace:
-    """An enrolled face as an enrolment reports it: its id, its identity's row id and, for a face
-    found in a photo, the detector's score and the box (left, top, right, bottom)."""
-
-    id: int
-    identity_id: int
-    detection_score: float | None = None
-    box: tuple[float, float, float, float] | None = None
-
-
-@dataclass(frozen=True)
-class SourceResult:
-    """What one source of an enrolment came to (:meth:`Store.enrol`): the faces written for it, or,
-    with ``already``, the faces enrolled from the same source into the same identity before (by an
-    earlier call, or by an earlier item of the same call); none was written for it then."""
-
-    faces: tuple[StoredFace, ...]
-    already: bool
-
-
-@dataclass(frozen=True)
-class Change:
-    seq: int
-    op: str
-    face_id: int
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def embedding_sha256(vector: npt.ArrayLike) -> str:
-    """The source hash of an enrolment by embedding: SHA-256 of its values as little-endian float32,
-    as the caller sent them (a client can compute it:
-    ``hashlib.sha256(np.asarray(v, "<f4").tobytes())``)."""
-    return sha256_hex(
-        np.ascontiguousarray(np.asarray(vector, dtype=np.float32).ravel(), dtype="<f4").tobytes()
-    )
 
 
 _STORED_FACE = select(
@@ -365,6 +186,15 @@ class Store:
     @classmethod
     def from_url(cls, url: str) -> Store:
         return cls(make_engine(url))
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` in the committing thread right before every COMMIT is sent (it raises
+        to roll the transaction back instead)."""
+        event.listen(self.engine, "commit", lambda _connection: callback())
+
+    def migrate(self) -> None:
+        """Bring the schema up to date (Alembic migrations; idempotent)."""
+        upgrade(self.engine)
 
     def create_schema(self) -> None:
         """Create the tables directly (tests, tools); deployments run the Alembic migrations."""
@@ -914,3 +744,16 @@ class Store:
             if attempt + 1 < attempts:
                 time.sleep(pause)
         return False
+
+
+#: Any error of the database layer (a write whose outcome may be unknown).
+DatabaseError = sqlalchemy.exc.SQLAlchemyError
+#: A uniqueness constraint refused a write (e.g. a gallery name taken meanwhile).
+IntegrityError = sqlalchemy.exc.IntegrityError
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether a database error means "cannot reach the database now" (worth retrying)."""
+    return isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError) or (
+        isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+    )

@@ -1,37 +1,25 @@
 """The face pipeline: photo → faces, each with box, landmarks, score and embedding.
 
 decode (Pillow) → detect (dlib HOG) → landmarks (dlib 5-point) → align (dlib
-chip, 150×150) → embed (dlib's ResNet in torch).  ``process_many`` embeds the
-faces of many photos in shared network batches, which is what the server's
-micro-batcher calls.
+chip, 150×150) → embed (dlib's ResNet in torch).  The engine
+(:class:`~faceid.engine.service.engine.Engine`) runs these stages for every request that
+sends a photo, with the embedding batched across concurrent calls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from faceid.engine.align import face_chips
 from faceid.engine.config import PipelineConfig
-from faceid.engine.detect import Box, Detection, FaceDetector
-from faceid.engine.embedder import Embedder, Embeddings
-from faceid.engine.errors import InvalidImageError
-from faceid.engine.image import RGBImage, decode_image
-from faceid.engine.resnet import CHIP_SIZE
-
-
-@dataclass(frozen=True)
-class Face:
-    """A detected face and its embedding (128 float32, compared by Euclidean distance)."""
-
-    detection: Detection
-    embedding: np.ndarray
-
-    @property
-    def box(self) -> Box:
-        return self.detection.box
+from faceid.engine.domain.errors import InvalidImageError
+from faceid.engine.domain.faces import Box, Detection, Face
+from faceid.engine.vision.align import face_chips
+from faceid.engine.vision.detect import FaceDetector
+from faceid.engine.vision.embedder import Embedder, Embeddings
+from faceid.engine.vision.image import RGBImage, decode_image
+from faceid.engine.vision.resnet import CHIP_SIZE
 
 
 class FacePipeline:
@@ -51,31 +39,15 @@ class FacePipeline:
         return self.detector.detect(image)
 
     def process(self, data: bytes | RGBImage) -> list[Face]:
-        """Every face in one photo, largest first, with its embedding."""
-        return self.process_many([data])[0]
-
-    def process_many(self, photos: Sequence[bytes | RGBImage]) -> list[list[Face]]:
-        """Faces of several photos; all chips go through the network in shared batches.
-
-        Raises :class:`InvalidImageError` for the first photo that cannot be decoded; callers that
-        want one result per photo regardless call :meth:`process` per photo.
-        """
-        detections: list[list[Detection]] = []
-        chips: list[np.ndarray] = []
-        for data in photos:
-            image = self.decode(data) if isinstance(data, bytes) else data
-            found = self.detector.detect(image)
-            detections.append(found)
-            if found:
-                chips.append(self.align(image, found))
-        all_chips = np.concatenate(chips) if chips else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
-        embeddings = self.embedder.embed(all_chips)
-        faces: list[list[Face]] = []
-        i = 0
-        for found in detections:
-            faces.append([Face(d, embeddings[i + j]) for j, d in enumerate(found)])
-            i += len(found)
-        return faces
+        """Every face in one photo, largest first, with its embedding (decode → detect → align →
+        embed, in the calling thread).  For tools and benchmarks in process; the engine runs the
+        same stages with the embedding batched across calls (:meth:`Engine.faces`)."""
+        image = self.decode(data) if isinstance(data, bytes) else data
+        found = self.detector.detect(image)
+        if not found:
+            return []
+        embeddings = self.embedder.embed(self.align(image, found))
+        return [Face(d, e) for d, e in zip(found, embeddings, strict=True)]
 
     def detection_for_box(self, image: RGBImage, box: Box) -> Detection:
         """Landmarks for a face whose box the caller already knows (score ``nan``)."""

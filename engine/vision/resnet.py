@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceid.engine.dlib_format import DlibFormatError, DlibNet, Layer, read_net
+from faceid.engine.vision.dlib_format import DlibFormatError, DlibNet, Layer, read_net
 
 #: (channels, number of blocks, first block downsamples), bottom to top.
 STAGES: tuple[tuple[int, int, bool], ...] = (

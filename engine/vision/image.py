@@ -17,7 +17,7 @@ import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from faceid.engine.config import DecodeConfig
-from faceid.engine.errors import ImageTooLargeError, InvalidImageError
+from faceid.engine.domain.errors import ImageTooLargeError, InvalidImageError
 
 RGBImage = npt.NDArray[np.uint8]
 

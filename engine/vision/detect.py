@@ -11,61 +11,20 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
 
 import dlib
 import numpy as np
-import numpy.typing as npt
 from PIL import Image
 
 from faceid.engine.config import DetectConfig
-from faceid.engine.image import RGBImage
-from faceid.engine.weights import LANDMARKS_5_FILE, model_file
-
-Landmarks = npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True)
-class Box:
-    """A face's box in pixels of the upright photo: ``left ≤ x < right``, ``top ≤ y < bottom``."""
-
-    left: float
-    top: float
-    right: float
-    bottom: float
-
-    @property
-    def width(self) -> float:
-        return self.right - self.left
-
-    @property
-    def height(self) -> float:
-        return self.bottom - self.top
-
-    @property
-    def area(self) -> float:
-        return max(self.width, 0.0) * max(self.height, 0.0)
-
-    def to_dlib(self) -> dlib.rectangle:
-        return dlib.rectangle(
-            round(self.left), round(self.top), round(self.right) - 1, round(self.bottom) - 1
-        )
+from faceid.engine.domain.faces import Box, Detection, Landmarks
+from faceid.engine.vision.image import RGBImage
+from faceid.engine.vision.weights import LANDMARKS_5_FILE, model_file
 
 
-@dataclass(frozen=True)
-class Detection:
-    """One detected face: its box, detection score and five landmarks.
-
-    ``landmarks`` is ``(5, 2)`` float32 (x, y) in photo pixels, in dlib's order:
-    the outer and inner corner of the eye on the image's right, the outer and
-    inner corner of the eye on the image's left, then the base of the nose.
-    ``score`` is the HOG detector's SVM margin (higher is surer; about 0 at the
-    detection threshold; ``nan`` for a box the caller gave).
-    """
-
-    box: Box
-    score: float
-    landmarks: Landmarks
+def to_dlib(box: Box) -> dlib.rectangle:
+    """dlib's rectangle for a box (inclusive right and bottom edges)."""
+    return dlib.rectangle(round(box.left), round(box.top), round(box.right) - 1, round(box.bottom) - 1)
 
 
 class FaceDetector:
@@ -113,7 +72,7 @@ class FaceDetector:
     def landmarks(self, image: RGBImage, box: Box) -> Landmarks:
         """The five landmarks of the face in ``box``."""
         with self._lock:
-            shape = self._shape(image, box.to_dlib())
+            shape = self._shape(image, to_dlib(box))
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
 
     def detect(self, image: RGBImage) -> list[Detection]:

@@ -16,7 +16,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from faceid.engine.errors import ModelError
+from faceid.engine.domain.errors import ModelError
 
 RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 LANDMARKS_5_FILE = "shape_predictor_5_face_landmarks.dat"

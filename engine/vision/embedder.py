@@ -1,6 +1,6 @@
 """The face embedder: aligned chips in, 128-D embeddings out, batched on CPU or GPU.
 
-Runs :class:`~faceid.engine.resnet.DlibResNet` under ``torch.inference_mode``:
+Runs :class:`~faceid.engine.vision.resnet.DlibResNet` under ``torch.inference_mode``:
 channels-last layout (faster convolutions on CPU and GPU), fp16 on CUDA by
 default (checked against fp32 in the tests and benchmarks), and optionally the
 average of each chip's embedding and its mirror image's, scaled to unit length.
@@ -15,9 +15,9 @@ import numpy.typing as npt
 import torch
 
 from faceid.engine.config import EmbedConfig
-from faceid.engine.errors import InvalidInputError
-from faceid.engine.resnet import CHIP_SIZE, EMBEDDING_DIM, DlibResNet, load_resnet
-from faceid.engine.weights import RESNET_FILE, model_file
+from faceid.engine.domain.errors import InvalidInputError
+from faceid.engine.vision.resnet import CHIP_SIZE, EMBEDDING_DIM, DlibResNet, load_resnet
+from faceid.engine.vision.weights import RESNET_FILE, model_file
 
 Embeddings = npt.NDArray[np.float32]
 #: Aligned face chips, ``(N, 150, 150, 3)`` uint8 RGB.

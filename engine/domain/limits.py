@@ -27,7 +27,7 @@ import math
 import re
 from typing import Any
 
-from faceid.engine.errors import InvalidInputError
+from faceid.engine.domain.errors import InvalidInputError
 
 log = logging.getLogger("faceid.limits")
 

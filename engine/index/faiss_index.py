@@ -11,7 +11,7 @@ One :class:`FaissGalleryIndex` per gallery.  Its life runs itself:
   candidates, whose exact distances, from a float16 copy of every vector
   (:class:`VectorStore`), choose the final order.  It retrains when the gallery has grown
   ``retrain_growth``-fold.  Both work in the subspace the gallery's vectors span
-  (:mod:`faceid.engine.subspace`; 84 of 128 dimensions for dlib's embeddings), fitted at
+  (:mod:`faceid.engine.index.subspace`; 84 of 128 dimensions for dlib's embeddings), fitted at
   training: the same distances for fewer numbers.
 
 Scores are **Euclidean distances** between embeddings (≥ 0, smaller = more alike;
@@ -33,471 +33,31 @@ shape is wrong (:class:`SnapshotError`), and the caller rebuilds from the store.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import math
-import os
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from functools import cache
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
 
 import faiss
 import numpy as np
 import numpy.typing as npt
 
-from faceid.engine.subspace import Subspace
-
-Ids = npt.NDArray[np.int64]
-Vectors = npt.NDArray[np.float32]
-IndexKind = Literal["exact", "ivf_pq"]
-IndexDevice = Literal["auto", "cpu", "cuda"]
-
+from faceid.engine.config import IndexConfig
+from faceid.engine.domain.search import Ids, IndexKind, IndexStats, SearchParams, Vectors
+from faceid.engine.index.base import SnapshotError
+from faceid.engine.index.gpu import GpuContext, GpuReplica, gpu_context, wants_gpu
+from faceid.engine.index.snapshot import read_snapshot, write_snapshot
+from faceid.engine.index.subspace import Subspace
+from faceid.engine.index.vectors import ReadWriteLock, VectorStore, _merge
 
 #: The first faiss whose IVF fast-scan indexes really remove: 1.8 aborts, and 1.9 to 1.13 return
 #: 0 and keep the codes (checked on the PyPI wheels), which would break deletes and erasure.
+
 FAISS_MIN = (1, 14)
 
 
 _FAISS_VERSION = tuple(int(part) for part in faiss.__version__.split(".")[:2] if part.isdigit())
-
-
-class SnapshotError(Exception):
-    """A snapshot file is missing, truncated, corrupt or from another configuration."""
-
-
-@dataclass(frozen=True)
-class SearchParams:
-    """Per-request knobs; ``None`` takes the index's default.  Out-of-range values are clamped."""
-
-    #: IVF lists visited per query (1 … nlist): more is slower and closer to exact.
-    nprobe: int | None = None
-    #: Candidates re-ranked exactly, as a multiple of k (1 … 64).
-    rerank_factor: int | None = None
-    #: The leading results the re-rank factor is for (default: all k).  A caller that takes more
-    #: results than it needs in exact order (faces, to find the best ``rerank_k`` identities
-    #: among them) sets it lower and re-ranks fewer candidates.
-    rerank_k: int | None = None
-    #: Search every vector exactly (slow on big galleries; for audits and ground truth).
-    exact: bool = False
-    #: Use the GPU replica when there is one (False: the CPU index, to compare the two paths).
-    gpu: bool = True
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """How a gallery index grows; defaults come from ``benchmarks/index_scale.py``."""
-
-    #: Switch from exact search to IVF-PQ once the gallery holds this many faces.
-    train_min: int = 50_000
-    #: Retrain when the gallery has grown this many times since the last training.
-    retrain_growth: float = 4.0
-    #: nlist = the power of two nearest to ``nlist_factor × √N``.
-    nlist_factor: float = 4.0
-    #: PQ sub-quantizers (4-bit fast-scan codes: ``pq_m / 2`` bytes per face); 0: one per two
-    #: dimensions of the gallery's subspace (42 for dlib's embeddings).
-    pq_m: int = 0
-    #: FAISS factory string of the trained index; ``{nlist}`` and ``{pq_m}`` are filled in.
-    factory: str = "IVF{nlist},PQ{pq_m}x4fs"
-    #: PQ-encode each vector's offset from its list's centroid.  Off: one look-up table per
-    #: query instead of one per list probed, and no ten-fold slow-down on degenerate data;
-    #: the re-ranking makes up the lost precision (BENCHMARKS.md).
-    by_residual: bool = False
-    #: Store and search a trained gallery in the subspace its vectors span (to within this
-    #: share of their length; 0: always all dimensions).  See :mod:`faceid.engine.subspace`.
-    subspace_tol: float = 2e-4
-    #: Training sample: this many points per list (FAISS wants ≥ 39), at most all vectors.
-    train_points_per_list: int = 64
-    #: Default lists probed, as a fraction of nlist (at least ``nprobe_min``).
-    nprobe_fraction: float = 3 / 32
-    nprobe_min: int = 16
-    #: Default re-rank factor: ``k × rerank_factor`` candidates, at least ``rerank_min``, for a
-    #: gallery of ``rerank_reference`` faces; larger galleries scale it by √(N / reference), up
-    #: to 64: a denser gallery has more near-ties for PQ to misorder (measured: ×8 holds recall@1
-    #: 0.993 at a million faces; ten million need ×16 to ×32 for 0.99).
-    rerank_factor: int = 8
-    rerank_reference: int = 1_000_000
-    rerank_min: int = 64
-    #: Train in a background thread (False: train synchronously inside ``add``; for tests and tools).
-    background: bool = True
-    #: Largest k a search may ask for.
-    max_k: int = 1000
-    #: Where searches run: "auto" uses a GPU when faiss has GPU support and sees one, "cpu"
-    #: never does, "cuda" requires one.
-    device: IndexDevice = "auto"
-    #: A gallery moves its searches to the GPU once it holds this many faces (smaller ones are
-    #: searched exactly on the CPU in well under a millisecond).
-    gpu_min: int = 20_000
-    #: GPU scratch memory per process (faiss otherwise reserves 18 % of the card).
-    gpu_temp_bytes: int = 512 << 20
-
-    def nlist_for(self, n: int) -> int:
-        """Lists for ``n`` vectors: a power of two near ``nlist_factor·√n``, with ≥ 39 points per list."""
-        target = max(self.nlist_factor * math.sqrt(max(n, 1)), 1.0)
-        nlist = 2 ** round(math.log2(target))
-        while nlist > 1 and n < 39 * nlist:
-            nlist //= 2
-        return int(nlist)
-
-
-@dataclass
-class IndexStats:
-    kind: IndexKind
-    count: int
-    training: bool
-    dim: int
-    nlist: int = 0
-    pq_m: int = 0
-    #: Numbers stored per face: the dimension of the gallery's subspace (``dim`` when untrained).
-    rank: int = 0
-    default_nprobe: int = 0
-    default_rerank_factor: int = 0
-    trained_on: int = 0
-    memory_bytes: int = 0
-    #: Vectors the FAISS index itself holds (equals ``count`` once removes have taken effect).
-    indexed: int = 0
-    #: Where searches run ("cpu" or "cuda:N") and the bytes the GPU replica holds.
-    device: str = "cpu"
-    gpu_memory_bytes: int = 0
-
-
-class GalleryIndex(Protocol):
-    """What the engine needs from a vector index; FAISS here, a distributed store later."""
-
-    dim: int
-
-    def add(self, ids: Ids, vectors: Vectors, groups: npt.NDArray[np.int64] | None = None) -> None: ...
-    def search_with_groups(
-        self, queries: Vectors, k: int, params: SearchParams | None = None
-    ) -> tuple[npt.NDArray[np.float32], Ids, npt.NDArray[np.int64]]: ...
-    def remove(self, ids: Ids) -> int: ...
-    def contains(self, ids: Ids) -> npt.NDArray[np.bool_]: ...  # replaying the change log twice is harmless
-    def search(
-        self, queries: Vectors, k: int, params: SearchParams | None = None
-    ) -> tuple[npt.NDArray[np.float32], Ids]: ...
-    def count(self) -> int: ...
-    def stats(self) -> IndexStats: ...
-    def save(self, path: Path, seq: int) -> None: ...
-
-
-class ReadWriteLock:
-    """Many readers or one writer; a waiting writer holds back new readers (no starvation)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._waiting_writers = 0
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._waiting_writers:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._waiting_writers += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._waiting_writers -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
-class VectorStore:
-    """Every vector of a gallery, in rows: face id, float16 coordinates, group (identity), alive flag.
-
-    Vectors are kept as float16 coordinates in the gallery's :class:`Subspace` (84 numbers
-    instead of 128 for dlib's embeddings, with the same distances); a vector that lies farther
-    than ``tol`` of its length outside the subspace is *outside*: it is also kept whole, in
-    float32, and searched exactly on the side (the index never proposes it).
-
-    Rows are appended and never move until the next rebuild, so a row number is
-    what FAISS stores as the vector's id: re-ranking gathers candidates' vectors by
-    row, and results map rows back to face ids and identities by plain indexing.
-    A removed row is marked dead; rebuilds (training) compact.  Face ids are found
-    by binary search (the store hands them out in increasing order, so the label
-    column is normally sorted; otherwise a sort order is kept).  2·rank + 13 bytes
-    per row.
-    """
-
-    def __init__(self, dim: int, subspace: Subspace | None = None, tol: float = 0.0) -> None:
-        self.dim = dim
-        self.subspace = subspace or Subspace.full(dim)
-        self.rank = self.subspace.rank
-        self.tol = tol
-        self.labels = np.empty(0, np.int64)
-        self.vectors = np.empty((0, self.rank), np.float16)
-        self.groups = np.empty(0, np.int32)
-        self.alive = np.empty(0, bool)
-        self.size = 0
-        self.live = 0
-        self.outside_rows = np.empty(0, np.int64)  # increasing
-        self.outside_vectors = np.empty((0, dim), np.float32)
-        self._order: npt.NDArray[np.intp] | None = None  # argsort of labels when they are not sorted
-        self._fp16 = faiss.ScalarQuantizer(self.rank, faiss.ScalarQuantizer.QT_fp16)
-
-    def _grow(self, needed: int) -> None:
-        capacity = len(self.labels)
-        if needed <= capacity:
-            return
-        new = max(needed, int(capacity * 1.5), 1024)
-        for name in ("labels", "vectors", "alive", "groups"):
-            old = getattr(self, name)
-            grown = np.zeros((new, *old.shape[1:]), old.dtype)
-            grown[: self.size] = old[: self.size]
-            setattr(self, name, grown)
-
-    def lookup(self, ids: Ids) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
-        """Row of each face id and whether it is live."""
-        ids = np.asarray(ids, np.int64).ravel()
-        if self.size == 0:
-            return np.zeros(len(ids), np.intp), np.zeros(len(ids), bool)
-        labels = self.labels[: self.size]
-        # The rows of one id: a live row and the holes a loaded snapshot put after it, or a dead
-        # row and the live one added after it (SQLite hands out the id of a deleted last row
-        # again).  So the live row is the first or the last of them.
-        ordered = labels if self._order is None else labels[self._order]
-        first = np.minimum(np.searchsorted(ordered, ids, side="left"), self.size - 1)
-        last = np.maximum(np.searchsorted(ordered, ids, side="right") - 1, 0)
-        if self._order is not None:
-            first, last = self._order[first], self._order[last]
-        found_last = (labels[last] == ids) & self.alive[last]
-        rows = np.where(found_last, last, first)
-        found = found_last | ((labels[first] == ids) & self.alive[first])
-        return rows, found
-
-    def add(
-        self, ids: Ids, vectors: Vectors, groups: npt.NDArray[np.int64] | None = None
-    ) -> tuple[Ids, Vectors, npt.NDArray[np.bool_]]:
-        """Append rows; returns their row numbers, their coordinates in the subspace (float32, for
-        the index) and which of them lie inside it (only those belong in the index)."""
-        if groups is None:
-            groups = np.full(len(ids), -1, np.int64)
-        if len(groups) != len(ids) or (len(groups) and (groups.max() >= 2**31 or groups.min() < -1)):
-            raise ValueError("groups must be one int32 identity number (or -1) per id")
-        if len(np.unique(ids)) != len(ids):
-            raise ValueError("the same id appears twice in one add")
-        _, found = self.lookup(ids)
-        if found.any():
-            raise ValueError(f"ids already in the index: {ids[found][:5].tolist()}")
-        in_order = bool(np.all(np.diff(ids) > 0)) and (self.size == 0 or ids[0] > self.labels[self.size - 1])
-        coords, beyond = self.subspace.project(vectors)
-        inside = beyond <= self.tol**2 * np.einsum("nd,nd->n", vectors, vectors)
-        self._grow(self.size + len(ids))
-        rows = np.arange(self.size, self.size + len(ids), dtype=np.int64)
-        self.labels[rows] = ids
-        self.vectors[rows] = coords
-        self.groups[rows] = groups
-        self.alive[rows] = True
-        self.size += len(ids)
-        self.live += len(ids)
-        if not inside.all():
-            self.outside_rows = np.concatenate([self.outside_rows, rows[~inside]])
-            self.outside_vectors = np.concatenate([self.outside_vectors, vectors[~inside]])
-        if self._order is not None or not in_order:
-            self._order = np.argsort(self.labels[: self.size], kind="stable")
-        return rows, coords, inside
-
-    def remove(self, ids: Ids) -> npt.NDArray[np.int64]:
-        """Mark the rows of these face ids dead; returns the rows that were live."""
-        rows, found = self.lookup(ids)
-        dead = np.unique(rows[found]).astype(np.int64)
-        self.alive[dead] = False
-        self.live -= len(dead)
-        return dead
-
-    @property
-    def dead(self) -> int:
-        return self.size - self.live
-
-    def labels_and_groups(self, rows: Ids) -> tuple[Ids, npt.NDArray[np.int64]]:
-        """Face id and group of each row (any shape); -1 for padding rows (-1)."""
-        valid = rows >= 0
-        if not self.size:  # nothing was ever added: no row to read
-            return np.full_like(rows, -1), np.full_like(rows, -1)
-        safe = np.where(valid, rows, 0)
-        return np.where(valid, self.labels[safe], -1), np.where(valid, self.groups[safe], -1).astype(np.int64)
-
-    @property
-    def outside_live(self) -> int:
-        return int(self.alive[self.outside_rows].sum())
-
-    def compacted(self) -> VectorStore:
-        """A copy of the live rows only, renumbered: cheap enough to take under the index's lock
-        (float16 copies, no lifting)."""
-        live = np.flatnonzero(self.alive[: self.size])
-        out = VectorStore(self.dim, self.subspace, self.tol)
-        out.labels, out.vectors, out.groups = self.labels[live], self.vectors[live], self.groups[live]
-        out.alive = np.ones(len(live), bool)
-        out.size = out.live = len(live)
-        keep = self.alive[self.outside_rows]
-        out.outside_rows = np.searchsorted(live, self.outside_rows[keep]).astype(np.int64)
-        out.outside_vectors = self.outside_vectors[keep]
-        return out
-
-    def items(self) -> tuple[Ids, Vectors, npt.NDArray[np.int64]]:
-        """The live face ids, whole vectors (float32) and groups, in row order."""
-        live = np.flatnonzero(self.alive[: self.size])
-        return self.labels[live].copy(), self.full(live), self.groups[live].astype(np.int64)
-
-    def float32(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        """The coordinates of ``rows`` (any shape) as float32: faiss's SIMD decoder, 4× numpy's cast."""
-        codes = np.ascontiguousarray(self.vectors[rows]).reshape(-1, self.rank).view(np.uint8)
-        decoded: npt.NDArray[np.float32] = self._fp16.decode(codes)
-        return decoded.reshape(*rows.shape, self.rank)
-
-    def full(self, rows: npt.NDArray[np.int64]) -> Vectors:
-        """Whole vectors of ``rows`` (1-D): lifted coordinates, or the kept vector of an outside row."""
-        out = self.subspace.lift(self.float32(rows))
-        if len(self.outside_rows):
-            at = np.minimum(np.searchsorted(self.outside_rows, rows), len(self.outside_rows) - 1)
-            hit = self.outside_rows[at] == rows
-            out[hit] = self.outside_vectors[at[hit]]
-        return out
-
-    def search_outside(self, q: Vectors, k: int) -> tuple[Vectors, Ids]:
-        """Exact squared distances to the live outside rows: the nearest ``k`` per query."""
-        live = self.alive[self.outside_rows]
-        rows, vecs = self.outside_rows[live], self.outside_vectors[live]
-        d2, found = faiss.knn(q, vecs, min(k, len(rows)))
-        return d2, np.where(found >= 0, rows[np.maximum(found, 0)], -1)
-
-    def nbytes(self) -> int:
-        """Bytes held for the rows in use."""
-        return self.size * (8 + 2 * self.rank + 4 + 1) + len(self.outside_rows) * (8 + 4 * self.dim)
-
-
-def _merge(d2: Vectors, rows: Ids, more_d2: Vectors, more_rows: Ids, k: int) -> tuple[Vectors, Ids]:
-    """The best ``k`` of two result lists per query."""
-    all_d2, all_rows = np.concatenate([d2, more_d2], axis=1), np.concatenate([rows, more_rows], axis=1)
-    order = np.argsort(all_d2, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(all_d2, order, 1), np.take_along_axis(all_rows, order, 1)
-
-
-def gpu_count() -> int:
-    """GPUs faiss can use here (0 with faiss-cpu)."""
-    return int(faiss.get_num_gpus()) if hasattr(faiss, "StandardGpuResources") else 0
-
-
-def wants_gpu(config: IndexConfig) -> bool:
-    """Whether ``config`` puts searches on a GPU here; ``device="cuda"`` without one is an error."""
-    if config.device == "cpu":
-        return False
-    if gpu_count() == 0:
-        if config.device == "cuda":
-            raise RuntimeError("index device is cuda, but faiss sees no GPU (install faiss-gpu-cu12)")
-        return False
-    return True
-
-
-class GpuContext:
-    """One GPU's faiss resources, shared by every gallery of the process.  faiss GPU objects are
-    not thread-safe, so every call that touches the device holds :attr:`lock`."""
-
-    def __init__(self, device: int, temp_bytes: int) -> None:
-        self.device = device
-        self.temp_bytes = temp_bytes
-        self.resources = faiss.StandardGpuResources()
-        self.resources.setTempMemory(temp_bytes)
-        self.lock = threading.Lock()
-
-
-@cache
-def gpu_context(device: int = 0, temp_bytes: int = 512 << 20) -> GpuContext:
-    return GpuContext(device, temp_bytes)
-
-
-class GpuReplica:
-    """An exact float16 copy of a gallery's live vectors on a GPU (``GpuIndexFlatL2``).
-
-    Positions on the GPU map to store rows (:attr:`rows`).  GPU flat indexes cannot remove, so a
-    removed row stays on the device as a *stale* position until the next :meth:`rebuild`
-    (after ``STALE_MAX`` of them, or at a retrain); searches ask for ``k + stale`` results and
-    drop the dead ones, which keeps them exact.
-    """
-
-    STALE_MAX = 1024  # + max_k (1000) stays within faiss's GPU k limit (2048)
-
-    def __init__(self, dim: int, context: GpuContext) -> None:
-        config = faiss.GpuIndexFlatConfig()
-        config.device = context.device
-        config.useFloat16 = True
-        self.context = context
-        self.index = faiss.GpuIndexFlatL2(context.resources, dim, config)
-        self._rows = np.empty(0, np.int64)  # grown geometrically: adds are amortized O(1)
-        self.n = 0
-        self.stale = 0
-
-    @property
-    def rows(self) -> Ids:
-        """The store row of each position on the GPU."""
-        return self._rows[: self.n]
-
-    def rebuild(self, store: VectorStore, chunk: int = 1 << 20) -> None:
-        live = np.flatnonzero(store.alive[: store.size]).astype(np.int64)
-        with self.context.lock:
-            self.index.reset()
-            for start in range(0, len(live), chunk):
-                self.index.add(store.full(live[start : start + chunk]))
-        self._rows, self.n, self.stale = live, len(live), 0
-
-    def add(self, rows: Ids, vectors: Vectors) -> None:
-        with self.context.lock:
-            self.index.add(vectors)
-        if self.n + len(rows) > len(self._rows):
-            grown = np.empty(max(self.n + len(rows), 2 * len(self._rows), 1024), np.int64)
-            grown[: self.n] = self._rows[: self.n]
-            self._rows = grown
-        self._rows[self.n : self.n + len(rows)] = rows
-        self.n += len(rows)
-
-    def removed(self, store: VectorStore, n: int) -> None:
-        self.stale += n
-        if self.stale > self.STALE_MAX:
-            self.rebuild(store)
-
-    def search(self, q: Vectors, k: int, alive: npt.NDArray[np.bool_]) -> tuple[Vectors, Ids]:
-        want = min(k + self.stale, self.n)
-        d2 = np.full((len(q), k), np.inf, np.float32)
-        rows = np.full((len(q), k), -1, np.int64)
-        if want == 0:
-            return d2, rows
-        with self.context.lock:
-            found_d, found_p = self.index.search(q, want)
-        found_r = np.where(found_p >= 0, self.rows[np.maximum(found_p, 0)], -1)
-        if self.stale:  # drop removed rows, keep the order
-            ok = (found_r >= 0) & alive[np.maximum(found_r, 0)]
-            order = np.argsort(~ok, axis=1, kind="stable")[:, :k]
-            found_d = np.where(
-                np.take_along_axis(ok, order, 1), np.take_along_axis(found_d, order, 1), np.inf
-            )
-            found_r = np.where(np.isfinite(found_d), np.take_along_axis(found_r, order, 1), -1)
-        take = min(k, found_r.shape[1])
-        d2[:, :take], rows[:, :take] = found_d[:, :take], found_r[:, :take]
-        return d2, rows
-
-    def nbytes(self) -> int:
-        return self.n * (2 * self.index.d + 8)
 
 
 def _exact_index(dim: int) -> faiss.Index:
@@ -989,54 +549,21 @@ def _index_bytes(index: faiss.Index, kind: IndexKind, n: int, dim: int, pq_m: in
     return int(n * (pq_m // 2 + 8) + ivf.nlist * dim * 4)
 
 
-# ---- snapshot container -------------------------------------------------------------------
-_MAGIC = b"FACEIDX\x01"
+class FaissBackend:
+    """:class:`~faceid.engine.index.base.IndexBackend` for FAISS indexes in this process."""
 
+    def __init__(self, config: IndexConfig) -> None:
+        self.config = config
 
-def write_snapshot(path: Path, header: dict[str, Any], sections: list[bytes]) -> None:
-    """``MAGIC | header length | header JSON | sections``; the header carries each section's
-    length and the SHA-256 of all of them.  Written to a temporary file, fsynced, renamed."""
-    digest = hashlib.sha256()
-    for s in sections:
-        digest.update(s)
-    header = {**header, "sections": [len(s) for s in sections], "sha256": digest.hexdigest()}
-    head = json.dumps(header, sort_keys=True).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(_MAGIC + len(head).to_bytes(8, "little") + head)
-        for s in sections:
-            f.write(s)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def create(self, dim: int) -> FaissGalleryIndex:
+        return FaissGalleryIndex(dim, self.config)
 
+    def load(self, path: Path) -> tuple[FaissGalleryIndex, int]:
+        return FaissGalleryIndex.load(path, self.config)
 
-def read_snapshot(path: Path) -> tuple[dict[str, Any], list[bytes]]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SnapshotError(f"{path}: cannot read snapshot ({exc})") from None
-    buf = io.BytesIO(data)
-    if buf.read(len(_MAGIC)) != _MAGIC:
-        raise SnapshotError(f"{path}: not a faceid index snapshot")
-    try:
-        head_len = int.from_bytes(buf.read(8), "little")
-        header = json.loads(buf.read(head_len))
-        sizes = [int(s) for s in header["sections"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SnapshotError(f"{path}: unreadable snapshot header ({exc})") from None
-    sections = [buf.read(s) for s in sizes]
-    if [len(s) for s in sections] != sizes or buf.read(1):
-        raise SnapshotError(f"{path}: snapshot is truncated or has trailing bytes")
-    digest = hashlib.sha256()
-    for s in sections:
-        digest.update(s)
-    if digest.hexdigest() != header.get("sha256"):
-        raise SnapshotError(f"{path}: snapshot checksum mismatch (corrupt)")
-    return header, sections
+    def build(self, dim: int, batches: Iterable[tuple[Ids, Vectors, Ids]]) -> FaissGalleryIndex:
+        index = FaissGalleryIndex(dim, replace(self.config, background=False))
+        for ids, vectors, identity_ids in batches:
+            index.add(ids, vectors, identity_ids)
+        index.config = self.config
+        return index

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 import dlib
 import numpy as np
 
-from faceid.engine.detect import Box, Landmarks
-from faceid.engine.embedder import Chips
-from faceid.engine.image import RGBImage
-from faceid.engine.resnet import CHIP_SIZE
+from faceid.engine.domain.faces import Box, Landmarks
+from faceid.engine.vision.detect import to_dlib
+from faceid.engine.vision.embedder import Chips
+from faceid.engine.vision.image import RGBImage
+from faceid.engine.vision.resnet import CHIP_SIZE
 
 CHIP_PADDING = 0.25
 
@@ -26,7 +27,7 @@ def _full_object_detection(box: Box, landmarks: Landmarks) -> dlib.full_object_d
     points = dlib.points()
     for x, y in np.rint(landmarks).astype(np.int64):
         points.append(dlib.point(int(x), int(y)))
-    return dlib.full_object_detection(box.to_dlib(), points)
+    return dlib.full_object_detection(to_dlib(box), points)
 
 
 def face_chips(

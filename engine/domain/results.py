@@ -1,0 +1,120 @@
+"""What the engine answers: identify matches, enrolled faces, verifications, gallery statistics;
+and what it is given: ready embeddings and enrolment items.  Plain data.
+
+Scores: ``distance`` is the Euclidean distance between unit-length embeddings (0 … 2, smaller =
+more alike) and ``similarity`` the cosine, ``1 − distance²/2`` (−1 … 1, larger = more alike); a
+pair *matches* when its distance is below the threshold (the model's default, calibrated at FMR
+1e-3 on LFW, or the caller's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from faceid.engine.domain.faces import Box, Detection
+from faceid.engine.domain.records import Gallery
+from faceid.engine.domain.search import IndexStats
+
+
+@dataclass(frozen=True)
+class Match:
+    """One identity in an identify result, ranked by its best face."""
+
+    external_id: str
+    display_name: str
+    attributes: dict[str, Any]
+    face_id: int
+    distance: float
+    similarity: float
+    is_match: bool
+
+
+@dataclass(frozen=True)
+class FaceMatches:
+    """The identities nearest one probe face; ``box`` is None for an embedding probe."""
+
+    box: Box | None
+    detection_score: float | None
+    matches: list[Match]
+
+
+@dataclass(frozen=True)
+class EnrolledFace:
+    face_id: int
+    external_id: str
+    box: Box | None = None
+    detection_score: float | None = None
+    #: The face was there before this call: enrolled earlier from the same source (the same photo
+    #: bytes, or the same embedding values) into the same identity, by an earlier call or an earlier
+    #: item of this one.  The call added no face for it.
+    already_enrolled: bool = False
+
+
+@dataclass(frozen=True)
+class Verification:
+    distance: float
+    similarity: float
+    is_match: bool
+    threshold: float
+    face_id: int | None = None
+
+
+@dataclass(frozen=True)
+class EmbeddingInput:
+    """A ready embedding from a client and the model it claims to come from."""
+
+    vector: npt.NDArray[np.float32]
+    model: str = ""  # "name/version"; empty = the gallery's model
+
+
+@dataclass(frozen=True)
+class EnrollItem:
+    """One embedding to enrol and the identity it belongs to (metadata used when the identity is new)."""
+
+    external_id: str
+    embedding: EmbeddingInput
+    display_name: str | None = None
+    attributes: dict[str, Any] | None = None
+
+
+@dataclass
+class GalleryStats:
+    gallery: Gallery
+    identities: int
+    faces: int
+    index: IndexStats
+    applied_seq: int
+
+
+def similarity(distance: float) -> float:
+    return 1.0 - distance * distance / 2.0
+
+
+@dataclass(frozen=True)
+class Identification:
+    """An identify call's answer: the distance threshold its decisions used, and one result per
+    probe face (one for an embedding; one per face found, largest first, for a photo)."""
+
+    threshold: float
+    faces: list[FaceMatches]
+
+
+@dataclass(frozen=True)
+class EmbeddedFace:
+    """A face's embedding, with its detection (None for an aligned chip sent as such)."""
+
+    detection: Detection | None
+    embedding: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Detected:
+    """The faces found in a photo and the photo's upright size in pixels."""
+
+    faces: list[Detection]
+    width: int
+    height: int

@@ -1,1 +1,0 @@
-"""Alembic migrations of the identity store's schema (``faceid.engine.migrate`` runs them)."""

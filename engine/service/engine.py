@@ -1,0 +1,365 @@
+"""The engine: the one owner of every request below the transport.
+
+Each use case is one ``async`` method here, and the gRPC servicer (or a test, or a tool) only
+parses, awaits it and converts.  The engine owns what a request needs on its way down:
+
+* the worker threads (``workers``), where everything that can block runs — decoding, detection,
+  the first model load, SQL, index searches, snapshot loads — never the event loop;
+* the micro-batchers (:mod:`faceid.engine.service.batching`): the faces of concurrent photos go
+  through the network together (``embed_batcher``), and the probes of concurrent identify calls
+  go to the index as one batched search (``search_batcher``);
+* the photo stages, one path for every use case that takes a photo (identify, enrol, verify,
+  embed): decode → detect → landmarks → align in a worker thread, then the embedding batch
+  (:meth:`Engine.faces`);
+* the :class:`~faceid.engine.service.service.FaceService` (galleries, SQL, indexes), called in
+  the worker threads.
+
+Identify, top to bottom: ``Engine.identify`` → ``Engine.faces`` (a photo) → ``embed_batcher`` →
+``search_batcher`` → ``FaceService.identify_embeddings`` → ``GalleryIndex.search_with_groups``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from faceid.engine.config import EngineConfig
+from faceid.engine.domain.errors import (
+    FaceIdError,
+    InvalidInputError,
+    ModelError,
+    NotFoundError,
+    UnavailableError,
+)
+from faceid.engine.domain.faces import Face
+from faceid.engine.domain.records import Identity
+from faceid.engine.domain.results import (
+    Detected,
+    EmbeddedFace,
+    EmbeddingInput,
+    EnrolledFace,
+    EnrollItem,
+    FaceMatches,
+    GalleryStats,
+    Identification,
+    Match,
+    Verification,
+)
+from faceid.engine.domain.search import SearchParams
+from faceid.engine.service.access import KeyRing, key_ring
+from faceid.engine.service.batching import MicroBatcher
+from faceid.engine.service.service import FaceService, Proceed
+from faceid.engine.store import DatabaseError, is_unavailable
+from faceid.engine.vision.pipeline import FacePipeline
+from faceid.engine.vision.weights import models_source
+
+log = logging.getLogger("faceid.engine")
+T = TypeVar("T")
+Probe = bytes | EmbeddingInput
+#: What one search batch shares: gallery, distance threshold, search parameters.
+SearchKey = tuple[str, float, SearchParams]
+
+
+def _database_reached(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, with a database that cannot be reached now reported as
+    :class:`UnavailableError` (worth retrying), its cause in the log rather than in the answer."""
+    try:
+        return fn(*args)
+    except DatabaseError as exc:
+        if not is_unavailable(exc):
+            raise
+        log.warning("database unavailable: %s", str(exc).split("\n")[0])
+        raise UnavailableError("the database is unavailable; retry later") from None
+
+
+class Engine:
+    """Every use case of the engine as an ``async`` method; one per process and store.
+
+    ``service`` and ``pipeline`` may be given (tests share one pipeline); by default the service
+    opens the store and indexes of ``config``, and the pipeline (its models) loads on first use,
+    in a worker thread: a deployment that sends only embeddings never loads it.
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        service: FaceService | None = None,
+        pipeline: FacePipeline | None = None,
+    ) -> None:
+        self.config = config
+        self.service = service or FaceService(config)
+        self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="faceid-worker")
+        self._pipeline = pipeline
+        self._pipeline_lock = threading.Lock()
+        window = config.batch_window_ms / 1000
+        self.search_batcher: MicroBatcher[tuple[EmbeddingInput, int], list[Match]] = MicroBatcher(
+            self._search_batch, self.executor, window, config.max_batch, config.batch_inflight
+        )
+        self.embed_batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
+            self._embed_batch, self.executor, window, config.max_batch, config.batch_inflight
+        )
+
+    @property
+    def model_id(self) -> str:
+        """The embedding model's id, ``name/version``."""
+        return self.service.model.id
+
+    def key_ring(self) -> KeyRing:
+        """The API keys of this engine's store, in memory (:class:`KeyRing`)."""
+        return key_ring(self.service.store)
+
+    def close(self) -> None:
+        """Finish the work in the worker threads, then snapshot every gallery and release the store
+        (blocking: call it from a thread, or with :func:`asyncio.to_thread`)."""
+        self.executor.shutdown(wait=True)
+        self.service.close()
+
+    # ---- worker threads ----------------------------------------------------------------------
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(_database_reached, fn, *args))
+
+    @property
+    def pipeline(self) -> FacePipeline:
+        """The face pipeline, loaded on first use (in a worker thread: it reads ~30 MB of weights).
+
+        Model files that cannot be loaded (missing, damaged) raise :class:`ModelError`, a fault of
+        the server, not of the request; each call that needs the model tries again."""
+        if self._pipeline is None:
+            with self._pipeline_lock:
+                if self._pipeline is None:
+                    try:
+                        self._pipeline = FacePipeline(self.config.pipeline)
+                    except ModelError:
+                        raise
+                    except Exception as exc:  # a damaged file: dlib's RuntimeError, DlibFormatError
+                        raise ModelError(
+                            f"the face model files could not be loaded ({type(exc).__name__}: {exc}); "
+                            f"they come from {models_source()}"
+                        ) from exc
+        return self._pipeline
+
+    def _search_batch(self, key: Hashable, items: list[tuple[EmbeddingInput, int]]) -> list[list[Match]]:
+        gallery, threshold, params = cast(SearchKey, key)
+        top = max(k for _, k in items)
+        embeddings = [e for e, _ in items]
+        results = _database_reached(
+            self.service.identify_embeddings, gallery, embeddings, top, threshold, params
+        )
+        return [r[:k] for r, (_, k) in zip(results, items, strict=True)]
+
+    def _embed_batch(self, _key: Hashable, chips: list[np.ndarray]) -> list[np.ndarray]:
+        return list(self.pipeline.embedder.embed(np.stack(chips)))
+
+    # ---- the photo stages --------------------------------------------------------------------
+    async def faces(self, photo: bytes) -> list[Face]:
+        """Every face in a photo, largest first, with its embedding: decode, detect and align in a
+        worker thread, then embed in a network batch shared with other calls."""
+
+        def detect() -> tuple[list[Any], np.ndarray]:
+            pipeline = self.pipeline
+            image = pipeline.decode(photo)
+            found = pipeline.detect(image)
+            return found, pipeline.align(image, found) if found else np.zeros((0,), np.uint8)
+
+        found, chips = await self._run(detect)
+        if not found:
+            return []
+        embeddings = await self.embed_batcher.submit("embed", list(chips))
+        return [Face(d, e) for d, e in zip(found, embeddings, strict=True)]
+
+    async def _probe_vector(self, probe: Probe) -> EmbeddingInput | npt.NDArray[np.float32]:
+        """A probe as a vector: an embedding as sent (checked against the gallery later), or the
+        embedding of the photo's largest face."""
+        if isinstance(probe, EmbeddingInput):
+            return probe
+        found = await self.faces(probe)
+        if not found:
+            raise InvalidInputError("no face was found in the probe photo")
+        return found[0].embedding.astype(np.float32)
+
+    # ---- galleries -----------------------------------------------------------------------------
+    async def create_gallery(self, name: str) -> GalleryStats:
+        def create() -> GalleryStats:
+            self.service.create_gallery(name)
+            return self.service.stats(name)
+
+        return await self._run(create)
+
+    async def gallery(self, name: str) -> GalleryStats:
+        return await self._run(self.service.stats, name)
+
+    async def list_galleries(self) -> list[GalleryStats]:
+        def stats() -> list[GalleryStats]:
+            found = []
+            for g in self.service.list_galleries():
+                try:
+                    found.append(self.service.stats(g.name))
+                except NotFoundError:  # deleted meanwhile
+                    continue
+            return found
+
+        return await self._run(stats)
+
+    async def delete_gallery(self, name: str) -> None:
+        await self._run(self.service.delete_gallery, name)
+
+    # ---- enrolment ---------------------------------------------------------------------------
+    async def enroll(
+        self,
+        gallery: str,
+        identity_id: str,
+        probe: Probe,
+        all_faces: bool = False,
+        display_name: str | None = None,
+        attributes: dict[str, Any] | None = None,
+        proceed: Proceed | None = None,
+    ) -> list[EnrolledFace]:
+        """Enrol an embedding, or the largest face of a photo (every face with ``all_faces``),
+        under ``identity_id``.  The fields are checked before the photo is decoded, and a photo
+        the identity already holds (the same bytes) is not decoded again: the answer is the faces
+        enrolled from it before, marked ``already_enrolled``."""
+        if isinstance(probe, EmbeddingInput):
+            return await self._run(
+                self.service.enroll_embeddings,
+                gallery,
+                [identity_id],
+                [probe],
+                display_name,
+                attributes,
+                proceed,
+            )
+        digest, known = await self._run(
+            self.service.source_faces, gallery, identity_id, probe, display_name, attributes
+        )
+        if known:
+            return known
+        found = await self.faces(probe)
+        return await self._run(
+            self.service.enroll_faces,
+            gallery,
+            identity_id,
+            found,
+            digest,
+            all_faces,
+            display_name,
+            attributes,
+            proceed,
+        )
+
+    async def enroll_each(
+        self, gallery: str, items: Sequence[EnrollItem], proceed: Proceed | None = None
+    ) -> list[EnrolledFace | FaceIdError]:
+        """Embeddings, each item on its own merits, the good ones in one transaction
+        (:meth:`FaceService.enroll_each`)."""
+        return await self._run(self.service.enroll_each, gallery, items, proceed)
+
+    # ---- identify and verify -------------------------------------------------------------------
+    async def identify(
+        self,
+        gallery: str,
+        probe: Probe,
+        top_k: int = 5,
+        threshold: float | None = None,
+        min_similarity: float = 0.0,
+        params: SearchParams | None = None,
+    ) -> Identification:
+        """The ``top_k`` nearest identities of an embedding, or of each face in a photo (largest
+        first, each with its box), best first.  Matches below ``min_similarity`` (when not 0) are
+        left out; ``threshold`` (a distance; None or 0: the model's default) decides ``is_match``.
+
+        The arguments are checked here, before the call joins a batch: a bad call must not fail
+        its batch-mates."""
+        self.service.check_top_k(top_k)
+        decision = self.service.decision_threshold(threshold)
+        if not -1 <= min_similarity <= 1:
+            raise InvalidInputError("min_similarity must be between -1 and 1")
+        params = params or SearchParams()
+        if (params.nprobe or 0) < 0 or (params.rerank_factor or 0) < 0:
+            raise InvalidInputError("nprobe and rerank_factor must not be negative")
+        key: SearchKey = (gallery, decision, params)
+        if isinstance(probe, EmbeddingInput):
+            [matches] = await self.search_batcher.submit(key, [(probe, top_k)])
+            results = [FaceMatches(None, None, matches)]
+        else:
+            await self._run(self.service.gallery, gallery)  # NOT_FOUND before the photo is decoded
+            found = await self.faces(probe)
+            inputs = [(EmbeddingInput(f.embedding), top_k) for f in found]
+            lists = await self.search_batcher.submit(key, inputs) if inputs else []
+            results = [FaceMatches(f.box, f.detection.score, m) for f, m in zip(found, lists, strict=True)]
+        if min_similarity:
+            results = [
+                FaceMatches(
+                    r.box, r.detection_score, [m for m in r.matches if m.similarity >= min_similarity]
+                )
+                for r in results
+            ]
+        return Identification(decision, results)
+
+    async def verify_identity(
+        self, gallery: str, probe: Probe, identity_id: str, threshold: float | None = None
+    ) -> Verification:
+        """A probe against an identity: the distance to its nearest enrolled face."""
+        await self._run(self.service.gallery, gallery)
+        self.service.decision_threshold(threshold)
+        vector = await self._probe_vector(probe)
+        return await self._run(self.service.verify_identity, gallery, vector, identity_id, threshold)
+
+    async def verify_pair(
+        self, gallery: str, a: Probe, b: Probe, threshold: float | None = None
+    ) -> Verification:
+        """Two probes against each other (the gallery names the model they are compared under)."""
+        await self._run(self.service.gallery, gallery)
+        self.service.decision_threshold(threshold)
+        first, second = await asyncio.gather(self._probe_vector(a), self._probe_vector(b))
+        return await self._run(self.service.verify_pair, gallery, first, second, threshold)
+
+    # ---- identities ------------------------------------------------------------------------------
+    async def get_identity(self, gallery: str, identity_id: str) -> Identity:
+        return await self._run(self.service.get_identity, gallery, identity_id)
+
+    async def list_identities(
+        self, gallery: str, page_size: int = 100, page_token: str = ""
+    ) -> tuple[list[Identity], str]:
+        return await self._run(self.service.list_identities, gallery, page_size, page_token)
+
+    async def update_identity(
+        self,
+        gallery: str,
+        identity_id: str,
+        display_name: str | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> Identity:
+        return await self._run(self.service.update_identity, gallery, identity_id, display_name, attributes)
+
+    async def delete_identity(self, gallery: str, identity_id: str) -> list[int]:
+        return await self._run(self.service.delete_identity, gallery, identity_id)
+
+    async def delete_face(self, gallery: str, face_id: int) -> None:
+        await self._run(self.service.delete_face, gallery, face_id)
+
+    # ---- utilities -------------------------------------------------------------------------------
+    async def detect(self, photo: bytes) -> Detected:
+        """The faces in a photo (boxes, scores, landmarks; no embeddings) and its upright size."""
+
+        def detect() -> Detected:
+            image = self.pipeline.decode(photo)
+            return Detected(self.pipeline.detect(image), image.shape[1], image.shape[0])
+
+        return await self._run(detect)
+
+    async def embed(self, photo: bytes, aligned: bool = False) -> list[EmbeddedFace]:
+        """The embedding of every face in a photo, or of a photo that is an aligned 150×150 chip."""
+        if aligned:
+            [vector] = await self._run(lambda: self.pipeline.embed_chips([photo]))
+            return [EmbeddedFace(None, vector)]
+        return [EmbeddedFace(f.detection, f.embedding) for f in await self.faces(photo)]

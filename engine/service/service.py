@@ -1,0 +1,521 @@
+"""The engine's use cases over the galleries: enrol, identify, verify, identities, statistics.
+
+Synchronous and thread-safe; it works on embeddings only (the photo stages belong to the
+:class:`~faceid.engine.service.engine.Engine`, which calls this in its worker threads).  The
+galleries and the life of their indexes are :class:`~faceid.engine.service.galleries.Galleries`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from faceid.engine.config import EngineConfig
+from faceid.engine.domain import limits
+from faceid.engine.domain.errors import FaceIdError, FailedPreconditionError, InvalidInputError, NotFoundError
+from faceid.engine.domain.faces import Box, Face
+from faceid.engine.domain.models import DLIB_RESNET_V1, EmbeddingModel
+from faceid.engine.domain.records import (
+    Gallery,
+    Identity,
+    NewFace,
+    SourceResult,
+    StoredFace,
+    embedding_sha256,
+    sha256_hex,
+)
+from faceid.engine.domain.results import (
+    EmbeddingInput,
+    EnrolledFace,
+    EnrollItem,
+    GalleryStats,
+    Match,
+    Verification,
+    similarity,
+)
+from faceid.engine.domain.search import SearchParams
+from faceid.engine.index import FaissBackend, IndexBackend
+from faceid.engine.service.checks import check_embedding, decode_page_token, encode_page_token
+from faceid.engine.service.galleries import Galleries, GalleryState
+from faceid.engine.service.identity_cache import IdentityCache, Packed, pack
+from faceid.engine.store import Store, make_engine
+
+log = logging.getLogger("faceid.service")
+
+#: Called right before a write's transaction starts and again right before its COMMIT (in the
+#: thread that writes); raises (e.g. ``DeadlineExceededError``) to write nothing.  The engine
+#: passes one that refuses once the call was cancelled or its deadline is too close
+#: (:class:`~faceid.engine.service.guard.CommitGuard`).
+Proceed = Callable[[], None]
+
+
+def _enrolled(source: Sequence[NewFace], result: SourceResult) -> list[EnrolledFace]:
+    """A source's faces as the API reports them."""
+    return [_enrolled_face(source[0].external_id, face, result.already) for face in result.faces]
+
+
+def _enrolled_face(external_id: str, face: StoredFace, already: bool) -> EnrolledFace:
+    box = Box(*face.box) if face.box is not None else None
+    return EnrolledFace(face.id, external_id, box, face.detection_score, already)
+
+
+def _distinct(
+    distances: list[float], face_ids: list[int], groups: list[int], top_k: int
+) -> list[tuple[int, int, float]]:
+    """The first ``top_k`` identities among a probe's faces (nearest first), each with its nearest
+    face: (face id, identity row id, distance)."""
+    seen: set[int] = set()
+    best: list[tuple[int, int, float]] = []
+    for d, fid, gid in zip(distances, face_ids, groups, strict=True):
+        if gid < 0 or gid in seen:  # removed meanwhile, or a worse face of a listed identity
+            continue
+        seen.add(gid)
+        best.append((fid, gid, d))
+        if len(best) == top_k:
+            break
+    return best
+
+
+class FaceService:
+    """Enrolment, identify and verify over the galleries; thread-safe; one per process and store."""
+
+    def __init__(self, config: EngineConfig, backend: IndexBackend | None = None) -> None:
+        self.config = config
+        self.model: EmbeddingModel = DLIB_RESNET_V1
+        # Stored attributes are read through limits.read_stored_json: a row that cannot be read
+        # (nested past what Python's json can take, as an older version accepted) reads as {}.
+        self.store = Store(make_engine(config.url(), json_deserializer=limits.read_stored_json))
+        #: The check of the write this thread is about to commit (see ``Proceed``), run right
+        #: before COMMIT is sent.
+        self._commit_check = threading.local()
+        self.store.on_commit(self._before_commit)
+        self.store.migrate()
+        self._identity_cache = IdentityCache(config.identity_cache)
+        self.galleries = Galleries(
+            config, self.store, backend or FaissBackend(config.index), self._identity_cache, self.model
+        )
+
+    def _before_commit(self) -> None:
+        check: Proceed | None = getattr(self._commit_check, "proceed", None)
+        if check is not None:
+            check()
+
+    # ---- galleries ----------------------------------------------------------------------------
+    def gallery(self, name: str) -> Gallery:
+        """The gallery's record (NotFoundError when there is none); no database work."""
+        return self.galleries.get(name)
+
+    def create_gallery(self, name: str) -> Gallery:
+        return self.galleries.create(name)
+
+    def list_galleries(self) -> list[Gallery]:
+        return self.galleries.all()
+
+    def delete_gallery(self, name: str) -> None:
+        """Delete a gallery: every identity, face and vector in it, and its snapshot."""
+        self.galleries.delete(name)
+
+    def snapshot(self, name: str) -> None:
+        """Write the gallery's index snapshot now (also done on close and every N changes)."""
+        self.galleries.snapshot(name)
+
+    def erase_now(self) -> None:
+        """One erasure pass now (:meth:`Galleries.erase_now`)."""
+        self.galleries.erase_now()
+
+    def close(self) -> None:
+        """Snapshot every gallery and release the database."""
+        self.galleries.close()
+
+    # ---- input checks -------------------------------------------------------------------------
+    def check_top_k(self, top_k: int) -> None:
+        if not 1 <= top_k <= self.config.max_top_k:
+            raise InvalidInputError(f"top_k must be between 1 and {self.config.max_top_k}; got {top_k}")
+
+    def decision_threshold(self, threshold: float | None) -> float:
+        """The caller's distance threshold, checked, or the model's default when none is given."""
+        if threshold is None or threshold == 0:
+            return self.model.default_threshold
+        if not 0 < threshold <= 2:
+            raise InvalidInputError(
+                f"threshold is a distance between unit vectors, in (0, 2]; got {threshold}"
+            )
+        return threshold
+
+    # ---- enrolment ----------------------------------------------------------------------------
+    def _enroll(
+        self, state: GalleryState, sources: list[list[NewFace]], proceed: Proceed | None = None
+    ) -> list[list[EnrolledFace]]:
+        """Enrol sources (each the faces of one photo, or one embedding) in one transaction, then
+        add the new faces to the index; the enrolled faces of each source, in order.  A source the
+        identity already holds (the same hash: :meth:`Store.enrol`) writes nothing and answers
+        with the faces enrolled from it before, marked ``already_enrolled``.  ``proceed`` (see
+        :data:`Proceed`) runs under the gallery's lock before the transaction starts and again
+        right before its COMMIT; when it raises, the transaction is rolled back: nothing is written."""
+        with self.galleries.writing(state):
+            if proceed is not None:
+                proceed()
+            created: dict[int, Identity] = {}
+            self._commit_check.proceed = proceed
+            try:
+                results, seq = self.store.enrol(state.gallery, sources, created)
+            finally:
+                self._commit_check.proceed = None
+            new = [
+                (face, f)
+                for source, result in zip(sources, results, strict=True)
+                if not result.already
+                for face, f in zip(result.faces, source, strict=True)
+            ]
+            if self.config.shared:
+                # The new faces come back from the log, in order with what other processes
+                # committed meanwhile (SQLite may even have re-used the id of a face one of them
+                # deleted, which this index still holds until it replays that delete).
+                self.galleries.catch_up(state)
+            else:
+                if new:
+                    state.index.add(
+                        [face.id for face, _ in new],
+                        np.stack([f.embedding for _, f in new]),
+                        [face.identity_id for face, _ in new],
+                    )
+                state.applied_seq = max(state.applied_seq, seq)
+            self._identity_cache.put_many(created)
+            self.galleries.after_write(state, len(new))
+        return [_enrolled(source, result) for source, result in zip(sources, results, strict=True)]
+
+    def check_enroll_item(self, gallery: Gallery, item: EnrollItem) -> NewFace | FaceIdError:
+        """One item to enrol, checked without writing anything: the face to write, or the error
+        that refuses it (every field's limit, and the embedding against the gallery's model)."""
+        try:
+            limits.check_identity_id(item.external_id)
+            limits.check_display_name(item.display_name)
+            limits.check_attributes(item.attributes)
+            vector = check_embedding(gallery, item.embedding)
+        except FaceIdError as exc:
+            return exc
+        digest = embedding_sha256(item.embedding.vector)
+        return NewFace(item.external_id, vector, item.display_name, item.attributes, source_sha256=digest)
+
+    def enroll_embeddings(
+        self,
+        gallery: str,
+        external_ids: Sequence[str],
+        embeddings: Sequence[EmbeddingInput],
+        display_name: str | None = None,
+        attributes: dict[str, Any] | None = None,
+        proceed: Proceed | None = None,
+    ) -> list[EnrolledFace]:
+        """Enrol ready embeddings, ``external_ids[i]`` the identity of ``embeddings[i]``."""
+        state = self.galleries.state(gallery)
+        if len(external_ids) != len(embeddings) or not embeddings:
+            raise InvalidInputError("give one identity per embedding, and at least one")
+        for eid in external_ids:
+            limits.check_identity_id(eid)
+        limits.check_display_name(display_name)
+        limits.check_attributes(attributes)
+        sources = [
+            [
+                NewFace(
+                    eid,
+                    check_embedding(state.gallery, e),
+                    display_name,
+                    attributes,
+                    source_sha256=embedding_sha256(e.vector),
+                )
+            ]
+            for eid, e in zip(external_ids, embeddings, strict=True)
+        ]
+        return [face for faces in self._enroll(state, sources, proceed) for face in faces]
+
+    def enroll_items(self, gallery: str, items: Sequence[EnrollItem]) -> list[EnrolledFace]:
+        """Enrol ready embeddings with per-item identity metadata, all in one transaction: every
+        item is checked first, so one bad item refuses the whole call and nothing is written."""
+        state = self.galleries.state(gallery)
+        if not items:
+            raise InvalidInputError("give at least one embedding")
+        faces = []
+        for item in items:
+            checked = self.check_enroll_item(state.gallery, item)
+            if isinstance(checked, FaceIdError):
+                raise checked
+            faces.append([checked])
+        return [face for enrolled in self._enroll(state, faces) for face in enrolled]
+
+    def enroll_each(
+        self, gallery: str, items: Sequence[EnrollItem], proceed: Proceed | None = None
+    ) -> list[EnrolledFace | FaceIdError]:
+        """Enrol ready embeddings, each item on its own merits: every item is checked first
+        (:meth:`check_enroll_item`), then the good ones are written together, in one transaction
+        (one COMMIT, whatever their number); a bad item gets its error in its place, and nothing
+        of it is written.  With ``proceed`` (see :data:`Proceed`) refusing, nothing at all is."""
+        state = self.galleries.state(gallery)
+        limits.check_batch_size(len(items))
+        checked = [self.check_enroll_item(state.gallery, item) for item in items]
+        sources = [[c] for c in checked if isinstance(c, NewFace)]
+        enrolled = iter(self._enroll(state, sources, proceed) if sources else [])
+        return [next(enrolled)[0] if isinstance(c, NewFace) else c for c in checked]
+
+    def source_faces(
+        self,
+        gallery: str,
+        external_id: str,
+        photo: bytes,
+        display_name: str | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> tuple[str, list[EnrolledFace]]:
+        """Before a photo is decoded: the fields checked, the photo's source hash, and the faces
+        the identity already holds from it (none when it holds none): a photo enrolled before is
+        not decoded again."""
+        state = self.galleries.state(gallery)
+        limits.check_identity_id(external_id)
+        limits.check_display_name(display_name)
+        limits.check_attributes(attributes)
+        digest = sha256_hex(photo)
+        known = self.store.source_faces(state.gallery.id, external_id, digest)
+        return digest, [_enrolled_face(external_id, face, True) for face in known]
+
+    def enroll_faces(
+        self,
+        gallery: str,
+        external_id: str,
+        found: Sequence[Face],
+        digest: str,
+        all_faces: bool = False,
+        display_name: str | None = None,
+        attributes: dict[str, Any] | None = None,
+        proceed: Proceed | None = None,
+    ) -> list[EnrolledFace]:
+        """Enrol the faces found in one photo (its source hash ``digest``): the first (the one the
+        caller means, see :func:`~faceid.engine.service.engine.Engine.enroll`) or every face, under
+        ``external_id``.  A photo the identity already holds (checked again under the gallery's
+        lock) answers with the faces enrolled from it before, marked ``already_enrolled``."""
+        state = self.galleries.state(gallery)
+        limits.check_identity_id(external_id)
+        limits.check_display_name(display_name)
+        limits.check_attributes(attributes)
+        if not found:
+            raise InvalidInputError(
+                "no face was found in the photo; send a photo where the face is at least 40 pixels wide, "
+                "upright and not heavily occluded"
+            )
+        chosen = found if all_faces else found[:1]
+        faces = [
+            NewFace(
+                external_id,
+                f.embedding,
+                display_name,
+                attributes,
+                f.detection.score,
+                (f.box.left, f.box.top, f.box.right, f.box.bottom),
+                digest,
+            )
+            for f in chosen
+        ]
+        [enrolled] = self._enroll(state, [faces], proceed)
+        return enrolled
+
+    # ---- identify -----------------------------------------------------------------------------
+    def _search(
+        self,
+        state: GalleryState,
+        vectors: npt.NDArray[np.float32],
+        top_k: int,
+        threshold: float,
+        params: SearchParams | None,
+    ) -> list[list[Match]]:
+        """The ``top_k`` nearest identities of each probe, each with its nearest face.
+
+        The index ranks faces, and an identity may hold many faces near the probe: the first
+        search asks for a few times ``top_k`` faces, and a probe whose faces came from fewer than
+        ``top_k`` identities while the index had more faces to give (a full page) is searched
+        again, four times as deep each round, up to the index's ``max_k`` faces (1,000).  So
+        ``top_k`` identities come back whenever the gallery holds that many and the nearest
+        ``max_k`` faces include them.  Probes served by the first search (identities with a
+        few faces each: the usual gallery) cost what they did before.
+        """
+        if state.index.count() == 0:
+            return [[] for _ in vectors]
+        max_k = self.config.index.max_k
+        k_faces = min(max_k, max(top_k * 4, top_k + 10))
+        # Faces beyond top_k only stand in for identities listed twice: the re-rank covers top_k.
+        params = replace(params or SearchParams(), rerank_k=top_k)
+        distances, ids, groups = state.index.search_with_groups(vectors, k_faces, params)
+        # Per probe: (face id, identity id, distance) of its nearest identities.
+        ranked = [
+            _distinct(drow, irow, grow, top_k)
+            for drow, irow, grow in zip(distances.tolist(), ids.tolist(), groups.tolist(), strict=True)
+        ]
+        short = [p for p, row in enumerate(ranked) if len(row) < top_k and ids[p, -1] >= 0]
+        while short and k_faces < max_k:
+            k_faces = min(max_k, k_faces * 4)
+            distances, ids, groups = state.index.search_with_groups(vectors[short], k_faces, params)
+            rows = zip(short, distances.tolist(), ids.tolist(), groups.tolist(), strict=True)
+            for p, drow, irow, grow in rows:
+                ranked[p] = _distinct(drow, irow, grow, top_k)
+            short = [p for j, p in enumerate(short) if len(ranked[p]) < top_k and ids[j, -1] >= 0]
+        identities = self._identities(state.gallery.id, {gid for row in ranked for _, gid, _ in row})
+        return [
+            [
+                Match(
+                    ident[2],  # external_id
+                    ident[3],  # display_name
+                    json.loads(ident[4]) if ident[4] else {},  # attributes
+                    fid,
+                    d,
+                    similarity(d),
+                    d < threshold,
+                )
+                for fid, gid, d in row
+                if (ident := identities.get(gid)) is not None  # deleted meanwhile: never an id without a row
+            ]
+            for row in ranked
+        ]
+
+    def _identities(self, gallery_id: int, ids: set[int]) -> dict[int, Packed]:
+        """Identity rows (packed) by row id: from the cache, the rest in one query."""
+        found, missing = self._identity_cache.get_many(ids)
+        if missing:
+            fetched = self.store.identities_by_id(gallery_id, sorted(missing))
+            self._identity_cache.put_many(fetched)
+            found.update((i, pack(r)) for i, r in fetched.items())
+        return found
+
+    def identify_embeddings(
+        self,
+        gallery: str,
+        embeddings: Sequence[EmbeddingInput],
+        top_k: int = 5,
+        threshold: float | None = None,
+        params: SearchParams | None = None,
+    ) -> list[list[Match]]:
+        """The ``top_k`` nearest identities of each embedding, best first (one batched search)."""
+        state = self.galleries.current(gallery)
+        self.check_top_k(top_k)
+        if not embeddings:
+            raise InvalidInputError("give at least one embedding")
+        vectors = np.stack([check_embedding(state.gallery, e) for e in embeddings])
+        return self._search(state, vectors, top_k, self.decision_threshold(threshold), params)
+
+    # ---- verify -------------------------------------------------------------------------------
+    @staticmethod
+    def _vector(gallery: Gallery, probe: EmbeddingInput | npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """A caller's embedding, checked against the gallery; or one the pipeline computed."""
+        return check_embedding(gallery, probe) if isinstance(probe, EmbeddingInput) else probe
+
+    def verify_identity(
+        self,
+        gallery: str,
+        probe: EmbeddingInput | npt.NDArray[np.float32],
+        external_id: str,
+        threshold: float | None = None,
+    ) -> Verification:
+        """Probe against an identity: the distance to its nearest enrolled face."""
+        state = self.galleries.state(gallery)
+        t = self.decision_threshold(threshold)
+        identity = self.store.get_identity(state.gallery.id, external_id)
+        if identity is None:
+            raise NotFoundError(f"identity {external_id!r} does not exist in gallery {gallery!r}")
+        if not identity.face_ids:
+            raise FailedPreconditionError(f"identity {external_id!r} has no enrolled face to compare with")
+        v = self._vector(state.gallery, probe)
+        enrolled = self.store.face_embeddings(state.gallery.id, identity.face_ids)
+        fids = list(enrolled)
+        d = np.linalg.norm(np.stack([enrolled[f] for f in fids]) - v, axis=1)
+        best = int(np.argmin(d))
+        dist = float(d[best])
+        return Verification(dist, similarity(dist), dist < t, t, fids[best])
+
+    def verify_pair(
+        self,
+        gallery: str,
+        a: EmbeddingInput | npt.NDArray[np.float32],
+        b: EmbeddingInput | npt.NDArray[np.float32],
+        threshold: float | None = None,
+    ) -> Verification:
+        """Two probes against each other (the gallery names the model they are compared under)."""
+        state = self.galleries.state(gallery)
+        t = self.decision_threshold(threshold)
+        dist = float(np.linalg.norm(self._vector(state.gallery, a) - self._vector(state.gallery, b)))
+        return Verification(dist, similarity(dist), dist < t, t)
+
+    # ---- identities ---------------------------------------------------------------------------
+    def get_identity(self, gallery: str, external_id: str) -> Identity:
+        state = self.galleries.state(gallery)
+        identity = self.store.get_identity(state.gallery.id, external_id)
+        if identity is None:
+            raise NotFoundError(f"identity {external_id!r} does not exist in gallery {gallery!r}")
+        return identity
+
+    def list_identities(
+        self, gallery: str, page_size: int = 100, page_token: str = ""
+    ) -> tuple[list[Identity], str]:
+        """A page of identities in external-id order and the token of the next page ('' at the end)."""
+        state = self.galleries.state(gallery)
+        limits.check_page_size(page_size)
+        after = decode_page_token(page_token)
+        page = self.store.list_identities(state.gallery.id, page_size + 1, after)
+        more = len(page) > page_size
+        page = page[:page_size]
+        return page, encode_page_token(page[-1].external_id) if more else ""
+
+    def update_identity(
+        self,
+        gallery: str,
+        external_id: str,
+        display_name: str | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> Identity:
+        state = self.galleries.state(gallery)
+        limits.check_display_name(display_name)
+        limits.check_attributes(attributes)
+        with state.lock:
+            updated = self.store.update_identity(state.gallery.id, external_id, display_name, attributes)
+            self._identity_cache.discard(updated.id if updated else None)
+        if updated is None:
+            raise NotFoundError(f"identity {external_id!r} does not exist in gallery {gallery!r}")
+        return updated
+
+    def delete_identity(self, gallery: str, external_id: str) -> list[int]:
+        """Delete an identity with all its faces (store and index); returns the removed face ids."""
+        state = self.galleries.state(gallery)
+        with self.galleries.writing(state):
+            result = self.store.delete_identity(state.gallery.id, external_id)
+            if result is None:
+                raise NotFoundError(f"identity {external_id!r} does not exist in gallery {gallery!r}")
+            face_ids, seq = result
+            state.index.remove(face_ids)
+            self.galleries.applied(state, seq)
+            self._identity_cache.clear()
+            self.galleries.after_write(state, len(face_ids))
+            self.galleries.erased(state, bool(face_ids))
+        return face_ids
+
+    def delete_face(self, gallery: str, face_id: int) -> None:
+        state = self.galleries.state(gallery)
+        with self.galleries.writing(state):
+            removed, seq = self.store.delete_faces(state.gallery.id, [face_id])
+            if not removed:
+                raise NotFoundError(f"face {face_id} does not exist in gallery {gallery!r}")
+            state.index.remove(removed)
+            self.galleries.applied(state, seq)
+            self.galleries.after_write(state, 1)
+            self.galleries.erased(state, True)
+
+    # ---- stats --------------------------------------------------------------------------------
+    def stats(self, gallery: str) -> GalleryStats:
+        state = self.galleries.current(gallery)
+        return GalleryStats(
+            state.gallery,
+            self.store.count_identities(state.gallery.id),
+            self.store.count_faces(state.gallery.id),
+            state.index.stats(),
+            state.applied_seq,
+        )

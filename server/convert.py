@@ -1,0 +1,129 @@
+"""Protobuf to domain types and back: the servicer's parse and convert steps."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from faceid.engine.domain.errors import InvalidInputError
+from faceid.engine.domain.faces import Box, Detection
+from faceid.engine.domain.records import Identity
+from faceid.engine.domain.results import (
+    EmbeddedFace,
+    EmbeddingInput,
+    EnrolledFace,
+    FaceMatches,
+    GalleryStats,
+    Match,
+)
+from faceid.proto.faceid.v1 import faceid_pb2 as pb
+from faceid.server.names import identity_name
+from faceid.server.status import status_of
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A streamed item whose bytes are not the method's message (see ``server/auth.py``): it
+    fails alone, with this message, and the stream goes on."""
+
+    message: str
+
+
+# ---- in ------------------------------------------------------------------------------------------
+def embedding_in(message: pb.Embedding) -> EmbeddingInput:
+    return EmbeddingInput(np.asarray(message.values, dtype=np.float32), message.model)
+
+
+def probe_in(probe: pb.Probe) -> bytes | EmbeddingInput:
+    """A probe's photo bytes or its embedding."""
+    kind = probe.WhichOneof("kind")
+    if kind == "photo":
+        return bytes(probe.photo)
+    if kind == "embedding":
+        return embedding_in(probe.embedding)
+    raise InvalidInputError("probe must hold a photo or an embedding")
+
+
+# ---- out -----------------------------------------------------------------------------------------
+def box_pb(box: Box | None) -> pb.Box | None:
+    return None if box is None else pb.Box(left=box.left, top=box.top, right=box.right, bottom=box.bottom)
+
+
+def detected_pb(d: Detection) -> pb.DetectedFace:
+    return pb.DetectedFace(
+        box=box_pb(d.box), score=d.score, landmarks=[pb.Point(x=float(x), y=float(y)) for x, y in d.landmarks]
+    )
+
+
+def match_pb(gallery: str, m: Match) -> pb.Match:
+    return pb.Match(
+        identity=identity_name(gallery, m.external_id),
+        identity_id=m.external_id,
+        display_name=m.display_name,
+        attributes_json=json.dumps(m.attributes) if m.attributes else "",
+        face_id=m.face_id,
+        distance=m.distance,
+        similarity=m.similarity,
+        is_match=m.is_match,
+    )
+
+
+def face_matches_pb(gallery: str, r: FaceMatches) -> pb.FaceMatches:
+    return pb.FaceMatches(
+        box=box_pb(r.box),
+        detection_score=r.detection_score or 0.0,
+        matches=[match_pb(gallery, m) for m in r.matches],
+    )
+
+
+def identity_pb(gallery: str, i: Identity) -> pb.Identity:
+    return pb.Identity(
+        name=identity_name(gallery, i.external_id),
+        identity_id=i.external_id,
+        display_name=i.display_name,
+        attributes_json=json.dumps(i.attributes) if i.attributes else "",
+        face_ids=list(i.face_ids),
+        create_time=i.created_at.isoformat(),
+        update_time=i.updated_at.isoformat(),
+    )
+
+
+def enrolled_pb(gallery: str, f: EnrolledFace) -> pb.EnrolledFace:
+    return pb.EnrolledFace(
+        name=f"galleries/{gallery}/faces/{f.face_id}",
+        face_id=f.face_id,
+        box=box_pb(f.box),
+        detection_score=f.detection_score or 0.0,
+        already_enrolled=f.already_enrolled,
+    )
+
+
+def embedded_pb(f: EmbeddedFace, model: str) -> pb.EmbeddedFace:
+    embedding = pb.Embedding(values=f.embedding.tolist(), model=model)
+    if f.detection is None:
+        return pb.EmbeddedFace(embedding=embedding)
+    return pb.EmbeddedFace(face=detected_pb(f.detection), embedding=embedding)
+
+
+def gallery_pb(s: GalleryStats) -> pb.Gallery:
+    return pb.Gallery(
+        name=f"galleries/{s.gallery.name}",
+        model=f"{s.gallery.model_name}/{s.gallery.model_version}",
+        dimension=s.gallery.dim,
+        identity_count=s.identities,
+        face_count=s.faces,
+        index_kind=s.index.kind,
+        index_training=s.index.training,
+        index_memory_bytes=s.index.memory_bytes,
+        index_device=s.index.device,
+        index_gpu_memory_bytes=s.index.gpu_memory_bytes,
+        create_time=s.gallery.created_at.isoformat(),
+    )
+
+
+def error_result(index: int, exc: BaseException) -> pb.BulkEnrollResult:
+    """A failed item's result: its status code and message."""
+    code, message = status_of(exc)
+    return pb.BulkEnrollResult(index=index, error_code=code.value[0], error_message=message)

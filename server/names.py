@@ -1,0 +1,35 @@
+"""Resource names of the API (``galleries/{gallery}/identities/{identity}``, …), parsed and made."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+from faceid.engine.domain.errors import InvalidInputError
+
+
+def gallery_of(name: str, field: str = "name") -> str:
+    parts = name.split("/")
+    if len(parts) != 2 or parts[0] != "galleries" or not parts[1]:
+        raise InvalidInputError(f"{field} must be 'galleries/{{gallery}}'; got {name!r}")
+    return parts[1]
+
+
+def identity_of(name: str) -> tuple[str, str]:
+    parts = name.split("/", 3)
+    if len(parts) != 4 or parts[0] != "galleries" or parts[2] != "identities" or not parts[1] or not parts[3]:
+        raise InvalidInputError(f"name must be 'galleries/{{gallery}}/identities/{{identity}}'; got {name!r}")
+    return parts[1], unquote(parts[3])
+
+
+def face_of(name: str) -> tuple[str, int]:
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "galleries" or parts[2] != "faces" or not parts[3]:
+        raise InvalidInputError(f"name must be 'galleries/{{gallery}}/faces/{{face_id}}'; got {name!r}")
+    digits = parts[3]
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 19 and 0 < int(digits) < 2**63):
+        raise InvalidInputError(f"face_id must be a whole number from 1 to 2^63 - 1; got {digits!r}")
+    return parts[1], int(digits)
+
+
+def identity_name(gallery: str, external_id: str) -> str:
+    return f"galleries/{gallery}/identities/{quote(external_id, safe='')}"
