@@ -1,6 +1,8 @@
 """The faceid command.
 
     faceid serve [--data-dir DIR] [--port N] [--config FILE]     run the server (embedded defaults)
+                 [--set NAME=VALUE …]                             any setting of the tree
+    faceid settings [--config FILE]                               every setting, its value and variable
     faceid galleries [create|delete NAME]                         list, create, delete galleries
     faceid enroll GALLERY PATH [--identity ID]                    a photo, or a folder IDENTITY/photo.jpg
                                                                   (a re-run adds only what is missing)
@@ -30,6 +32,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+#: Top-level packages of the server extra (pyproject.toml): the client installs without them.
+SERVER_PACKAGES = {"torch", "dlib", "PIL", "faiss", "sqlalchemy", "alembic", "face_recognition_models"}
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
@@ -55,9 +59,9 @@ def _client(args: argparse.Namespace) -> Any:
 # ---- serve -----------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     from faceid.server.app import StartupError, configure_logging, serve_processes
-    from faceid.server.config import ServerConfig
 
-    config = ServerConfig.load(
+    config = _load_config(
+        "serve",
         args.config,
         host=args.host,
         port=args.port,
@@ -69,6 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_key_file=args.tls_key,
         tls_client_ca_file=args.tls_client_ca,
         processes=args.processes,
+        **_settings(args.set or []),
     )
     configure_logging(config.log_level)
     try:
@@ -76,6 +81,57 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"faceid: {exc}", file=sys.stderr)
         return 1
+
+
+def _load_config(command: str, file: Path | None, **overrides: Any) -> Any:
+    """The server's settings, or one line saying which setting is wrong and exit status 2."""
+    import tomllib
+
+    from faceid.server.config import ServerConfig
+
+    try:
+        return ServerConfig.load(file, **overrides)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise SystemExit(_fail(command, str(exc))) from None
+    except OSError as exc:
+        raise SystemExit(_fail(command, f"cannot read the settings file {file}: {exc.strerror}")) from None
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"faceid {command}: {message}", file=sys.stderr)
+    return 2
+
+
+def _settings(pairs: list[str]) -> dict[str, str]:
+    """``--set NAME=VALUE`` flags as settings (checked, with the rest, when the tree is built)."""
+    found = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            example = "e.g. index.nprobe_min=32"
+            raise SystemExit(_fail("serve", f"--set takes NAME=VALUE ({example}), not {pair!r}"))
+        found[name.strip()] = value.strip()
+    return found
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    """Every setting ``faceid serve`` takes, with its value after the file, environment and defaults."""
+    from faceid.server.config import settings
+
+    config = _load_config("settings", args.config)
+    rows = []
+    for name, path in sorted(settings().items()):
+        value: Any = config
+        for part in path:
+            value = getattr(value, part)
+        rows.append({"name": name, "value": str(value), "env": "FACEID_" + name.upper().replace(".", "__")})
+    if args.json:
+        _print_json(rows)
+    else:
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['name']:<{width}}  {r['value']:<24}  {r['env']}")
+    return 0
 
 
 # ---- bench -----------------------------------------------------------------------------------
@@ -98,9 +154,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from faceid.engine.domain.access import ALL_GALLERIES, Role, describe, parse_scope
     from faceid.engine.domain.errors import InvalidInputError
     from faceid.engine.service.access import key_store
-    from faceid.server.config import ServerConfig
 
-    server = ServerConfig.load(args.config, data_dir=args.data_dir, database_url=args.database_url)
+    server = _load_config("keys", args.config, data_dir=args.data_dir, database_url=args.database_url)
     keys = key_store(server.engine)
     try:
         if args.action == "create":
@@ -411,7 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve TLS")
     p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     p.add_argument("--tls-client-ca", default=None, help="PEM CA: require client certificates (mTLS)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="any setting (`faceid settings` lists them), e.g. index.nprobe_min=32 (repeatable)",
+    )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("settings", help="every setting `faceid serve` takes, its value and its variable")
+    p.add_argument("--config", type=Path, default=None, help="TOML file with a [server] table")
+    p.set_defaults(func=cmd_settings)
 
     p = sub.add_parser(
         "bench",
@@ -489,6 +554,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result: int = args.func(args)
         return result
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in SERVER_PACKAGES:
+            print(
+                f"faceid {args.command} runs the engine, which needs {exc.name}: this installation has the "
+                "client only; install the server with: pip install 'faceid[cpu]' (or 'faceid[gpu]')",
+                file=sys.stderr,
+            )
+            return 2
+        raise
     except Exception as exc:
         from faceid.client.client import FaceIdClientError
 

@@ -221,7 +221,7 @@ def _build(cls: type[ServerConfig], values: dict[str, Any]) -> ServerConfig:
         try:
             return kind(**args)
         except (ValueError, TypeError) as exc:
-            section = prefix.rstrip(".") or "server"
-            raise ValueError(f"{section} settings: {exc}") from None
+            section = prefix.removeprefix("engine.").rstrip(".").removeprefix("engine")
+            raise ValueError(f"{section} settings: {exc}" if section else str(exc)) from None
 
     return cast(ServerConfig, make(cls, nested, ""))

@@ -89,6 +89,7 @@ class FaceService:
     def __init__(self, config: EngineConfig, backend: IndexBackend | None = None) -> None:
         self.config = config
         self.model: EmbeddingModel = DLIB_RESNET_V1
+        config.data_dir.mkdir(parents=True, exist_ok=True)
         # Stored attributes are read through limits.read_stored_json: a row that cannot be read
         # (nested past what Python's json can take, as an older version accepted) reads as {}.
         self.store = Store(make_engine(config.url(), json_deserializer=limits.read_stored_json))
