@@ -10,9 +10,10 @@ status code's name and the server's message.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -538,7 +539,8 @@ class FaceIdClient:
 
 
 class AsyncFaceIdClient:
-    """asyncio client with the same methods as :class:`FaceIdClient` (awaitable)."""
+    """asyncio client with the same methods as :class:`FaceIdClient` (awaitable; the streams are
+    async iterators).  tests/test_servicer.py checks that the two classes offer the same calls."""
 
     def __init__(
         self,
@@ -635,3 +637,47 @@ class AsyncFaceIdClient:
     async def delete_identity(self, gallery: str, identity_id: str) -> list[int]:
         request = pb.DeleteIdentityRequest(name=identity_name(gallery, identity_id))
         return list((await self._call("DeleteIdentity", request)).face_ids)
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        await asyncio.wait_for(self.channel.channel_ready(), timeout)
+
+    async def list_galleries(self) -> list[Gallery]:
+        return [_gallery(g) for g in (await self._call("ListGalleries", pb.ListGalleriesRequest())).galleries]
+
+    async def delete_gallery(self, gallery: str) -> None:
+        await self._call("DeleteGallery", pb.DeleteGalleryRequest(name=gallery_name(gallery)))
+
+    async def bulk_enroll(
+        self,
+        requests: Iterable[pb.EnrollRequest] | AsyncIterable[pb.EnrollRequest],
+        timeout: float | None = None,
+    ) -> AsyncIterator[BulkResult]:
+        """:meth:`FaceIdClient.bulk_enroll` for asyncio: one result per request, in order."""
+        try:
+            stub = next(self._stubs)
+            async for r in stub.BulkEnroll(requests, timeout=timeout, metadata=self.metadata):
+                yield _bulk_result(r)
+        except grpc.RpcError as exc:
+            raise _error(exc) from None
+
+    async def update_identity(
+        self,
+        gallery: str,
+        identity_id: str,
+        display_name: str | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> Identity:
+        request = update_request(gallery, identity_id, display_name, attributes)
+        return _identity(await self._call("UpdateIdentity", request))
+
+    async def delete_face(self, gallery: str, face_id: int) -> None:
+        await self._call("DeleteFace", pb.DeleteFaceRequest(name=f"galleries/{gallery}/faces/{face_id}"))
+
+    async def detect(self, photo: bytes) -> list[DetectedFace]:
+        return [_detected(f) for f in (await self._call("Detect", pb.DetectRequest(photo=photo))).faces]
+
+    async def embed(self, photo: bytes, aligned: bool = False) -> list[DetectedFace | list[float]]:
+        faces = (await self._call("Embed", pb.EmbedRequest(photo=photo, aligned=aligned))).faces
+        if aligned:
+            return [list(f.embedding.values) for f in faces]
+        return [_detected(f.face, f.embedding.values) for f in faces]

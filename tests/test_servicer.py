@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceid.client.client import AsyncFaceIdClient, FaceIdClientError
+from faceid.client.client import AsyncFaceIdClient, FaceIdClient, FaceIdClientError, enroll_request
 from faceid.engine.domain.results import EmbeddingInput
 from faceid.engine.service import Engine
 from faceid.engine.vision.pipeline import FacePipeline
@@ -88,5 +88,32 @@ def test_engine_errors_reach_the_caller_as_status_codes(tmp_path: Path, pipeline
             # the engine refuses the same way when called directly
             with pytest.raises(Exception, match="top_k"):
                 await server.engine.identify("g", EmbeddingInput(np.eye(128, dtype=np.float32)[0]), 1000)
+
+    asyncio.run(run())
+
+
+def public_calls(cls: type) -> set[str]:
+    return {n for n in vars(cls) if not n.startswith("_") and callable(getattr(cls, n))} - {"close"}
+
+
+def test_the_asyncio_client_has_every_call_of_the_blocking_one(
+    tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    assert public_calls(FaceIdClient) == public_calls(AsyncFaceIdClient)
+    vector = [1.0] + [0.0] * 127
+
+    async def run() -> None:
+        async with serving(tmp_path / "data", pipeline) as (_server, client):
+            await client.wait_ready()
+            await client.create_gallery("g")
+            requests = [enroll_request("g", f"p{i}", embedding=np.roll(vector, i).tolist()) for i in range(3)]
+            results = [r async for r in client.bulk_enroll(requests)]
+            assert [r.index for r in results] == [0, 1, 2] and all(r.faces for r in results)
+            updated = await client.update_identity("g", "p1", display_name="P one")
+            assert updated.display_name == "P one"
+            await client.delete_face("g", results[2].faces[0].face_id)
+            assert [g.face_count for g in await client.list_galleries()] == [2]
+            await client.delete_gallery("g")
+            assert await client.list_galleries() == []
 
     asyncio.run(run())
