@@ -3,7 +3,7 @@
 It admits a call in three steps, each before the next costs the server anything:
 
 1. **From the headers alone**: the key (``authorization: Bearer <key>``, checked in constant time
-   by :class:`faceid.engine.store.keys.KeyRing`) and the method's role (:data:`RULES`).  A refused call
+   by :class:`faceid.engine.service.access.KeyRing`) and the method's role (:data:`RULES`).  A refused call
    ends at once, before its request message is read: an independent audit held 128 keyless
    unary calls that sent headers and never their message, and while gRPC read (waiting for)
    those messages every other call, health checks included, got RESOURCE_EXHAUSTED for 300 s.

@@ -47,7 +47,7 @@ class ServerConfig:
     max_inflight_bytes: int = 256 * MIB
     #: A refused call carries ``grpc-retry-pushback-ms`` (gRPC's standard hint, honoured by gRPC
     #: retry policies): retry after about this many ms (jittered ±50 %, so retries spread out),
-    #: growing ×1.5 per quarter second of sustained refusals up to the maximum (servicer.Backoff).
+    #: growing ×1.5 per quarter second of sustained refusals up to the maximum (admission.Backoff).
     overload_pushback_ms: int = 100
     overload_pushback_max_ms: int = 20_000
     #: The gate (server/auth.py): a call's request message must arrive within this many seconds of
