@@ -222,6 +222,13 @@ class BulkResult:
 
 
 # ---- translation -----------------------------------------------------------------------------
+def _embedded(response: pb.EmbedResponse, aligned: bool) -> list[DetectedFace | list[float]]:
+    """An Embed answer: the chip's embedding, or each face found with its embedding."""
+    if aligned:
+        return [list(f.embedding.values) for f in response.faces]
+    return [_detected(f.face, f.embedding.values) for f in response.faces]
+
+
 def _box(message: pb.Box, present: bool = True) -> Box | None:
     return Box(message.left, message.top, message.right, message.bottom) if present else None
 
@@ -532,10 +539,7 @@ class FaceIdClient:
         return [_detected(f) for f in self._call("Detect", pb.DetectRequest(photo=photo)).faces]
 
     def embed(self, photo: bytes, aligned: bool = False) -> list[DetectedFace | list[float]]:
-        faces = self._call("Embed", pb.EmbedRequest(photo=photo, aligned=aligned)).faces
-        if aligned:
-            return [list(f.embedding.values) for f in faces]
-        return [_detected(f.face, f.embedding.values) for f in faces]
+        return _embedded(self._call("Embed", pb.EmbedRequest(photo=photo, aligned=aligned)), aligned)
 
 
 class AsyncFaceIdClient:
@@ -677,7 +681,4 @@ class AsyncFaceIdClient:
         return [_detected(f) for f in (await self._call("Detect", pb.DetectRequest(photo=photo))).faces]
 
     async def embed(self, photo: bytes, aligned: bool = False) -> list[DetectedFace | list[float]]:
-        faces = (await self._call("Embed", pb.EmbedRequest(photo=photo, aligned=aligned))).faces
-        if aligned:
-            return [list(f.embedding.values) for f in faces]
-        return [_detected(f.face, f.embedding.values) for f in faces]
+        return _embedded(await self._call("Embed", pb.EmbedRequest(photo=photo, aligned=aligned)), aligned)

@@ -55,6 +55,8 @@ class DetectConfig:
             raise ValueError("max_detect_pixels must be at least 6400 (one 80×80 scan window)")
         if self.min_face_size < 0:
             raise ValueError("min_face_size must be non-negative")
+        if not math.isfinite(self.score_threshold):
+            raise ValueError("score_threshold must be a finite number")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,10 @@ class EmbedConfig:
             raise ValueError("batch_size must be between 0 (automatic) and 4096")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
             raise ValueError("precision must be auto, fp32, fp16 or bf16")
+        if self.threads < 0:
+            raise ValueError(f"threads must not be negative (0: torch's default); got {self.threads}")
+        if not self.device:
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or another torch device")
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,24 @@ class ServerConfig:
             raise ValueError("request_arrival_seconds and stream_idle_seconds must be positive")
         if self.max_streams_per_connection < 1:
             raise ValueError("max_streams_per_connection must be positive")
+        if self.max_pending_calls < 0:
+            raise ValueError(
+                f"max_pending_calls must not be negative (0: no limit); got {self.max_pending_calls}"
+            )
+        if self.max_inflight_bytes < 1:
+            raise ValueError(f"max_inflight_bytes must be positive; got {self.max_inflight_bytes}")
+        if self.overload_pushback_max_ms < self.overload_pushback_ms:
+            raise ValueError("overload_pushback_max_ms must not be below overload_pushback_ms")
+        if min(self.keepalive_time_ms, self.keepalive_timeout_ms) < 1:
+            raise ValueError("keepalive_time_ms and keepalive_timeout_ms must be positive")
+        if self.grace_seconds < 0:
+            raise ValueError(f"grace_seconds must not be negative; got {self.grace_seconds}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(
+                f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL; got {self.log_level!r}"
+            )
+        if not self.host:
+            raise ValueError("host must name an address to listen on (127.0.0.1, ::1, 0.0.0.0, a host name)")
 
     @property
     def tls(self) -> bool:
