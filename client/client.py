@@ -304,7 +304,8 @@ def _probe(photo: bytes | None, embedding: Sequence[float] | None, model: str = 
         raise ValueError("give exactly one of photo and embedding")
     if photo is not None:
         return pb.Probe(photo=photo)
-    return pb.Probe(embedding=pb.Embedding(values=list(embedding or ()), model=model))
+    assert embedding is not None  # one of the two, checked above
+    return pb.Probe(embedding=pb.Embedding(values=[float(x) for x in embedding], model=model))
 
 
 def gallery_name(gallery: str) -> str:

@@ -10,14 +10,22 @@ Every test module is of one kind, a marker (``pytest -m unit``, ``-m "not e2e"``
 from __future__ import annotations
 
 import io
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from PIL import Image
 
 from faceid.benchmarks.common import FACES_ENV, faces_dir
+from faceid.engine.config import EngineConfig
+from faceid.engine.service import FaceService
+from faceid.engine.store import Store, make_engine
 from faceid.engine.vision.pipeline import FacePipeline
+
+from .helpers import PG_URL, fresh_postgres_database, postgres_unavailable
 
 KINDS = {
     "unit": {
@@ -86,3 +94,49 @@ def encode(image: Image.Image | np.ndarray, fmt: str = "PNG", **params: object) 
     buf = io.BytesIO()
     image.save(buf, format=fmt, **params)
     return buf.getvalue()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineConfig]:
+    if request.param == "sqlite":
+        yield EngineConfig(data_dir=tmp_path / "data")
+        return
+    reason = postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    with fresh_postgres_database() as url:
+        yield EngineConfig(data_dir=tmp_path / "data", database_url=url)
+
+
+@pytest.fixture
+def service(config: EngineConfig, pipeline: FacePipeline) -> Iterator[FaceService]:
+    s = FaceService(config)
+    yield s
+    s.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A fresh store: SQLite in a temporary data directory, or PostgreSQL in its own schema."""
+    if request.param == "sqlite":
+        s = Store(make_engine(f"sqlite:///{tmp_path / 'faceid.db'}"))
+        s.create_schema()
+        yield s
+        s.engine.dispose()
+        return
+    reason = postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as c:
+        c.execute(sa.text(f"create schema {schema}"))
+    s = Store(make_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"}))
+    s.create_schema()
+    try:
+        yield s
+    finally:
+        s.engine.dispose()
+        with admin.begin() as c:
+            c.execute(sa.text(f"drop schema {schema} cascade"))
+        admin.dispose()

@@ -26,9 +26,7 @@ from faceid.engine.service import FaceService
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 
 from .conftest import encode
-from .test_grpc import ServerProcess
-from .test_service import config, service  # noqa: F401 (fixtures: a real service on SQLite and PostgreSQL)
-from .test_store import _postgres_available, fresh_postgres_database
+from .helpers import ServerProcess, fresh_postgres_database, postgres_unavailable
 
 
 class Server(ServerProcess):
@@ -44,7 +42,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "sqlite":
         yield ""
         return
-    reason = _postgres_available()
+    reason = postgres_unavailable()
     if reason:
         pytest.skip(reason)
     with fresh_postgres_database() as url:
@@ -355,7 +353,7 @@ def test_identify_returns_top_k_identities_when_each_identity_has_many_faces(cli
             assert distances == pytest.approx([nearest[p] for p in ids], abs=1e-3)
 
 
-def test_a_write_refused_right_before_its_commit_leaves_nothing_behind(service: FaceService) -> None:  # noqa: F811
+def test_a_write_refused_right_before_its_commit_leaves_nothing_behind(service: FaceService) -> None:
     """The commit guard's second check runs from the engine's commit event, after the rows were
     inserted: refusing there rolls everything back, on SQLite and PostgreSQL."""
     service.create_gallery("g")

@@ -27,7 +27,8 @@ from faceid.engine.store.migrate import upgrade
 from faceid.proto.faceid.v1 import faceid_pb2
 from faceid.server.auth import RULES
 
-from .test_grpc import ServerProcess, code_of, unit
+from .helpers import ServerProcess, code_of
+from .helpers import unit_values as unit
 
 
 def faceid_keys(data_dir: Path, *args: str, options: tuple[str, ...] = ()) -> str:

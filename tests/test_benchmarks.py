@@ -63,9 +63,9 @@ def test_synthetic_index_scale_and_calibration_run_on_a_slice_of_lfw(faces: Path
 def test_enrolment_benchmark_runs_on_both_databases(tmp_path: Path) -> None:
     from faceid.benchmarks import enroll_throughput
 
-    from .test_store import _postgres_available
+    from .helpers import postgres_unavailable
 
-    databases = "sqlite" if _postgres_available() else "sqlite,postgresql"
+    databases = "sqlite" if postgres_unavailable() else "sqlite,postgresql"
     payload = enroll_throughput.main(
         ["--n", "2000", "--batch", "500", "--databases", databases, "--out", str(tmp_path)]
     )

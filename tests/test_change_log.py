@@ -16,11 +16,10 @@ from faceid.engine.domain.results import EmbeddingInput
 from faceid.engine.service import FaceService
 from faceid.engine.store import Store
 
-from .test_service import config, unit  # noqa: F401  (the sqlite/postgresql fixture)
-from .test_store import make_gallery, store, vec  # noqa: F401  (the sqlite/postgresql fixture)
+from .helpers import make_gallery, unit, vec
 
 
-def test_trimming_leaves_one_trim_row_that_keeps_the_last_sequence_number(store: Store) -> None:  # noqa: F811
+def test_trimming_leaves_one_trim_row_that_keeps_the_last_sequence_number(store: Store) -> None:
     g = make_gallery(store)
     ids, _, s1 = store.add_faces(g, [NewFace(f"p{i}", vec(i)) for i in range(5)])
     _, s2 = store.delete_faces(g.id, ids[:2])
@@ -64,7 +63,7 @@ def found(service: FaceService, gallery: str, seed: int) -> str:
 
 
 def test_a_snapshot_trims_the_change_log_and_restarts_after_it_lose_and_resurrect_nothing(
-    config: EngineConfig,  # noqa: F811
+    config: EngineConfig,
 ) -> None:
     config = replace(config, erasure_seconds=0)  # only the snapshots asked for here trim
     service = FaceService(config)
@@ -103,7 +102,7 @@ def test_a_snapshot_trims_the_change_log_and_restarts_after_it_lose_and_resurrec
 
 
 def test_processes_sharing_the_store_trim_only_after_the_keep_time_and_still_converge(
-    config: EngineConfig,  # noqa: F811
+    config: EngineConfig,
 ) -> None:
     shared = replace(
         config,
@@ -148,7 +147,7 @@ def test_processes_sharing_the_store_trim_only_after_the_keep_time_and_still_con
 
 
 def test_an_erasure_in_one_process_is_rewritten_out_of_the_snapshot_by_the_first(
-    config: EngineConfig,  # noqa: F811
+    config: EngineConfig,
 ) -> None:
     """The snapshot is the first process's; a delete made in another reaches it within a catch-up."""
     from .test_erasure import traces

@@ -23,7 +23,7 @@ from faceid.engine.store import Store, make_engine
 from faceid.engine.vision.pipeline import FacePipeline
 from faceid.server.app import spawn
 
-from .test_service import unit
+from .helpers import unit
 
 #: The documented bound from a delete's acknowledgement to no trace on disk (EngineConfig).
 BOUND = EngineConfig().erasure_seconds

@@ -22,8 +22,9 @@ from faceid.client.client import FaceIdClient, enroll_request
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
 
+from .helpers import ServerProcess, code_of
+from .helpers import unit_values as unit
 from .test_auth import faceid_keys, new_key
-from .test_grpc import ServerProcess, code_of, unit
 
 ARRIVAL = 4.0  # seconds the test server gives a request message to arrive
 IDLE = 8.0  # and each streamed item after the one before
@@ -273,9 +274,9 @@ def test_a_second_server_on_a_busy_port_or_data_directory_refuses_to_start(
 
 
 def test_a_second_server_on_the_same_postgresql_database_refuses_to_start(tmp_path: Path) -> None:
-    from .test_store import _postgres_available, fresh_postgres_database
+    from .helpers import fresh_postgres_database, postgres_unavailable
 
-    if reason := _postgres_available():
+    if reason := postgres_unavailable():
         pytest.skip(reason)
     with fresh_postgres_database() as url:
         _second_server_on(url, tmp_path)

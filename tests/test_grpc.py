@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Self
 
 import grpc
 import numpy as np
@@ -15,38 +13,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from faceid.client.client import FaceIdClient, FaceIdClientError, enroll_request, identify_request
-from faceid.server.app import spawn
 
 from .conftest import encode
-
-
-class ServerProcess:
-    """``faceid serve`` in a child process on a free loopback port."""
-
-    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
-        self.data_dir = data_dir
-        self.extra = extra
-        self.env = env  # FACEID_* settings, over the process's own environment
-        self.proc: subprocess.Popen[str] | None = None
-        self.address = ""
-        self.admin_key = ""  # printed on the first start only; kept across restarts
-
-    def start(self) -> Self:
-        self.proc, self.address, key = spawn(self.data_dir, *self.extra, env=self.env)
-        self.admin_key = key or self.admin_key
-        return self
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
-
-    def client(self, timeout: float = 120) -> FaceIdClient:
-        """A client with the admin key."""
-        return FaceIdClient(self.address, timeout=timeout, api_key=self.admin_key)
-
-    def log(self) -> str:
-        return (self.data_dir / "server.log").read_text()
+from .helpers import ServerProcess, code_of
+from .helpers import unit_values as unit
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +30,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 def client(server: ServerProcess) -> Iterator[FaceIdClient]:
     with FaceIdClient(server.address, timeout=60, api_key=server.admin_key) as c:
         yield c
-
-
-def unit(seed: int) -> list[float]:
-    v = np.random.default_rng(seed).normal(size=128)
-    return [float(x) for x in v / np.linalg.norm(v)]
-
-
-def code_of(call: object) -> str:
-    assert callable(call)
-    with pytest.raises(FaceIdClientError) as info:
-        call()
-    assert info.value.message and "Traceback" not in info.value.message
-    return info.value.code
 
 
 def test_health_checking_says_serving(server: ServerProcess) -> None:

@@ -34,9 +34,8 @@ from faceid.engine.service import FaceService
 from faceid.engine.store import Store, make_engine
 from faceid.engine.store.migrate import upgrade
 
+from .helpers import fresh_postgres_database, postgres_unavailable, unit
 from .test_audit_hardening import Server
-from .test_service import config, unit  # noqa: F401  (the sqlite/postgresql fixture)
-from .test_store import _postgres_available, fresh_postgres_database
 
 SUBSET = "lfw_orig_subset10_krasserm"
 
@@ -50,7 +49,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield s
         assert s.stop() == 0
         return
-    reason = _postgres_available()
+    reason = postgres_unavailable()
     if reason:
         pytest.skip(reason)
     with fresh_postgres_database() as url:
@@ -226,7 +225,7 @@ def test_an_interrupted_faceid_enroll_run_again_enrols_every_photo_once_and_says
 
 
 def test_two_processes_enrolling_the_same_sources_at_once_enrol_each_once(
-    config: EngineConfig,  # noqa: F811
+    config: EngineConfig,
 ) -> None:
     """Two services on one database stand for two server processes; two threads in each send the
     same 30 embeddings for one identity at the same time.  The check and the write happen under
@@ -273,7 +272,7 @@ def test_a_photo_enrolled_before_the_upgrade_counts_as_already_enrolled_after_it
 ) -> None:
     """Migration 0003 renames ``image_sha256`` (photos' hashes, kept since the first schema) to
     ``source_sha256`` in place: faces enrolled from photos by an older version keep theirs."""
-    if database == "postgresql" and (reason := _postgres_available()):
+    if database == "postgresql" and (reason := postgres_unavailable()):
         pytest.skip(reason)
     sqlite = contextlib.nullcontext(f"sqlite:///{tmp_path / 'old.db'}")
     with fresh_postgres_database() if database == "postgresql" else sqlite as url:

@@ -13,7 +13,7 @@ import pytest
 from faceid.client.client import FaceIdClient
 from faceid.server.app import Spawned, spawn
 
-from .test_grpc import unit
+from .helpers import unit_values as unit
 
 CONNECTIONS = 16  # dealt out by the kernel: all on one process has odds of 2 in 65,536
 

@@ -39,8 +39,9 @@ from faceid.server.admission import Backoff
 from faceid.server.app import spawn
 
 from .conftest import encode
+from .helpers import ServerProcess
+from .helpers import unit_values as unit
 from .test_crash_recovery import check_consistent
-from .test_grpc import ServerProcess, unit
 
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
 

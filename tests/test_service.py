@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,39 +21,9 @@ from faceid.engine.service import Engine, FaceService
 from faceid.engine.vision.pipeline import FacePipeline
 
 from .conftest import encode
-from .test_store import _postgres_available, fresh_postgres_database
+from .helpers import near, unit
 
 MODEL = "dlib-resnet-v1/flip-unit"
-
-
-def unit(seed: int, dim: int = 128) -> np.ndarray:
-    v = np.random.default_rng(seed).normal(size=dim).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-def near(v: np.ndarray, seed: int, scale: float = 0.01) -> np.ndarray:
-    w = v + np.random.default_rng(seed).normal(0, scale, v.shape).astype(np.float32)
-    out: np.ndarray = w / np.linalg.norm(w)
-    return out
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineConfig]:
-    if request.param == "sqlite":
-        yield EngineConfig(data_dir=tmp_path / "data")
-        return
-    reason = _postgres_available()
-    if reason:
-        pytest.skip(reason)
-    with fresh_postgres_database() as url:
-        yield EngineConfig(data_dir=tmp_path / "data", database_url=url)
-
-
-@pytest.fixture
-def service(config: EngineConfig, pipeline: FacePipeline) -> Iterator[FaceService]:
-    s = FaceService(config)
-    yield s
-    s.close()
 
 
 def test_galleries_are_created_listed_and_deleted(service: FaceService) -> None:

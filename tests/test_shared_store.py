@@ -16,11 +16,11 @@ from faceid.engine.domain.errors import NotFoundError
 from faceid.engine.domain.results import EmbeddingInput
 from faceid.engine.service import FaceService
 
-from .test_service import config, unit  # noqa: F401  (the sqlite/postgresql fixture)
+from .helpers import unit
 
 
 @pytest.fixture
-def pair(config: EngineConfig) -> Iterator[tuple[FaceService, FaceService]]:  # noqa: F811
+def pair(config: EngineConfig) -> Iterator[tuple[FaceService, FaceService]]:
     """The first process (writes snapshots) and a second one, opened after it as the server does."""
     shared = replace(config, shared=True, index=IndexConfig(background=False, train_min=2000))
     first = FaceService(shared)
@@ -99,7 +99,7 @@ def test_a_reused_face_id_is_found_and_erased_everywhere(pair: tuple[FaceService
         assert s.stats("g").index.count == 1
 
 
-def test_only_the_first_process_writes_snapshots(config: EngineConfig) -> None:  # noqa: F811
+def test_only_the_first_process_writes_snapshots(config: EngineConfig) -> None:
     shared = replace(config, shared=True)
     second = FaceService(replace(shared, snapshots=False))
     second.create_gallery("g")

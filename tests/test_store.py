@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,70 +13,7 @@ from faceid.engine.domain.records import Identity, NewFace
 from faceid.engine.store import Store, make_engine
 from faceid.engine.store.store import COPY_MIN
 
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-@contextmanager
-def fresh_postgres_database(options: str = "") -> Iterator[str]:
-    """The URL of a fresh PostgreSQL database (``options``: a query string such as
-    ``?options=-ctimezone%3DUTC``), dropped afterwards, whatever still holds it."""
-    name = f"faceid_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f"create database {name}"))
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + f"/{name}{options}"
-    finally:
-        with admin.connect() as c:
-            c.execute(sa.text(f"drop database {name} with (force)"))
-        admin.dispose()
-
-
-def _postgres_available() -> str | None:
-    try:
-        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as c:
-            c.execute(sa.text("select 1"))
-        engine.dispose()
-        return None
-    except Exception as exc:
-        return f"PostgreSQL at 127.0.0.1:5432 did not answer ({type(exc).__name__}); .ci/run starts it"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """A fresh store: SQLite in a temporary data directory, or PostgreSQL in its own schema."""
-    if request.param == "sqlite":
-        s = Store(make_engine(f"sqlite:///{tmp_path / 'faceid.db'}"))
-        s.create_schema()
-        yield s
-        s.engine.dispose()
-        return
-    reason = _postgres_available()
-    if reason:
-        pytest.skip(reason)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as c:
-        c.execute(sa.text(f"create schema {schema}"))
-    s = Store(make_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"}))
-    s.create_schema()
-    try:
-        yield s
-    finally:
-        s.engine.dispose()
-        with admin.begin() as c:
-            c.execute(sa.text(f"drop schema {schema} cascade"))
-        admin.dispose()
-
-
-def vec(seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).normal(size=128).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-def make_gallery(store: Store, name: str = "staff"):  # type: ignore[no-untyped-def]
-    return store.create_gallery(name, "dlib-resnet-v1", "flip-l2", 128, "euclidean")
+from .helpers import PG_URL, make_gallery, postgres_unavailable, vec
 
 
 def test_galleries_are_created_listed_and_found_by_name(store: Store) -> None:
@@ -266,7 +201,7 @@ def test_migrations_build_exactly_the_schema_of_the_models(tmp_path: Path) -> No
     from faceid.engine.store.migrate import upgrade
 
     urls = [f"sqlite:///{tmp_path / 'migrated.db'}"]
-    if _postgres_available() is None:
+    if postgres_unavailable() is None:
         urls.append(PG_URL)
     for url in urls:
         schema = f"m_{uuid.uuid4().hex[:12]}"

@@ -14,8 +14,8 @@ from faceid.client.client import FaceIdClient
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.server.app import spawn
 
-from .test_grpc import unit
-from .test_store import _postgres_available, fresh_postgres_database
+from .helpers import fresh_postgres_database, postgres_unavailable
+from .helpers import unit_values as unit
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -25,7 +25,7 @@ def database_flags(request: pytest.FixtureRequest) -> Iterator[list[str]]:
     if request.param == "sqlite":
         yield []
         return
-    reason = _postgres_available()
+    reason = postgres_unavailable()
     if reason:
         pytest.skip(reason)
     with fresh_postgres_database("?options=-ctimezone%3DAsia/Kolkata") as url:
