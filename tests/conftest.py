@@ -36,6 +36,7 @@ KINDS = {
         "test_image",
         "test_index",
         "test_index_gpu",
+        "test_mmod",
         "test_pipeline",
         "test_proto",
         "test_resnet",
