@@ -147,3 +147,10 @@ def test_a_photo_without_a_face_gives_no_detections(ours: MmodDetector) -> None:
     noise = np.clip(rng.normal(120, 30, (120, 160, 3)), 0, 255).astype(np.uint8)
     assert ours.detect(noise) == []
     assert ours.detect_many([]) == []
+
+
+def test_photos_too_small_for_the_network_have_no_faces(ours: MmodDetector) -> None:
+    # dlib itself crashes on photos a few pixels across; we answer that there is no face
+    for shape in [(0, 0, 3), (1, 1, 3), (8, 8, 3), (5, 40, 3)]:
+        assert ours.detect(np.zeros(shape, np.uint8)) == []
+        assert ours.detect(np.zeros(shape, np.uint8), upsample=1) == []

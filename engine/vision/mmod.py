@@ -29,13 +29,44 @@ Design, each step as dlib does it (dlib 20.0's ``dnn/input.h``, ``image_transfor
 * **Boxes**: a score above 0 at output position ``(r, c)`` maps back through every convolution
   (``p·stride − pad + k//2``: input point ``8c + 14``), becomes an 80×80 window
   (``centered_drect``: ±39.5), goes to the pyramid level nearest its centre, is scaled up to the
-  photo (``p·6/5 + 0.3`` per level) and rounded to an integer rectangle; then the rectangles, best
-  score first, go through the loss's non-max suppression (``test_box_overlap`` from the file:
-  intersection over the *bounding box* of both above 0.35-ish, or covering more than the file's
-  fraction of either box) and, when upsampled, back down by ``p/2 − (1.25, 0.75)`` per level.
+  photo (``p·6/5 + 0.3`` per level) and rounded to an integer rectangle, halves away from zero
+  (dlib 20 puts a window edge at −12.5 on −13; the ``floor(x + 0.5)`` of older sources gives −12);
+  then, best score first, the loss's non-max suppression drops every rectangle that overlaps one
+  already kept (``test_box_overlap`` from the file: intersection over the *bounding box* of both
+  above 0.338, or over either box above 1.0, i.e. never) and, when upsampled, the rectangles go back
+  down by ``p/2 − (1.25, 0.75)`` per level, rounded again.
 * Output boxes are dlib's ``mmod_rectangle.rect`` as ``(left, top, right + 1, bottom + 1)``.
+* ``detect_many`` batches photos of equal size (after upsampling): their tiled pyramids have the
+  same layout, so whole pyramids go through the network together, as dlib's ``detect_mult`` does.
 
-Parity and speed (filled in from measurements; see ``benchmarks/detector_parity.py``): PARITY_NOTE
+Measured against ``dlib.cnn_face_detection_model_v1`` 20.0.1 on this repository's 2-core CPU
+machine (``benchmarks/detector_parity.py``; every dlib face matched one to one):
+
+=================================  ======  ==========  ==========  =======  ==============
+photos                             photos  dlib faces  same count  min IoU  max score diff
+=================================  ======  ==========  ==========  =======  ==============
+cfp_dev, frontal + profile         200     198         100 %       1.0      1.1e-5
+lfw_orig_subset10 (250×250)        100     103         100 %       1.0      2.9e-6
+lfw_orig_subset10, upsample 1      60      66          100 %       1.0      3.5e-6
+cfp_dev, upsample 1                40      40          100 %       1.0      6.4e-6
+fr_openface_examples7, full size   18      18          100 %       1.0      6.1e-6
+deepface_unit13 resized 640×480    30      30          100 %       1.0      4.2e-6
+deepface_unit13, full size         10      10          100 %       1.0      1.7e-6
+=================================  ======  ==========  ==========  =======  ==============
+
+Boxes are identical; scores differ by float rounding only (dlib's and torch's convolutions sum in
+different orders).  A score within ~1e-5 of 0, or two candidates within ~1e-5 of each other in the
+same non-max-suppression cluster, could still tip the other way; none did on these 458 photos.
+Photos a few pixels across (under about 10 px) crash dlib; here they have no faces.
+
+Speed, CPU, seconds per photo (the machine was shared with other jobs, so the figures are noisy):
+at 640×480, upsample 0, fastest of repeated runs, ours 0.075–0.10 s (torch, 2 threads; about
+0.07 s of it the network, on a 662×1782 tiled pyramid) against dlib's 2.0–2.4 s, about 20× faster;
+interleaved with dlib photo by photo on the loaded machine the benchmark measured 0.33 s against
+2.0 s.  Full-size photos: fr_openface_examples7 (400 to 2333 px) 0.44 s against 6.9 s,
+deepface_unit13 (465 to 2300 px) 1.7 s against 17 s.  Upsampling once: 0.34 s against 1.57 s
+(250×250 photos), 0.41 s against 1.67 s (cfp_dev).  On CUDA, torch's default TF32 convolutions
+may move scores by ~1e-3 (not measured here: no GPU).
 """
 
 from __future__ import annotations
@@ -326,6 +357,8 @@ def pyramid_up_size(rows: int, cols: int) -> tuple[int, int]:
 def pyramid_up(image: UInt8Array) -> UInt8Array:
     """dlib's ``pyramid_up(img, pyramid_down<2>)`` of an RGB image: its SIMD bilinear resize, exactly."""
     in_h, in_w = image.shape[:2]
+    if in_h * in_w == 0:
+        return np.zeros((0, 0, 3), dtype=np.uint8)
     out_h, out_w = pyramid_up_size(in_h, in_w)
     x_scale = (in_w - 1) / max(out_w - 1, 1)
     y_scale = (in_h - 1) / max(out_h - 1, 1)
@@ -403,6 +436,8 @@ class TiledLayout:
 
 def tiled_layout(rows: int, cols: int, padding: int = 10, outer_padding: int = 11) -> TiledLayout:
     """dlib's layout of the tiled pyramid (its unsigned arithmetic included)."""
+    if rows * cols == 0:
+        return TiledLayout(0, 0, ())
     sizes = pyramid_levels(rows, cols)
     width0, height0 = sizes[0][1], sizes[0][0]
     total_height = sum(h + padding for h, _ in sizes) - 2 * padding
@@ -424,6 +459,8 @@ def tiled_layout(rows: int, cols: int, padding: int = 10, outer_padding: int = 1
         y += h + padding
         i += 1
     y -= padding
+    if not rects:  # a photo a few pixels across: nothing to tile
+        return TiledLayout(0, 0, ())
     first = rects[0]
     while i < len(sizes):
         h, w = sizes[i]
@@ -558,6 +595,14 @@ class MmodDetector:
             out = self.model(tiled_input(batch, self.mean, layout))
         return layout, out[:, 0].float().cpu().numpy()
 
+    def _output_size(self, rows: int, cols: int) -> tuple[int, int]:
+        """The score map's size for a tiled image of ``rows`` × ``cols`` (≤ 0: too small to score)."""
+        for conv in self.model.convs:
+            assert isinstance(conv, nn.Conv2d) and not isinstance(conv.padding, str)
+            k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+            rows, cols = (rows + 2 * p - k) // s + 1, (cols + 2 * p - k) // s + 1
+        return rows, cols
+
     def _boxes(self, layout: TiledLayout, score_map: FloatMap, upsample: int) -> list[Detection]:
         r, c = np.nonzero(score_map > 0)
         if r.size == 0:
@@ -587,8 +632,9 @@ class MmodDetector:
             groups.setdefault((p.shape[0], p.shape[1]), []).append(i)
         results: list[list[Detection]] = [[] for _ in photos]
         for (rows, cols), members in groups.items():
-            if rows == 0 or cols == 0:
-                continue
+            layout = tiled_layout(rows, cols, self.net.pyramid_padding, self.net.pyramid_outer_padding)
+            if not layout.rects or min(self._output_size(layout.rows, layout.cols)) <= 0:
+                continue  # too small for the network: no faces
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start : start + self.batch_size]
                 layout, maps = self.scores([photos[i] for i in chunk])
