@@ -34,10 +34,22 @@ class DecodeConfig:
             raise ValueError("max_aspect_ratio must be at least 1")
 
 
+DetectorKind = Literal["hog", "cnn", "cascade"]
+
+
 @dataclass(frozen=True)
 class DetectConfig:
-    """dlib's HOG detector: its scan window is 80×80 px, so upsampling finds smaller faces."""
+    """The face detector.  Both of dlib's detectors scan an 80×80 px window, so upsampling finds
+    smaller faces."""
 
+    #: "hog": dlib's HOG frontal detector (CPU, one thread at a time); "cnn": dlib's MMOD CNN
+    #: detector in torch (:mod:`faceid.engine.vision.mmod`; finds profile and rotated faces HOG
+    #: misses, the same boxes and scores as dlib's to within 1e-5, ~20× dlib's speed on the CPU);
+    #: "cascade": HOG first, the CNN on photos where HOG finds nothing.  The default stays HOG
+    #: until the benchmark through the API (issue 17) has chosen one for the CPU and the GPU.
+    detector: DetectorKind = "hog"
+    #: Where the CNN runs: "auto" (CUDA when torch sees it, else the CPU) or a torch device.
+    device: str = "auto"
     #: Times the photo is upsampled ×2 before detection (1 finds faces down to about 40 px).
     upsample: int = 1
     #: Cap on the detector's working image (pixels): larger photos are scaled down for the
@@ -55,6 +67,8 @@ class DetectConfig:
             raise ValueError("max_detect_pixels must be at least 6400 (one 80×80 scan window)")
         if self.min_face_size < 0:
             raise ValueError("min_face_size must be non-negative")
+        if self.detector not in ("hog", "cnn", "cascade"):
+            raise ValueError(f"detector must be hog, cnn or cascade; got {self.detector!r}")
         if not math.isfinite(self.score_threshold):
             raise ValueError("score_threshold must be a finite number")
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faceid.engine.config import DetectConfig, PipelineConfig
+from faceid.engine.config import DecodeConfig, DetectConfig, PipelineConfig
 from faceid.engine.vision.detect import FaceDetector
+from faceid.engine.vision.image import decode_image
 from faceid.engine.vision.pipeline import FacePipeline
 
 from .conftest import encode
@@ -89,3 +90,36 @@ def test_upsampling_finds_a_small_face_that_a_single_scale_scan_misses(faces: Pa
 def test_configured_pipeline_uses_its_detector_settings() -> None:
     config = replace(PipelineConfig(), detect=DetectConfig(upsample=0))
     assert FacePipeline(config).detector.config.upsample == 0
+
+
+def _profiles(faces: Path, n: int = 8) -> list[np.ndarray]:
+    """The first profile photo of the first ``n`` people of cfp_dev, decoded."""
+    paths = sorted((faces / "cfp_dev" / "images").glob("*/profile_01.jpg"))[:n]
+    assert len(paths) == n, "cfp_dev is missing from the shared face sets"
+    return [decode_image(p.read_bytes(), DecodeConfig()) for p in paths]
+
+
+def test_the_cnn_detector_finds_the_profile_faces_hog_misses(faces: Path) -> None:
+    """cfp_dev's profile shots: HOG finds 1 of these 8, the CNN all 8, each with 5 landmarks on
+    the face (dlib's shape predictor on the CNN's box)."""
+    photos = _profiles(faces)
+    hog = FaceDetector(DetectConfig(detector="hog"))
+    cnn = FaceDetector(DetectConfig(detector="cnn"))
+    assert sum(bool(hog.detect(p)) for p in photos) <= 2
+    for photo in photos:
+        [face] = cnn.detect(photo)
+        assert face.score > 0 and face.box.width >= 40
+        inside = (face.landmarks[:, 0] >= face.box.left - 5) & (face.landmarks[:, 0] <= face.box.right + 5)
+        assert inside.all()
+
+
+def test_the_cascade_keeps_hogs_faces_and_asks_the_cnn_only_where_hog_finds_none(faces: Path) -> None:
+    frontal = decode_image(
+        sorted((faces / "cfp_dev" / "images").glob("*/frontal_01.jpg"))[0].read_bytes(), DecodeConfig()
+    )
+    hog = FaceDetector(DetectConfig(detector="hog"))
+    cnn = FaceDetector(DetectConfig(detector="cnn"))
+    cascade = FaceDetector(DetectConfig(detector="cascade"))
+    assert [d.box for d in cascade.detect(frontal)] == [d.box for d in hog.detect(frontal)] != []
+    profile = next(p for p in _profiles(faces) if not hog.detect(p))
+    assert [d.box for d in cascade.detect(profile)] == [d.box for d in cnn.detect(profile)] != []

@@ -117,3 +117,26 @@ def test_the_asyncio_client_has_every_call_of_the_blocking_one(
             assert await client.list_galleries() == []
 
     asyncio.run(run())
+
+
+def test_the_detector_is_chosen_by_a_setting_and_serves_the_detect_call(faces: Path, tmp_path: Path) -> None:
+    """``pipeline.detect.detector`` reaches the engine from the settings: with the CNN a profile
+    shot HOG misses has its face found through the Detect call."""
+    profile = sorted((faces / "cfp_dev" / "images").glob("*/profile_01.jpg"))[0].read_bytes()
+
+    async def run() -> None:
+        config = ServerConfig.load(
+            None, {"FACEID_PIPELINE__DETECT__DETECTOR": "cnn"}, port=0, data_dir=tmp_path
+        )
+        assert config.engine.pipeline.detect.detector == "cnn"
+        server = Server(config)
+        await server.start()
+        try:
+            assert server.first_key is not None
+            async with AsyncFaceIdClient(f"127.0.0.1:{server.port}", api_key=server.first_key.token) as c:
+                [face] = await c.detect(profile)
+                assert face.score > 0 and len(face.landmarks) == 5
+        finally:
+            await server.stop()
+
+    asyncio.run(run())

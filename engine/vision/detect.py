@@ -1,6 +1,7 @@
-"""Face detection (dlib's HOG frontal detector) and 5-point landmarks.
+"""Face detection (dlib's HOG frontal detector, or its MMOD CNN detector in torch:
+:mod:`faceid.engine.vision.mmod`) and 5-point landmarks.
 
-The HOG detector scans an 80×80 window over an image pyramid, so a face must be
+Each detector scans an 80×80 window over an image pyramid, so a face must be
 about 80 px wide in the scanned image: ``upsample`` doubles the photo first
 (faces down to ~40 px are found at 1).  Big photos are scaled down for the scan
 alone (``max_detect_pixels``), which keeps detection time bounded; landmarks are
@@ -14,12 +15,17 @@ import threading
 
 import dlib
 import numpy as np
+import torch
 from PIL import Image
 
 from faceid.engine.config import DetectConfig
 from faceid.engine.domain.faces import Box, Detection, Landmarks
 from faceid.engine.vision.image import RGBImage
+from faceid.engine.vision.mmod import MmodDetector
 from faceid.engine.vision.weights import LANDMARKS_5_FILE, model_file
+
+#: (left, top, right, bottom) in pixels of the scanned image, right and bottom exclusive.
+RawBox = tuple[float, float, float, float]
 
 
 def to_dlib(box: Box) -> dlib.rectangle:
@@ -28,13 +34,21 @@ def to_dlib(box: Box) -> dlib.rectangle:
 
 
 class FaceDetector:
-    """HOG detector plus the 5-point shape predictor; safe to share between threads."""
+    """A face detector (:attr:`DetectConfig.detector`: dlib's HOG, the MMOD CNN in torch, or HOG
+    then the CNN) plus the 5-point shape predictor, which dlib designed for both detectors' boxes;
+    safe to share between threads."""
 
     def __init__(self, config: DetectConfig | None = None) -> None:
         self.config = config or DetectConfig()
         self._hog = dlib.get_frontal_face_detector()
         self._shape = dlib.shape_predictor(str(model_file(LANDMARKS_5_FILE)))
         self._lock = threading.Lock()  # dlib's objects are not documented as thread-safe
+        self._cnn: MmodDetector | None = None
+        if self.config.detector in ("cnn", "cascade"):
+            device = self.config.device
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            self._cnn = MmodDetector(device=device)  # torch: no lock, threads run it together
 
     def _scan_scale(self, height: int, width: int) -> float:
         scale = 2.0**self.config.upsample
@@ -47,27 +61,39 @@ class FaceDetector:
         scale = self._scan_scale(height, width)
         upsample = round(math.log2(scale)) if scale >= 1 else 0
         if scale >= 1 and math.isclose(scale, 2.0**upsample):
-            scan, scale = image, 1.0  # let dlib's pyramid do integer upsampling
+            scan, scale = image, 1.0  # let the detector's pyramid do integer upsampling
         else:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             scan = np.asarray(
                 Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
             )
             scale, upsample = scan.shape[1] / width, 0
-        with self._lock:
-            rects, scores, _ = self._hog.run(scan, upsample, self.config.score_threshold)
+        raw = [] if self.config.detector == "cnn" else self._hog_boxes(scan, upsample)
+        if not raw and self._cnn is not None:
+            raw = [(b, s) for b, s in self._cnn.detect(scan, upsample) if s >= self.config.score_threshold]
         found: list[tuple[Box, float]] = []
-        for rect, score in zip(rects, scores, strict=True):
+        for (left, top, right, bottom), score in raw:
             box = Box(
-                max(rect.left() / scale, 0.0),
-                max(rect.top() / scale, 0.0),
-                min((rect.right() + 1) / scale, float(width)),
-                min((rect.bottom() + 1) / scale, float(height)),
+                max(left / scale, 0.0),
+                max(top / scale, 0.0),
+                min(right / scale, float(width)),
+                min(bottom / scale, float(height)),
             )
             if box.width >= self.config.min_face_size and box.height > 0:
                 found.append((box, float(score)))
         found.sort(key=lambda item: item[0].area, reverse=True)
         return found
+
+    def _hog_boxes(
+        self, scan: RGBImage, upsample: int
+    ) -> list[tuple[tuple[float, float, float, float], float]]:
+        """HOG's boxes in ``scan`` as (left, top, right, bottom), right and bottom exclusive."""
+        with self._lock:
+            rects, scores, _ = self._hog.run(scan, upsample, self.config.score_threshold)
+        return [
+            ((rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1), float(score))
+            for rect, score in zip(rects, scores, strict=True)
+        ]
 
     def landmarks(self, image: RGBImage, box: Box) -> Landmarks:
         """The five landmarks of the face in ``box``."""
