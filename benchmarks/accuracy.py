@@ -36,6 +36,7 @@ from faceid.benchmarks.common import (
     Progress,
     centre_most,
     faces_dir,
+    first_pairs,
     kfold_accuracy,
     machine,
     read_pairs,
@@ -66,11 +67,7 @@ def embed_photos(client: FaceIdClient, paths: list[Path]) -> tuple[np.ndarray, n
 def verification(
     client: FaceIdClient, lfw: Path, limit: int
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
-    pairs = read_pairs(lfw / "pairs.csv")
-    if limit:
-        pairs = [
-            p for f in sorted({p.fold for p in pairs}) for p in [q for q in pairs if q.fold == f][:limit]
-        ]
+    pairs = first_pairs(read_pairs(lfw / "pairs.csv"), limit)
     paths = sorted({p.path1 for p in pairs} | {p.path2 for p in pairs})
     index = {p: i for i, p in enumerate(paths)}
     vectors, found = embed_photos(client, paths)
@@ -196,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--server", default="", help="HOST:PORT of a running server (default: spawn one)")
     ap.add_argument("--api-key", default=os.environ.get("FACEID_API_KEY", ""), help="for --server")
     ap.add_argument("--distractors", type=int, default=1_000_000)
-    ap.add_argument("--pairs", type=int, default=0, help="first N pairs per fold (0: all 600)")
+    ap.add_argument("--pairs", type=int, default=0, help="N per fold, half same (0: all)")
     ap.add_argument(
         "--probes",
         type=int,

@@ -71,6 +71,19 @@ class _HasBox(Protocol):
 FaceT = TypeVar("FaceT", bound=_HasBox)
 
 
+def first_pairs(pairs: list[Pair], limit: int) -> list[Pair]:
+    """The first ``limit // 2`` same and ``limit // 2`` different pairs of each fold (all with 0):
+    the files list a fold's same pairs first, so its first ``limit`` pairs would all be same."""
+    if not limit:
+        return pairs
+    return [
+        p
+        for f in sorted({p.fold for p in pairs})
+        for same in (True, False)
+        for p in [q for q in pairs if q.fold == f and q.same == same][: limit // 2]
+    ]
+
+
 def centre_most(faces: list[FaceT], width: float, height: float) -> FaceT:
     """The face nearest the photo's centre: LFW's subject (engine detections or client results)."""
     cx, cy = width / 2, height / 2

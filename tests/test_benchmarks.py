@@ -131,3 +131,14 @@ def test_soak_samples_memory_and_latency_over_time(tmp_path: Path) -> None:
     assert summary["calls"] > 0 and set(summary["codes"]) == {"OK"}
     assert len(payload["timeline"]) >= 5 and summary["rss_after_warmup_mib"] > 0
     assert (tmp_path / "smoke.png").exists() and (tmp_path / "smoke.json").exists()
+
+
+def test_a_subset_of_pairs_holds_as_many_same_as_different_pairs_in_each_fold(faces: Path) -> None:
+    """The pair files list a fold's same pairs first: a subset must not be all same pairs."""
+    from faceid.benchmarks.common import first_pairs, read_pairs
+
+    for name in ("lfw/pairs.csv", "cfp_dev/pairs_FP.csv"):
+        pairs = first_pairs(read_pairs(faces / name), 10)
+        for fold in {p.fold for p in pairs}:
+            in_fold = [p for p in pairs if p.fold == fold]
+            assert len(in_fold) == 10 and sum(p.same for p in in_fold) == 5
