@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -142,7 +143,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sets", default="cfp_dev/pairs_FP.csv,cfp_dev/pairs_FF.csv")
     parser.add_argument("--detectors", default="hog,cnn,cascade")
     parser.add_argument("--limit", type=int, default=0, help="first N pairs of each fold (0: all)")
-    parser.add_argument("--data", type=Path, default=Path("/tmp/faceid-detector-verification"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--name", default="detector_verification")
     args = parser.parse_args(argv)
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         f"pairs per fold {args.limit or 'all'}"
     )
     print(f"machine: {machine()}")
-    results = {d: run_mode(d, sets, args.data) for d in detectors}
+    data = Path(tempfile.mkdtemp(prefix="faceid-detectors-"))  # fresh: each server prints its admin key
+    results = {d: run_mode(d, sets, data) for d in detectors}
     for name in sets:
         for d, r in results.items():
             s = r["sets"][name]
