@@ -49,17 +49,25 @@ from faceid.client.client import DetectedFace, FaceIdClient, enroll_request
 MISSING = 2.0  # the largest distance between unit vectors: "no face found" never matches
 
 
+def embed_photo(client: FaceIdClient, path: Path) -> np.ndarray | None:
+    """The embedding of the photo's centre-most face through Embed; None when no face is found."""
+    faces = [f for f in client.embed(path.read_bytes()) if isinstance(f, DetectedFace)]
+    if not faces:
+        return None
+    with Image.open(path) as im:  # the header gives the size; nothing is decoded
+        face = centre_most(faces, *im.size)
+    return np.asarray(face.embedding, np.float32)
+
+
 def embed_photos(client: FaceIdClient, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """Embedding of the centre-most face of each photo, and which photos had a face."""
     out = np.zeros((len(paths), 128), np.float32)
     found = np.zeros(len(paths), bool)
     progress = Progress(len(paths), "embed via gRPC")
     for i, path in enumerate(paths):
-        faces = [f for f in client.embed(path.read_bytes()) if isinstance(f, DetectedFace)]
-        if faces:
-            with Image.open(path) as im:  # the header gives the size; nothing is decoded
-                face = centre_most(faces, *im.size)
-            out[i], found[i] = face.embedding, True
+        vector = embed_photo(client, path)
+        if vector is not None:
+            out[i], found[i] = vector, True
         progress.update()
     return out, found
 

@@ -23,12 +23,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
+from faceid.benchmarks.accuracy import MISSING, embed_photo
 from faceid.benchmarks.common import (
     Pair,
     Progress,
-    centre_most,
     faces_dir,
     first_pairs,
     kfold_accuracy,
@@ -38,19 +37,8 @@ from faceid.benchmarks.common import (
     tar_at_far,
     write_json,
 )
-from faceid.client.client import DetectedFace, FaceIdClient
+from faceid.client.client import FaceIdClient
 from faceid.server.app import spawn
-
-MISSING = 2.0  # the largest distance between unit vectors: "no face found" never matches
-
-
-def embed_one(client: FaceIdClient, path: Path) -> npt.NDArray[np.float32] | None:
-    faces = [f for f in client.embed(path.read_bytes()) if isinstance(f, DetectedFace)]
-    if not faces:
-        return None
-    with Image.open(path) as im:  # the header gives the size; nothing is decoded
-        face = centre_most(faces, *im.size)
-    return np.asarray(face.embedding, np.float32)
 
 
 def embed_all(client: FaceIdClient, paths: list[Path], label: str) -> tuple[npt.NDArray[np.float32], float]:
@@ -59,7 +47,7 @@ def embed_all(client: FaceIdClient, paths: list[Path], label: str) -> tuple[npt.
     progress = Progress(len(paths), label)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(4) as pool:
-        for i, vector in enumerate(pool.map(lambda p: embed_one(client, p), paths)):
+        for i, vector in enumerate(pool.map(lambda p: embed_photo(client, p), paths)):
             if vector is not None:
                 out[i] = vector
             progress.update()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +20,10 @@ from faceid.engine.vision.pipeline import FacePipeline
 from .conftest import encode
 
 
-async def _faces_together(
-    pipeline: FacePipeline, photos: list[bytes], data: Path | None = None
-) -> list[list[Face]]:
+async def _faces_together(pipeline: FacePipeline, photos: list[bytes], data: Path) -> list[list[Face]]:
     """Every photo's faces through the engine's photo stages, all photos at once (one engine with
     no gallery: only its pipeline and batching are used)."""
-    engine = Engine(EngineConfig(data_dir=data or Path(tempfile.mkdtemp())), pipeline=pipeline)
+    engine = Engine(EngineConfig(data_dir=data), pipeline=pipeline)
     try:
         found = await asyncio.gather(*(engine.faces(p) for p in photos))
         assert engine.embed_batcher.batches < len(photos), "concurrent photos share network batches"
@@ -35,11 +32,13 @@ async def _faces_together(
         engine.close()
 
 
-def test_full_size_photos_verify_at_dlibs_threshold(faces: Path, pipeline: FacePipeline) -> None:
+def test_full_size_photos_verify_at_dlibs_threshold(
+    faces: Path, pipeline: FacePipeline, tmp_path: Path
+) -> None:
     """deepface's 520 pairs of full-size photos (one file a WEBP named .jpg), at the default threshold."""
     pairs = read_pairs(faces / "deepface_unit13" / "pairs.csv")
     paths = sorted({p.path1 for p in pairs} | {p.path2 for p in pairs})
-    found = asyncio.run(_faces_together(pipeline, [p.read_bytes() for p in paths]))
+    found = asyncio.run(_faces_together(pipeline, [p.read_bytes() for p in paths], tmp_path))
     assert all(found), "every photo of the set holds a face"
     emb = {p: f[0].embedding for p, f in zip(paths, found, strict=True)}
     threshold = DLIB_RESNET_V1.default_threshold

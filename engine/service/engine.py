@@ -39,7 +39,7 @@ from faceid.engine.domain.errors import (
     NotFoundError,
     UnavailableError,
 )
-from faceid.engine.domain.faces import Face
+from faceid.engine.domain.faces import Detection, Face
 from faceid.engine.domain.records import Identity
 from faceid.engine.domain.results import (
     Detected,
@@ -165,17 +165,23 @@ class Engine:
         """Every face in a photo, largest first, with its embedding: decode, detect and align in a
         worker thread, then embed in a network batch shared with other calls."""
 
-        def detect() -> tuple[list[Any], np.ndarray]:
+        def detect() -> tuple[list[Detection], np.ndarray | None]:
             pipeline = self.pipeline
             image = pipeline.decode(photo)
             found = pipeline.detect(image)
-            return found, pipeline.align(image, found) if found else np.zeros((0,), np.uint8)
+            return found, pipeline.align(image, found) if found else None
 
         found, chips = await self._run(detect)
-        if not found:
+        if chips is None:
             return []
         embeddings = await self.embed_batcher.submit("embed", list(chips))
         return [Face(d, e) for d, e in zip(found, embeddings, strict=True)]
+
+    async def _check_gallery_before_photos(self, gallery: str, *probes: Probe) -> None:
+        """NOT_FOUND before any photo is decoded; calls with embeddings only are checked where
+        their gallery is used, with no extra hop to a worker."""
+        if any(isinstance(p, bytes) for p in probes):
+            await self._run(self.service.gallery, gallery)
 
     async def _probe_vector(self, probe: Probe) -> EmbeddingInput | npt.NDArray[np.float32]:
         """A probe as a vector: an embedding as sent (checked against the gallery later), or the
@@ -291,7 +297,7 @@ class Engine:
             [matches] = await self.search_batcher.submit(key, [(probe, top_k)])
             results = [FaceMatches(None, None, matches)]
         else:
-            await self._run(self.service.gallery, gallery)  # NOT_FOUND before the photo is decoded
+            await self._check_gallery_before_photos(gallery, probe)
             found = await self.faces(probe)
             inputs = [(EmbeddingInput(f.embedding), top_k) for f in found]
             lists = await self.search_batcher.submit(key, inputs) if inputs else []
@@ -309,8 +315,8 @@ class Engine:
         self, gallery: str, probe: Probe, identity_id: str, threshold: float | None = None
     ) -> Verification:
         """A probe against an identity: the distance to its nearest enrolled face."""
-        await self._run(self.service.gallery, gallery)
         self.service.decision_threshold(threshold)
+        await self._check_gallery_before_photos(gallery, probe)
         vector = await self._probe_vector(probe)
         return await self._run(self.service.verify_identity, gallery, vector, identity_id, threshold)
 
@@ -318,8 +324,8 @@ class Engine:
         self, gallery: str, a: Probe, b: Probe, threshold: float | None = None
     ) -> Verification:
         """Two probes against each other (the gallery names the model they are compared under)."""
-        await self._run(self.service.gallery, gallery)
         self.service.decision_threshold(threshold)
+        await self._check_gallery_before_photos(gallery, a, b)
         first, second = await asyncio.gather(self._probe_vector(a), self._probe_vector(b))
         return await self._run(self.service.verify_pair, gallery, first, second, threshold)
 
