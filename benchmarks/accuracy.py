@@ -49,14 +49,25 @@ from faceid.client.client import DetectedFace, FaceIdClient, enroll_request
 MISSING = 2.0  # the largest distance between unit vectors: "no face found" never matches
 
 
-def embed_photo(client: FaceIdClient, path: Path) -> np.ndarray | None:
-    """The embedding of the photo's centre-most face through Embed; None when no face is found."""
+def embed_photo_rules(client: FaceIdClient, path: Path) -> dict[str, np.ndarray] | None:
+    """Through Embed, the embedding of the face each rule picks ("largest": the first, Embed
+    answers largest first; "centre": nearest the photo's centre, as the server's face rules);
+    None when no face is found."""
     faces = [f for f in client.embed(path.read_bytes()) if isinstance(f, DetectedFace)]
     if not faces:
         return None
     with Image.open(path) as im:  # the header gives the size; nothing is decoded
-        face = centre_most(faces, *im.size)
-    return np.asarray(face.embedding, np.float32)
+        centre = centre_most(faces, *im.size)
+    return {
+        "largest": np.asarray(faces[0].embedding, np.float32),
+        "centre": np.asarray(centre.embedding, np.float32),
+    }
+
+
+def embed_photo(client: FaceIdClient, path: Path) -> np.ndarray | None:
+    """The embedding of the photo's centre-most face through Embed; None when no face is found."""
+    found = embed_photo_rules(client, path)
+    return None if found is None else found["centre"]
 
 
 def embed_photos(client: FaceIdClient, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:

@@ -299,11 +299,35 @@ def _detected(m: pb.DetectedFace, embedding: Sequence[float] = ()) -> DetectedFa
     )
 
 
-def _probe(photo: bytes | None, embedding: Sequence[float] | None, model: str = "") -> pb.Probe:
+#: Which face of a photo a call means: "largest", "centre", or a box (left, top, right, bottom) in
+#: pixels of the upright photo; None: the server's default (every face for identify).
+FaceArg = str | Box | tuple[float, float, float, float] | None
+_RULES = {"largest": pb.FaceChoice.RULE_LARGEST, "centre": pb.FaceChoice.RULE_CENTRE}
+
+
+def face_choice(face: FaceArg) -> pb.FaceChoice | None:
+    """The .proto's FaceChoice for ``face`` (see :data:`FaceArg`)."""
+    if face is None:
+        return None
+    if isinstance(face, str):
+        if face not in _RULES:
+            raise ValueError(
+                f"face must be 'largest', 'centre' or a box (left, top, right, bottom); got {face!r}"
+            )
+        return pb.FaceChoice(rule=_RULES[face])
+    if isinstance(face, Box):
+        face = (face.left, face.top, face.right, face.bottom)
+    left, top, right, bottom = face
+    return pb.FaceChoice(box=pb.Box(left=left, top=top, right=right, bottom=bottom))
+
+
+def _probe(
+    photo: bytes | None, embedding: Sequence[float] | None, model: str = "", face: FaceArg = None
+) -> pb.Probe:
     if (photo is None) == (embedding is None):
         raise ValueError("give exactly one of photo and embedding")
     if photo is not None:
-        return pb.Probe(photo=photo)
+        return pb.Probe(photo=photo, face=face_choice(face))
     assert embedding is not None  # one of the two, checked above
     return pb.Probe(embedding=pb.Embedding(values=[float(x) for x in embedding], model=model))
 
@@ -324,11 +348,12 @@ def enroll_request(
     all_faces: bool = False,
     display_name: str = "",
     attributes: dict[str, Any] | None = None,
+    face: FaceArg = None,
 ) -> pb.EnrollRequest:
     return pb.EnrollRequest(
         parent=gallery_name(gallery),
         identity_id=identity_id,
-        probe=_probe(photo, embedding),
+        probe=_probe(photo, embedding, face=face),
         all_faces=all_faces,
         display_name=display_name,
         attributes_json=json.dumps(attributes) if attributes else "",
@@ -344,10 +369,11 @@ def identify_request(
     min_similarity: float = 0.0,
     nprobe: int = 0,
     rerank_factor: int = 0,
+    face: FaceArg = None,
 ) -> pb.IdentifyRequest:
     return pb.IdentifyRequest(
         parent=gallery_name(gallery),
-        probe=_probe(photo, embedding),
+        probe=_probe(photo, embedding, face=face),
         top_k=top_k,
         threshold=threshold,
         min_similarity=min_similarity,
@@ -364,14 +390,16 @@ def verify_request(
     other_photo: bytes | None = None,
     other_embedding: Sequence[float] | None = None,
     threshold: float = 0.0,
+    face: FaceArg = None,
+    other_face: FaceArg = None,
 ) -> pb.VerifyRequest:
     request = pb.VerifyRequest(
-        parent=gallery_name(gallery), probe=_probe(photo, embedding), threshold=threshold
+        parent=gallery_name(gallery), probe=_probe(photo, embedding, face=face), threshold=threshold
     )
     if identity_id is not None:
         request.identity = identity_name(gallery, identity_id)
     else:
-        request.other.CopyFrom(_probe(other_photo, other_embedding))
+        request.other.CopyFrom(_probe(other_photo, other_embedding, face=other_face))
     return request
 
 
@@ -454,8 +482,11 @@ class FaceIdClient:
         all_faces: bool = False,
         display_name: str = "",
         attributes: dict[str, Any] | None = None,
+        face: FaceArg = None,
     ) -> list[EnrolledFace]:
-        request = enroll_request(gallery, identity_id, photo, embedding, all_faces, display_name, attributes)
+        request = enroll_request(
+            gallery, identity_id, photo, embedding, all_faces, display_name, attributes, face
+        )
         return [_enrolled(f) for f in self._call("Enroll", request).faces]
 
     def bulk_enroll(

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from faceid.engine.domain.faces import FACE_RULES, FaceRule
+
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 IndexDevice = Literal["auto", "cpu", "cuda"]
 
@@ -42,27 +44,42 @@ class DetectConfig:
     """The face detector.  Both of dlib's detectors scan an 80×80 px window, so upsampling finds
     smaller faces."""
 
-    #: "hog": dlib's HOG frontal detector (CPU, one thread at a time); "cnn": dlib's MMOD CNN
-    #: detector in torch (:mod:`faceid.engine.vision.mmod`; finds profile and rotated faces HOG
-    #: misses, the same boxes and scores as dlib's to within 1e-5, ~20× dlib's speed on the CPU);
-    #: "cascade": HOG first, the CNN on photos where HOG finds nothing.  The default stays HOG
-    #: until the benchmark through the API (issue 17) has chosen one for the CPU and the GPU.
-    detector: DetectorKind = "hog"
+    #: "cnn" (the default): dlib's MMOD CNN detector in torch (:mod:`faceid.engine.vision.mmod`;
+    #: the same boxes and scores as dlib's to within 1e-5, ~20× dlib's speed on the CPU), which finds
+    #: the turned and profile faces HOG misses; "hog": dlib's HOG frontal detector (CPU, one thread
+    #: at a time); "cascade": HOG first, the CNN on photos where HOG finds nothing.  Chosen by the
+    #: benchmark through the API (BENCHMARKS.md "Choosing the detector"): on cfp_dev's
+    #: frontal–profile pairs the CNN finds a face in all but a few photos where HOG misses 37 %,
+    #: and at upsample 0 it is faster than HOG at upsample 1 on frontal photos.
+    detector: DetectorKind = "cnn"
     #: Where the CNN runs: "auto" (CUDA when torch sees it, else the CPU) or a torch device.
     device: str = "auto"
-    #: Times the photo is upsampled ×2 before detection (1 finds faces down to about 40 px).
-    upsample: int = 1
+    #: Times the photo is upsampled ×2 before the first scan (0 finds faces down to about 80 px,
+    #: 1 to about 40 px at ~4× the time).
+    upsample: int = 0
+    #: Where the first scan finds no face, scan once more upsampled this many times (a value
+    #: ≤ ``upsample`` turns the retry off).  A photo with one small face is scanned twice; a photo
+    #: with a large face and small ones far behind it gets only the large one.
+    retry_upsample: int = 1
+    #: Photos of one size scanned through the CNN together, at most (concurrent calls' photos are
+    #: batched by the engine; larger batches pay on a GPU).
+    batch: int = 8
     #: Cap on the detector's working image (pixels): larger photos are scaled down for the
     #: scan only; landmarks and chips still come from the full-resolution photo.
     max_detect_pixels: int = 2_500_000
     #: Faces narrower than this (pixels of the original photo) are dropped.
     min_face_size: int = 20
-    #: Added to the HOG decision threshold; negative finds more (and falser) faces.
+    #: HOG: added to its decision threshold (negative finds more, and falser, faces); the CNN:
+    #: the least score kept (the network keeps scores above 0 only).
     score_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.upsample <= 3:
             raise ValueError("upsample must be between 0 and 3")
+        if self.batch < 1:
+            raise ValueError("batch must be positive")
+        if not 0 <= self.retry_upsample <= 3:
+            raise ValueError("retry_upsample must be between 0 and 3")
         if self.max_detect_pixels < 80 * 80:
             raise ValueError("max_detect_pixels must be at least 6400 (one 80×80 scan window)")
         if self.min_face_size < 0:
@@ -246,6 +263,11 @@ class EngineConfig:
     #: what is dropped; one that has not (stalled that long) finds the log's "trim" row past its
     #: position and rebuilds its index from the store.  One process alone trims at each snapshot.
     change_log_keep_seconds: float = 300.0
+    #: Which face a call that takes one face of a photo means, unless the call says (enrol,
+    #: verify): "centre", the face nearest the photo's centre, or "largest".  Measured through the
+    #: API on LFW and cfp_dev (BENCHMARKS.md "Choosing the detector"): the subject of a photo with
+    #: bystanders is more often the central face than the largest.
+    face_rule: FaceRule = "centre"
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     #: Set by the server, not by operators (:data:`DERIVED`): other processes serve the same
@@ -264,6 +286,8 @@ class EngineConfig:
         for name, value in counts.items():
             if value < 1:
                 raise ValueError(f"{name} must be positive; got {value}")
+        if self.face_rule not in FACE_RULES:
+            raise ValueError(f"face_rule must be one of {', '.join(FACE_RULES)}; got {self.face_rule!r}")
         if self.max_top_k > self.index.max_k:
             raise ValueError(f"max_top_k ({self.max_top_k}) must not exceed index.max_k ({self.index.max_k})")
         nonnegative = {

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from faceid.engine.domain.errors import InvalidInputError
-from faceid.engine.domain.faces import Box, Detection
+from faceid.engine.domain.faces import Box, Detection, FaceChoice, FaceRule
 from faceid.engine.domain.records import Identity
 from faceid.engine.domain.results import (
     EmbeddedFace,
@@ -17,6 +17,7 @@ from faceid.engine.domain.results import (
     FaceMatches,
     GalleryStats,
     Match,
+    PhotoInput,
 )
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.server.names import identity_name
@@ -36,12 +37,36 @@ def embedding_in(message: pb.Embedding) -> EmbeddingInput:
     return EmbeddingInput(np.asarray(message.values, dtype=np.float32), message.model)
 
 
-def probe_in(probe: pb.Probe) -> bytes | EmbeddingInput:
-    """A probe's photo bytes or its embedding."""
+_RULES: dict[int, FaceRule | None] = {
+    pb.FaceChoice.RULE_UNSPECIFIED: None,
+    pb.FaceChoice.RULE_LARGEST: "largest",
+    pb.FaceChoice.RULE_CENTRE: "centre",
+}
+
+
+def face_choice_in(message: pb.FaceChoice) -> FaceChoice:
+    if message.rule not in _RULES:
+        raise InvalidInputError(
+            f"face.rule {message.rule} is not a rule; send RULE_LARGEST (1), RULE_CENTRE (2) or leave it "
+            f"unset"
+        )
+    if message.HasField("box"):
+        if message.rule:
+            raise InvalidInputError("face: send a rule or a box, not both")
+        b = message.box
+        return FaceChoice(box=Box(b.left, b.top, b.right, b.bottom))
+    return FaceChoice(rule=_RULES[message.rule])
+
+
+def probe_in(probe: pb.Probe) -> PhotoInput | EmbeddingInput:
+    """A probe's photo (with the face it means) or its embedding."""
     kind = probe.WhichOneof("kind")
+    choice = face_choice_in(probe.face) if probe.HasField("face") else None
     if kind == "photo":
-        return bytes(probe.photo)
+        return PhotoInput(bytes(probe.photo), choice)
     if kind == "embedding":
+        if choice is not None:
+            raise InvalidInputError("probe.face chooses a face of a photo; an embedding probe takes none")
         return embedding_in(probe.embedding)
     raise InvalidInputError("probe must hold a photo or an embedding")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import astuple, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,14 @@ def test_every_face_in_a_group_photo_is_found(faces: Path, pipeline: FacePipelin
     for i, name in enumerate(people):
         canvas[25:275, 25 + 300 * i : 275 + 300 * i] = photo(faces, f"lfw/images/{name}/0001.jpg")
     found = pipeline.detect(encode(canvas, "JPEG"))
-    assert len(found) == 3
-    centres = sorted((d.box.left + d.box.right) / 2 for d in found)
-    for i, cx in enumerate(centres):
-        assert 300 * i < cx < 300 * (i + 1)
+    # each person's face at its tile's centre (Tony Blair's photo also holds a bystander's face,
+    # which the CNN finds too)
+    for i in range(3):
+        cx, cy = 150 + 300 * i, 150
+        assert any(
+            abs((d.box.left + d.box.right) / 2 - cx) < 40 and abs((d.box.top + d.box.bottom) / 2 - cy) < 40
+            for d in found
+        ), f"{people[i]}'s face was not found"
     for d in found:
         assert d.landmarks.shape == (5, 2)
         assert d.box.left - 5 <= d.landmarks[:, 0].min() and d.landmarks[:, 0].max() <= d.box.right + 5
@@ -61,7 +65,9 @@ def test_exif_rotated_phone_photo_is_detected_upright(faces: Path, pipeline: Fac
     reference = pipeline.process(np.asarray(upright))
     assert len(found) == len(reference) >= 1
     assert np.linalg.norm(found[0].embedding - reference[0].embedding) < 0.2
-    assert pipeline.detect(encode(stored, "JPEG", quality=95)) == []  # without the tag it lies on its side
+    assert np.allclose(astuple(found[0].box), astuple(reference[0].box), atol=3)
+    sideways = pipeline.decode(encode(stored, "JPEG", quality=95))  # without the tag it lies on its side
+    assert sideways.shape[:2] == (upright.width, upright.height) != (upright.height, upright.width)
 
 
 def test_min_face_size_drops_smaller_faces(faces: Path) -> None:
@@ -80,11 +86,17 @@ def test_a_large_photo_is_scanned_downscaled_and_boxes_come_back_in_its_pixels(f
     assert big_box.width == pytest.approx(3 * small_box.width, rel=0.1)
 
 
-def test_upsampling_finds_a_small_face_that_a_single_scale_scan_misses(faces: Path) -> None:
+@pytest.mark.parametrize("detector", ["hog", "cnn"])
+def test_a_small_face_missed_at_the_first_scale_is_found_by_the_finer_retry(
+    faces: Path, detector: str
+) -> None:
     image = Image.open(faces / "lfw/images/Colin_Powell/0001.jpg").convert("RGB")
     small = np.asarray(image.resize((100, 100), Image.Resampling.LANCZOS))  # face ≈ 50 px
-    assert FaceDetector(DetectConfig(upsample=0, min_face_size=0)).find_boxes(small) == []
-    assert FaceDetector(DetectConfig(upsample=1, min_face_size=0)).find_boxes(small)
+    config = DetectConfig(detector=detector, upsample=0, min_face_size=0)  # type: ignore[arg-type]
+    assert FaceDetector(replace(config, retry_upsample=0)).find_boxes(small) == []
+    assert FaceDetector(replace(config, upsample=1, retry_upsample=0)).find_boxes(small)
+    [(box, _)] = FaceDetector(config).find_boxes(small)  # the default: retry at upsample 1
+    assert 35 <= box.width <= 65
 
 
 def test_configured_pipeline_uses_its_detector_settings() -> None:

@@ -28,6 +28,7 @@ import re
 from typing import Any
 
 from faceid.engine.domain.errors import InvalidInputError
+from faceid.engine.domain.faces import Box
 
 log = logging.getLogger("faceid.limits")
 
@@ -100,6 +101,25 @@ def check_batch_size(count: int) -> None:
 def check_page_size(page_size: int) -> None:
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise InvalidInputError(f"page_size must be between 1 and {MAX_PAGE_SIZE:,}; got {page_size}")
+
+
+def check_face_box(box: Box, width: int, height: int, min_size: int) -> None:
+    """A face box a caller gives: finite, inside the (upright) photo, at least ``min_size`` wide."""
+    edges = (box.left, box.top, box.right, box.bottom)
+    if not all(math.isfinite(v) for v in edges):
+        raise InvalidInputError("the face box's edges must be finite numbers")
+    inside = 0 <= box.left < box.right <= width and 0 <= box.top < box.bottom <= height
+    if not inside:
+        raise InvalidInputError(
+            f"the face box (left {box.left:g}, top {box.top:g}, right {box.right:g}, bottom {box.bottom:g}) "
+            f"must lie inside the photo, which is {width}×{height} pixels upright (after its EXIF "
+            f"rotation), with left < right and top < bottom"
+        )
+    if box.width < max(min_size, 1) or box.height < max(min_size, 1):
+        raise InvalidInputError(
+            f"the face box is {box.width:g}×{box.height:g} pixels; a face must be at least {min_size} "
+            f"pixels wide and high"
+        )
 
 
 def json_depth(text: str) -> int:

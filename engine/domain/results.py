@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from faceid.engine.domain.faces import Box, Detection
+from faceid.engine.domain.faces import Box, Detection, FaceChoice
 from faceid.engine.domain.records import Gallery
 from faceid.engine.domain.search import IndexStats
 
@@ -69,6 +69,15 @@ class EmbeddingInput:
 
     vector: npt.NDArray[np.float32]
     model: str = ""  # "name/version"; empty = the gallery's model
+
+
+@dataclass(frozen=True)
+class PhotoInput:
+    """A photo as sent (encoded bytes) and which face the call means: None takes every face
+    (identify) or the engine's default rule (enrol, verify)."""
+
+    data: bytes
+    face: FaceChoice | None = None
 
 
 @dataclass(frozen=True)

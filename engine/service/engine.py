@@ -9,12 +9,15 @@ parses, awaits it and converts.  The engine owns what a request needs on its way
   through the network together (``embed_batcher``), and the probes of concurrent identify calls
   go to the index as one batched search (``search_batcher``);
 * the photo stages, one path for every use case that takes a photo (identify, enrol, verify,
-  embed): decode → detect → landmarks → align in a worker thread, then the embedding batch
-  (:meth:`Engine.faces`);
+  embed, detect): decode in a worker thread; the detector's attempts (HOG in a worker, the CNN in
+  a batch with the scans of concurrent photos of the same size: ``detect_batcher``); the face the
+  call means (:class:`~faceid.engine.domain.faces.FaceChoice`); landmarks and alignment in a
+  worker; then the embedding batch (:meth:`Engine.faces`);
 * the :class:`~faceid.engine.service.service.FaceService` (galleries, SQL, indexes), called in
   the worker threads.
 
-Identify, top to bottom: ``Engine.identify`` → ``Engine.faces`` (a photo) → ``embed_batcher`` →
+Identify, top to bottom: ``Engine.identify`` → ``Engine.faces`` (a photo: ``detect_batcher``,
+``embed_batcher``) →
 ``search_batcher`` → ``FaceService.identify_embeddings`` → ``GalleryIndex.search_with_groups``.
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from faceid.engine.config import EngineConfig
+from faceid.engine.domain import limits
 from faceid.engine.domain.errors import (
     FaceIdError,
     InvalidInputError,
@@ -39,7 +44,7 @@ from faceid.engine.domain.errors import (
     NotFoundError,
     UnavailableError,
 )
-from faceid.engine.domain.faces import Detection, Face
+from faceid.engine.domain.faces import Box, Detection, Face, FaceChoice, chosen_box
 from faceid.engine.domain.records import Identity
 from faceid.engine.domain.results import (
     Detected,
@@ -51,6 +56,7 @@ from faceid.engine.domain.results import (
     GalleryStats,
     Identification,
     Match,
+    PhotoInput,
     Verification,
 )
 from faceid.engine.domain.search import SearchParams
@@ -58,12 +64,15 @@ from faceid.engine.service.access import KeyRing, key_ring
 from faceid.engine.service.batching import MicroBatcher
 from faceid.engine.service.service import FaceService, Proceed
 from faceid.engine.store import DatabaseError, is_unavailable
+from faceid.engine.vision.detect import Raw, Scan
+from faceid.engine.vision.image import RGBImage
 from faceid.engine.vision.pipeline import FacePipeline
 from faceid.engine.vision.weights import models_source
 
 log = logging.getLogger("faceid.engine")
 T = TypeVar("T")
-Probe = bytes | EmbeddingInput
+#: What a call compares: a photo (bytes, or with the face it means) or a ready embedding.
+Probe = bytes | PhotoInput | EmbeddingInput
 #: What one search batch shares: gallery, distance threshold, search parameters.
 SearchKey = tuple[str, float, SearchParams]
 
@@ -105,6 +114,9 @@ class Engine:
         )
         self.embed_batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
             self._embed_batch, self.executor, window, config.max_batch, config.batch_inflight
+        )
+        self.detect_batcher: MicroBatcher[Scan, Raw] = MicroBatcher(
+            self._detect_batch, self.executor, window, config.pipeline.detect.batch, config.batch_inflight
         )
 
     @property
@@ -160,35 +172,79 @@ class Engine:
     def _embed_batch(self, _key: Hashable, chips: list[np.ndarray]) -> list[np.ndarray]:
         return list(self.pipeline.embedder.embed(np.stack(chips)))
 
+    def _detect_batch(self, _key: Hashable, scans: list[Scan]) -> list[Raw]:
+        return self.pipeline.detector.cnn(scans)
+
     # ---- the photo stages --------------------------------------------------------------------
-    async def faces(self, photo: bytes) -> list[Face]:
-        """Every face in a photo, largest first, with its embedding: decode, detect and align in a
-        worker thread, then embed in a network batch shared with other calls."""
+    async def _decode(self, photo: bytes) -> RGBImage:
+        """The upright RGB pixels of a photo, in a worker (which also loads the models at first)."""
+        return await self._run(lambda: self.pipeline.decode(photo))
 
-        def detect() -> tuple[list[Detection], np.ndarray | None]:
-            pipeline = self.pipeline
-            image = pipeline.decode(photo)
-            found = pipeline.detect(image)
-            return found, pipeline.align(image, found) if found else None
+    async def _find_boxes(self, image: RGBImage) -> list[tuple[Box, float]]:
+        """Boxes and scores of the faces in ``image``, largest first: the detector's attempts
+        (:attr:`FaceDetector.attempts`) until one finds a face, HOG in a worker, the CNN batched
+        with the scans of concurrent photos of the same size."""
+        detector = self.pipeline.detector
+        for kind, upsample in detector.attempts:
+            if kind == "hog":
+                scan, raw = await self._run(lambda u=upsample: self._hog(image, u))
+            else:
+                scan = await self._run(detector.scan, image, upsample)
+                [raw] = await self.detect_batcher.submit(scan.key, [scan])
+            found = detector.boxes(scan, raw)
+            if found:
+                return found
+        return []
 
-        found, chips = await self._run(detect)
-        if chips is None:
+    def _hog(self, image: RGBImage, upsample: int) -> tuple[Scan, Raw]:
+        scan = self.pipeline.detector.scan(image, upsample)
+        return scan, self.pipeline.detector.hog(scan)
+
+    async def _chosen_boxes(self, image: RGBImage, choice: FaceChoice | None) -> list[tuple[Box, float]]:
+        """Every face's box (no ``choice``), or the one box ``choice`` picks (none when no face is
+        found); a box the caller gives is checked and taken as is, with no detection."""
+        height, width = image.shape[:2]
+        if choice is not None and choice.box is not None:
+            limits.check_face_box(choice.box, width, height, self.config.pipeline.detect.min_face_size)
+            return [(choice.box, math.nan)]
+        found = await self._find_boxes(image)
+        if not found or choice is None:
+            return found
+        rule = choice.rule or self.config.face_rule
+        return [found[chosen_box([box for box, _ in found], rule, width, height)]]
+
+    async def faces(self, photo: bytes | PhotoInput, choice: FaceChoice | None = None) -> list[Face]:
+        """Every face in a photo, largest first, with its embedding; or, with a choice (``choice``,
+        else the photo's own), the one face it means ([] when no face is found).  Decoding,
+        detection (batched), landmarks and alignment run in workers, then the embedding in a network
+        batch shared with other calls."""
+        if isinstance(photo, PhotoInput):
+            choice = choice or photo.face
+        image = await self._decode(photo.data if isinstance(photo, PhotoInput) else photo)
+        boxes = await self._chosen_boxes(image, choice)
+        if not boxes:
             return []
+
+        def align() -> tuple[list[Detection], np.ndarray]:
+            found = self.pipeline.detector.with_landmarks(image, boxes)
+            return found, self.pipeline.align(image, found)
+
+        found, chips = await self._run(align)
         embeddings = await self.embed_batcher.submit("embed", list(chips))
         return [Face(d, e) for d, e in zip(found, embeddings, strict=True)]
 
     async def _check_gallery_before_photos(self, gallery: str, *probes: Probe) -> None:
         """NOT_FOUND before any photo is decoded; calls with embeddings only are checked where
         their gallery is used, with no extra hop to a worker."""
-        if any(isinstance(p, bytes) for p in probes):
+        if any(not isinstance(p, EmbeddingInput) for p in probes):
             await self._run(self.service.gallery, gallery)
 
     async def _probe_vector(self, probe: Probe) -> EmbeddingInput | npt.NDArray[np.float32]:
         """A probe as a vector: an embedding as sent (checked against the gallery later), or the
-        embedding of the photo's largest face."""
+        embedding of the photo's face the call means (its choice, else the default rule)."""
         if isinstance(probe, EmbeddingInput):
             return probe
-        found = await self.faces(probe)
+        found = await self.faces(probe, _one_face(probe))
         if not found:
             raise InvalidInputError("no face was found in the probe photo")
         return found[0].embedding.astype(np.float32)
@@ -230,10 +286,11 @@ class Engine:
         attributes: dict[str, Any] | None = None,
         proceed: Proceed | None = None,
     ) -> list[EnrolledFace]:
-        """Enrol an embedding, or the largest face of a photo (every face with ``all_faces``),
-        under ``identity_id``.  The fields are checked before the photo is decoded, and a photo
-        the identity already holds (the same bytes) is not decoded again: the answer is the faces
-        enrolled from it before, marked ``already_enrolled``."""
+        """Enrol an embedding, or the face of a photo the call means (its choice, else the default
+        rule; every face with ``all_faces``), under ``identity_id``.  The fields are checked before
+        the photo is decoded, and a photo the identity already holds (the same bytes, the same
+        choice) is not decoded again: the answer is the faces enrolled from it before, marked
+        ``already_enrolled``."""
         if isinstance(probe, EmbeddingInput):
             return await self._run(
                 self.service.enroll_embeddings,
@@ -244,12 +301,23 @@ class Engine:
                 attributes,
                 proceed,
             )
+        photo = probe if isinstance(probe, PhotoInput) else PhotoInput(probe)
+        if all_faces and photo.face is not None:
+            raise InvalidInputError(
+                "all_faces enrols every face of the photo: send either all_faces or a face choice, not both"
+            )
         digest, known = await self._run(
-            self.service.source_faces, gallery, identity_id, probe, display_name, attributes
+            self.service.source_faces,
+            gallery,
+            identity_id,
+            photo.data,
+            display_name,
+            attributes,
+            self._choice_tag(photo.face),
         )
         if known:
             return known
-        found = await self.faces(probe)
+        found = await self.faces(photo, None if all_faces else _one_face(photo))
         return await self._run(
             self.service.enroll_faces,
             gallery,
@@ -261,6 +329,16 @@ class Engine:
             attributes,
             proceed,
         )
+
+    def _choice_tag(self, choice: FaceChoice | None) -> str:
+        """What sets a choice apart in a photo's source hash: nothing for the default rule."""
+        if choice is None:
+            return ""
+        if choice.box is not None:
+            b = choice.box
+            return f"box:{b.left:g},{b.top:g},{b.right:g},{b.bottom:g}"
+        rule = choice.rule or self.config.face_rule
+        return "" if rule == self.config.face_rule else f"rule:{rule}"
 
     async def enroll_each(
         self, gallery: str, items: Sequence[EnrollItem], proceed: Proceed | None = None
@@ -301,7 +379,7 @@ class Engine:
             found = await self.faces(probe)
             inputs = [(EmbeddingInput(f.embedding), top_k) for f in found]
             lists = await self.search_batcher.submit(key, inputs) if inputs else []
-            results = [FaceMatches(f.box, f.detection.score, m) for f, m in zip(found, lists, strict=True)]
+            results = [FaceMatches(f.box, _score(f), m) for f, m in zip(found, lists, strict=True)]
         if min_similarity:
             results = [
                 FaceMatches(
@@ -356,12 +434,10 @@ class Engine:
     # ---- utilities -------------------------------------------------------------------------------
     async def detect(self, photo: bytes) -> Detected:
         """The faces in a photo (boxes, scores, landmarks; no embeddings) and its upright size."""
-
-        def detect() -> Detected:
-            image = self.pipeline.decode(photo)
-            return Detected(self.pipeline.detect(image), image.shape[1], image.shape[0])
-
-        return await self._run(detect)
+        image = await self._decode(photo)
+        boxes = await self._find_boxes(image)
+        found = await self._run(self.pipeline.detector.with_landmarks, image, boxes) if boxes else []
+        return Detected(found, image.shape[1], image.shape[0])
 
     async def embed(self, photo: bytes, aligned: bool = False) -> list[EmbeddedFace]:
         """The embedding of every face in a photo, or of a photo that is an aligned 150×150 chip."""
@@ -369,3 +445,13 @@ class Engine:
             [vector] = await self._run(lambda: self.pipeline.embed_chips([photo]))
             return [EmbeddedFace(None, vector)]
         return [EmbeddedFace(f.detection, f.embedding) for f in await self.faces(photo)]
+
+
+def _one_face(probe: bytes | PhotoInput) -> FaceChoice:
+    """The choice of a call that takes one face: the photo's own, else the default rule."""
+    return probe.face if isinstance(probe, PhotoInput) and probe.face is not None else FaceChoice()
+
+
+def _score(face: Face) -> float | None:
+    """A face's detection score; None for a box the caller gave."""
+    return face.detection.score if math.isfinite(face.detection.score) else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -271,15 +272,17 @@ class FaceService:
         photo: bytes,
         display_name: str | None = None,
         attributes: dict[str, Any] | None = None,
+        choice: str = "",
     ) -> tuple[str, list[EnrolledFace]]:
-        """Before a photo is decoded: the fields checked, the photo's source hash, and the faces
-        the identity already holds from it (none when it holds none): a photo enrolled before is
-        not decoded again."""
+        """Before a photo is decoded: the fields checked, the photo's source hash (of its bytes,
+        and of ``choice``, what sets apart a face chosen by other than the default rule), and the
+        faces the identity already holds from it (none when it holds none): a photo enrolled
+        before is not decoded again."""
         state = self.galleries.state(gallery)
         limits.check_identity_id(external_id)
         limits.check_display_name(display_name)
         limits.check_attributes(attributes)
-        digest = sha256_hex(photo)
+        digest = sha256_hex(photo + b"\0" + choice.encode()) if choice else sha256_hex(photo)
         known = self.store.source_faces(state.gallery.id, external_id, digest)
         return digest, [_enrolled_face(external_id, face, True) for face in known]
 
@@ -314,7 +317,7 @@ class FaceService:
                 f.embedding,
                 display_name,
                 attributes,
-                f.detection.score,
+                f.detection.score if math.isfinite(f.detection.score) else None,  # None: a caller's box
                 (f.box.left, f.box.top, f.box.right, f.box.bottom),
                 digest,
             )

@@ -1,17 +1,26 @@
 """Face detection (dlib's HOG frontal detector, or its MMOD CNN detector in torch:
 :mod:`faceid.engine.vision.mmod`) and 5-point landmarks.
 
-Each detector scans an 80×80 window over an image pyramid, so a face must be
-about 80 px wide in the scanned image: ``upsample`` doubles the photo first
-(faces down to ~40 px are found at 1).  Big photos are scaled down for the scan
-alone (``max_detect_pixels``), which keeps detection time bounded; landmarks are
-then found on the full-resolution photo, where the chip is cut.
+Each detector scans an 80×80 window over an image pyramid, so a face must be about 80 px wide in
+the scanned image: ``upsample`` doubles the photo first (faces down to ~40 px are found at 1).
+Big photos are scaled down for the scan alone (``max_detect_pixels``), which keeps detection time
+bounded; landmarks are then found on the full-resolution photo, where the chip is cut.
+
+A photo is scanned in *attempts* (:attr:`FaceDetector.attempts`), each a detector at a scale,
+until one finds a face: the configured detector at ``upsample``, then, where it found none, at
+``retry_upsample`` (the finer scale recovers most of the misses at a fraction of the cost of
+scanning every photo finely; BENCHMARKS.md "Choosing the detector").  The attempts are split into
+steps (:meth:`FaceDetector.scan`, :meth:`FaceDetector.hog`, :meth:`FaceDetector.cnn`,
+:meth:`FaceDetector.boxes`) so that the engine can batch the CNN across concurrent photos;
+:meth:`FaceDetector.find_boxes` runs them in the calling thread.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
+from typing import Literal
 
 import dlib
 import numpy as np
@@ -26,6 +35,9 @@ from faceid.engine.vision.weights import LANDMARKS_5_FILE, model_file
 
 #: (left, top, right, bottom) in pixels of the scanned image, right and bottom exclusive.
 RawBox = tuple[float, float, float, float]
+Raw = list[tuple[RawBox, float]]
+#: One attempt: a detector and the upsampling it is asked for.
+Attempt = tuple[Literal["hog", "cnn"], int]
 
 
 def to_dlib(box: Box) -> dlib.rectangle:
@@ -33,10 +45,29 @@ def to_dlib(box: Box) -> dlib.rectangle:
     return dlib.rectangle(round(box.left), round(box.top), round(box.right) - 1, round(box.bottom) - 1)
 
 
+@dataclass(frozen=True)
+class Scan:
+    """The image one attempt scans and how its pixels map back to the photo's."""
+
+    image: RGBImage
+    #: Scan pixels per photo pixel, before the detector's own ``upsample`` doublings.
+    scale: float
+    #: Doublings the detector does itself (its pyramid's integer upsampling).
+    upsample: int
+    #: The photo's size, (height, width).
+    photo: tuple[int, int]
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        """What scans batched through the CNN together share: size and upsampling."""
+        return (self.image.shape[0], self.image.shape[1], self.upsample)
+
+
 class FaceDetector:
     """A face detector (:attr:`DetectConfig.detector`: dlib's HOG, the MMOD CNN in torch, or HOG
     then the CNN) plus the 5-point shape predictor, which dlib designed for both detectors' boxes;
-    safe to share between threads."""
+    safe to share between threads (HOG and the shape predictor run one thread at a time; the CNN,
+    in torch, needs no lock)."""
 
     def __init__(self, config: DetectConfig | None = None) -> None:
         self.config = config or DetectConfig()
@@ -48,52 +79,81 @@ class FaceDetector:
             device = self.config.device
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-            self._cnn = MmodDetector(device=device)  # torch: no lock, threads run it together
+            self._cnn = MmodDetector(device=device, batch_size=self.config.batch)
 
-    def _scan_scale(self, height: int, width: int) -> float:
-        scale = 2.0**self.config.upsample
-        cap = math.sqrt(self.config.max_detect_pixels / (height * width))
-        return min(scale, cap)
+    @property
+    def attempts(self) -> list[Attempt]:
+        """The attempts, in order, until one finds a face: "hog" and "cnn" at ``upsample`` then at
+        ``retry_upsample``; "cascade": HOG, then the CNN, then the CNN at ``retry_upsample``."""
+        first, retry = self.config.upsample, self.config.retry_upsample
+        kind = self.config.detector
+        attempts: list[Attempt] = [("hog", first), ("cnn", first)] if kind == "cascade" else [(kind, first)]
+        if retry > first:
+            attempts.append(("hog" if kind == "hog" else "cnn", retry))
+        return attempts
 
-    def find_boxes(self, image: RGBImage) -> list[tuple[Box, float]]:
-        """Boxes and scores of the faces in ``image``, largest first."""
+    def scan(self, image: RGBImage, upsample: int) -> Scan:
+        """The image to scan at ``upsample``: the photo itself where the detector's own integer
+        upsampling suffices, else a resized copy (under ``max_detect_pixels``)."""
         height, width = image.shape[:2]
-        scale = self._scan_scale(height, width)
-        upsample = round(math.log2(scale)) if scale >= 1 else 0
-        if scale >= 1 and math.isclose(scale, 2.0**upsample):
-            scan, scale = image, 1.0  # let the detector's pyramid do integer upsampling
-        else:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            scan = np.asarray(
-                Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-            )
-            scale, upsample = scan.shape[1] / width, 0
-        raw = [] if self.config.detector == "cnn" else self._hog_boxes(scan, upsample)
-        if not raw and self._cnn is not None:
-            raw = [(b, s) for b, s in self._cnn.detect(scan, upsample) if s >= self.config.score_threshold]
+        scale = min(2.0**upsample, math.sqrt(self.config.max_detect_pixels / (height * width)))
+        doublings = round(math.log2(scale)) if scale >= 1 else 0
+        if scale >= 1 and math.isclose(scale, 2.0**doublings):
+            return Scan(image, 1.0, doublings, (height, width))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        resized = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
+        return Scan(resized, resized.shape[1] / width, 0, (height, width))
+
+    def hog(self, scan: Scan) -> Raw:
+        """HOG's boxes in the scan."""
+        with self._lock:
+            rects, scores, _ = self._hog.run(scan.image, scan.upsample, self.config.score_threshold)
+        return [
+            ((rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1), float(score))
+            for rect, score in zip(rects, scores, strict=True)
+        ]
+
+    def cnn(self, scans: list[Scan]) -> list[Raw]:
+        """The CNN's boxes in each scan; scans of one :attr:`Scan.key` go through the network
+        together."""
+        if self._cnn is None:
+            raise RuntimeError("this detector was built without the CNN (detector = 'hog')")
+        found: list[Raw] = [[] for _ in scans]
+        groups: dict[int, list[int]] = {}  # the CNN batches photos of one size itself
+        for i, scan in enumerate(scans):
+            groups.setdefault(scan.upsample, []).append(i)
+        for upsample, members in groups.items():
+            results = self._cnn.detect_many([scans[i].image for i in members], upsample)
+            for i, result in zip(members, results, strict=True):
+                found[i] = [(b, s) for b, s in result if s >= self.config.score_threshold]
+        return found
+
+    def boxes(self, scan: Scan, raw: Raw) -> list[tuple[Box, float]]:
+        """``raw`` boxes in the photo's pixels, those narrower than ``min_face_size`` dropped,
+        largest first."""
+        height, width = scan.photo
         found: list[tuple[Box, float]] = []
         for (left, top, right, bottom), score in raw:
             box = Box(
-                max(left / scale, 0.0),
-                max(top / scale, 0.0),
-                min(right / scale, float(width)),
-                min(bottom / scale, float(height)),
+                max(left / scan.scale, 0.0),
+                max(top / scan.scale, 0.0),
+                min(right / scan.scale, float(width)),
+                min(bottom / scan.scale, float(height)),
             )
             if box.width >= self.config.min_face_size and box.height > 0:
                 found.append((box, float(score)))
         found.sort(key=lambda item: item[0].area, reverse=True)
         return found
 
-    def _hog_boxes(
-        self, scan: RGBImage, upsample: int
-    ) -> list[tuple[tuple[float, float, float, float], float]]:
-        """HOG's boxes in ``scan`` as (left, top, right, bottom), right and bottom exclusive."""
-        with self._lock:
-            rects, scores, _ = self._hog.run(scan, upsample, self.config.score_threshold)
-        return [
-            ((rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1), float(score))
-            for rect, score in zip(rects, scores, strict=True)
-        ]
+    def find_boxes(self, image: RGBImage) -> list[tuple[Box, float]]:
+        """Boxes and scores of the faces in ``image``, largest first: the first attempt that finds
+        any (in the calling thread)."""
+        for kind, upsample in self.attempts:
+            scan = self.scan(image, upsample)
+            found = self.boxes(scan, self.hog(scan) if kind == "hog" else self.cnn([scan])[0])
+            if found:
+                return found
+        return []
 
     def landmarks(self, image: RGBImage, box: Box) -> Landmarks:
         """The five landmarks of the face in ``box``."""
@@ -101,6 +161,10 @@ class FaceDetector:
             shape = self._shape(image, to_dlib(box))
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
 
+    def with_landmarks(self, image: RGBImage, boxes: list[tuple[Box, float]]) -> list[Detection]:
+        """Each box with its landmarks."""
+        return [Detection(box, score, self.landmarks(image, box)) for box, score in boxes]
+
     def detect(self, image: RGBImage) -> list[Detection]:
         """Every face in ``image`` with box, score and landmarks, largest first."""
-        return [Detection(box, score, self.landmarks(image, box)) for box, score in self.find_boxes(image)]
+        return self.with_landmarks(image, self.find_boxes(image))

@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -35,12 +36,30 @@ class Embedding(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Probe(_message.Message):
-    __slots__ = ("photo", "embedding")
+    __slots__ = ("photo", "embedding", "face")
     PHOTO_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    FACE_FIELD_NUMBER: _ClassVar[int]
     photo: bytes
     embedding: Embedding
-    def __init__(self, photo: _Optional[bytes] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ...) -> None: ...
+    face: FaceChoice
+    def __init__(self, photo: _Optional[bytes] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., face: _Optional[_Union[FaceChoice, _Mapping]] = ...) -> None: ...
+
+class FaceChoice(_message.Message):
+    __slots__ = ("rule", "box")
+    class Rule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        RULE_UNSPECIFIED: _ClassVar[FaceChoice.Rule]
+        RULE_LARGEST: _ClassVar[FaceChoice.Rule]
+        RULE_CENTRE: _ClassVar[FaceChoice.Rule]
+    RULE_UNSPECIFIED: FaceChoice.Rule
+    RULE_LARGEST: FaceChoice.Rule
+    RULE_CENTRE: FaceChoice.Rule
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    rule: FaceChoice.Rule
+    box: Box
+    def __init__(self, rule: _Optional[_Union[FaceChoice.Rule, str]] = ..., box: _Optional[_Union[Box, _Mapping]] = ...) -> None: ...
 
 class Gallery(_message.Message):
     __slots__ = ("name", "model", "dimension", "identity_count", "face_count", "index_kind", "index_training", "index_memory_bytes", "create_time", "index_device", "index_gpu_memory_bytes")
