@@ -264,7 +264,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         print(f"{path}: no photos found (expected IDENTITY/photo.jpg inside)", file=sys.stderr)
         return 2
     requests = (
-        enroll_request(args.gallery, identity, photo.read_bytes(), all_faces=args.all_faces)
+        enroll_request(args.gallery, identity, photo.read_bytes(), all_faces=args.all_faces, face=args.face)
         for identity, photo in items
     )
     # Enrolment is idempotent per photo (the server compares each photo's SHA-256 with those the
@@ -335,7 +335,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 # ---- identify / verify -----------------------------------------------------------------------
 def cmd_identify(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        faces = c.identify(args.gallery, photo=args.photo.read_bytes(), top_k=args.top_k)
+        faces = c.identify(args.gallery, photo=args.photo.read_bytes(), top_k=args.top_k, face=args.face)
     if args.json:
         _print_json(faces)
         return 0
@@ -356,9 +356,16 @@ def cmd_identify(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     with _client(args) as c:
         if args.identity:
-            v = c.verify(args.gallery, photo=args.photo.read_bytes(), identity_id=args.identity)
+            v = c.verify(
+                args.gallery, photo=args.photo.read_bytes(), identity_id=args.identity, face=args.face
+            )
         else:
-            v = c.verify(args.gallery, photo=args.photo.read_bytes(), other_photo=args.other.read_bytes())
+            v = c.verify(
+                args.gallery,
+                photo=args.photo.read_bytes(),
+                other_photo=args.other.read_bytes(),
+                face=args.face,
+            )
     if args.json:
         _print_json(v)
     else:
@@ -441,6 +448,28 @@ def cmd_faces(args: argparse.Namespace) -> int:
     return status
 
 
+def face_arg(value: str) -> str | tuple[float, float, float, float]:
+    """``--face``: "largest", "centre" or LEFT,TOP,RIGHT,BOTTOM (pixels of the upright photo)."""
+    if value in ("largest", "centre"):
+        return value
+    try:
+        left, top, right, bottom = (float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: give largest, centre or a box as LEFT,TOP,RIGHT,BOTTOM in pixels"
+        ) from None
+    return (left, top, right, bottom)
+
+
+def _face_argument(p: argparse.ArgumentParser, what: str = "the face the photo is of") -> None:
+    p.add_argument(
+        "--face",
+        type=face_arg,
+        default=None,
+        help=f"{what}: largest, centre, or a box LEFT,TOP,RIGHT,BOTTOM (default: the server's rule)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="faceid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -508,13 +537,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("gallery")
     p.add_argument("path", type=Path)
     p.add_argument("--identity", help="identity of a single photo (default: the file name)")
-    p.add_argument("--all-faces", action="store_true", help="enrol every face, not only the largest")
+    p.add_argument("--all-faces", action="store_true", help="enrol every face, not one")
+    _face_argument(p)
     p.set_defaults(func=cmd_enroll)
 
     p = sub.add_parser("identify", help="who is in this photo")
     p.add_argument("gallery")
     p.add_argument("photo", type=Path)
     p.add_argument("--top-k", type=int, default=5)
+    _face_argument(p, "the face to identify (default: every face)")
     p.set_defaults(func=cmd_identify)
 
     p = sub.add_parser("verify", help="is this photo of that identity (or of the person in another photo)")
@@ -523,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--identity")
     group.add_argument("--other", type=Path)
+    _face_argument(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("identities", help="list, show or delete identities")

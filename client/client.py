@@ -329,7 +329,8 @@ def _probe(
     if photo is not None:
         return pb.Probe(photo=photo, face=face_choice(face))
     assert embedding is not None  # one of the two, checked above
-    return pb.Probe(embedding=pb.Embedding(values=[float(x) for x in embedding], model=model))
+    values = [float(x) for x in embedding]
+    return pb.Probe(embedding=pb.Embedding(values=values, model=model), face=face_choice(face))
 
 
 def gallery_name(gallery: str) -> str:

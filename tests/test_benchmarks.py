@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from faceid.benchmarks import embed_throughput, lfw_verification
+from faceid.benchmarks import detector_verification, embed_throughput, lfw_verification, photo_throughput
 
 
 def test_lfw_verification_runs_the_protocol_and_writes_json_and_roc(faces: Path, tmp_path: Path) -> None:
@@ -142,3 +142,49 @@ def test_a_subset_of_pairs_holds_as_many_same_as_different_pairs_in_each_fold(fa
         for fold in {p.fold for p in pairs}:
             in_fold = [p for p in pairs if p.fold == fold]
             assert len(in_fold) == 10 and sum(p.same for p in in_fold) == 5
+
+
+def test_detector_verification_scores_each_mode_and_face_rule_and_plots_them(
+    faces: Path, tmp_path: Path
+) -> None:
+    detector_verification.main(
+        [
+            "--sets",
+            "cfp_dev/pairs_FF.csv",
+            "--modes",
+            "hog:0:1,cnn:0:0",
+            "--limit",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    saved = json.loads((tmp_path / "detector_verification.json").read_text())
+    assert set(saved["results"]) == {"hog:0:1", "cnn:0:0"}
+    for mode in saved["results"].values():
+        assert set(mode["rules"]) == {"centre", "largest"}
+        assert mode["rules"]["centre"]["cfp_dev/pairs_FF.csv"]["pairs"] == 10
+    assert (tmp_path / "detector_verification.png").stat().st_size > 0
+
+
+def test_photo_throughput_measures_embed_identify_and_the_detector_per_mode(
+    faces: Path, tmp_path: Path
+) -> None:
+    photo_throughput.main(
+        [
+            "--modes",
+            "cnn:0:1",
+            "--sizes",
+            "320x240",
+            "--rounds",
+            "1",
+            "--callers",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    saved = json.loads((tmp_path / "photo_throughput.json").read_text())
+    r = saved["results"]["cnn:0:1"]["320x240"]
+    assert r["embed"]["photos"] == r["identify"]["photos"] > 50
+    assert r["identify"]["photos_per_second"] > 0 and r["detector_alone_ms"] > 0

@@ -5,19 +5,25 @@ with what the engine answers (one Identify implementation, not two)."""
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from faceid.client.client import AsyncFaceIdClient, FaceIdClient, FaceIdClientError, enroll_request
 from faceid.engine.domain.results import EmbeddingInput
 from faceid.engine.service import Engine
 from faceid.engine.vision.pipeline import FacePipeline
+from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.server.app import Server
 from faceid.server.config import ServerConfig
+
+from .conftest import encode
 
 
 @asynccontextmanager
@@ -119,24 +125,154 @@ def test_the_asyncio_client_has_every_call_of_the_blocking_one(
     asyncio.run(run())
 
 
-def test_the_detector_is_chosen_by_a_setting_and_serves_the_detect_call(faces: Path, tmp_path: Path) -> None:
-    """``pipeline.detect.detector`` reaches the engine from the settings: with the CNN a profile
-    shot HOG misses has its face found through the Detect call."""
+def test_the_detector_is_chosen_by_a_setting_and_serves_the_detect_call(
+    faces: Path, tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    """``pipeline.detect.detector`` reaches the engine from the settings: a profile shot HOG misses
+    has its face found through the Detect call by the default detector, the CNN."""
     profile = sorted((faces / "cfp_dev" / "images").glob("*/profile_01.jpg"))[0].read_bytes()
 
     async def run() -> None:
         config = ServerConfig.load(
-            None, {"FACEID_PIPELINE__DETECT__DETECTOR": "cnn"}, port=0, data_dir=tmp_path
+            None, {"FACEID_PIPELINE__DETECT__DETECTOR": "hog"}, port=0, data_dir=tmp_path / "hog"
         )
-        assert config.engine.pipeline.detect.detector == "cnn"
+        assert config.engine.pipeline.detect.detector == "hog"
         server = Server(config)
         await server.start()
         try:
             assert server.first_key is not None
             async with AsyncFaceIdClient(f"127.0.0.1:{server.port}", api_key=server.first_key.token) as c:
-                [face] = await c.detect(profile)
-                assert face.score > 0 and len(face.landmarks) == 5
+                assert await c.detect(profile) == []
         finally:
             await server.stop()
+        async with serving(tmp_path / "cnn", pipeline) as (server, client):
+            assert server.engine.config.pipeline.detect.detector == "cnn"
+            [face] = await client.detect(profile)
+            assert face.score > 0 and len(face.landmarks) == 5
 
+    asyncio.run(run())
+
+
+def _two_people(faces: Path) -> bytes:
+    """A 1000×400 photo: Colin Powell large on the left, Serena Williams smaller at the centre."""
+    lfw = faces / "lfw" / "images"
+    canvas = Image.new("RGB", (1000, 400), (90, 90, 90))
+    canvas.paste(Image.open(lfw / "Colin_Powell" / "0001.jpg").resize((375, 375)), (0, 12))
+    canvas.paste(Image.open(lfw / "Serena_Williams" / "0001.jpg"), (375, 75))
+    return encode(canvas, "JPEG", quality=95)
+
+
+def test_a_photo_probe_takes_the_face_its_choice_names(
+    faces: Path, tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    """Largest, nearest the centre (the default), or the caller's box: each call means the face it
+    says, in Verify, Identify and Enroll."""
+    lfw = faces / "lfw" / "images"
+    photo = _two_people(faces)
+
+    async def run() -> None:
+        async with serving(tmp_path / "data", pipeline) as (_server, client):
+            await client.create_gallery("g")
+            await client.enroll("g", "powell", photo=(lfw / "Colin_Powell" / "0002.jpg").read_bytes())
+            await client.enroll("g", "serena", photo=(lfw / "Serena_Williams" / "0002.jpg").read_bytes())
+            found = await client.detect(photo)
+            assert len(found) == 2 and found[0].box.right < found[1].box.left  # Powell's, the larger, first
+            b = found[0].box
+            powell_box = (b.left, b.top, b.right, b.bottom)
+
+            async def matches(identity: str, **face: Any) -> bool:
+                return (await client.verify("g", photo=photo, identity_id=identity, **face)).is_match
+
+            assert await matches("powell", face="largest") and not await matches("serena", face="largest")
+            assert await matches("serena", face="centre") and not await matches("powell", face="centre")
+            assert await matches("serena")  # the default rule: nearest the centre
+            assert await matches("powell", face=powell_box)
+
+            every = await client.identify("g", photo=photo)
+            assert len(every) == 2  # no choice: every face
+            [largest] = await client.identify("g", photo=photo, face="largest")
+            assert largest.matches[0].identity_id == "powell"
+            [boxed] = await client.identify("g", photo=photo, face=powell_box)
+            assert boxed.matches[0].identity_id == "powell" and boxed.box is not None
+            assert (boxed.box.left, boxed.box.top, boxed.box.right, boxed.box.bottom) == powell_box
+
+            [enrolled] = await client.enroll("g", "pair", photo=photo)  # the default: Serena's face
+            [by_box] = await client.enroll("g", "pair", photo=photo, face=powell_box)
+            assert by_box.face_id != enrolled.face_id and not by_box.already_enrolled
+            [again] = await client.enroll("g", "pair", photo=photo, face=powell_box)
+            assert again.already_enrolled and again.face_id == by_box.face_id
+
+    asyncio.run(run())
+
+
+def test_a_face_choice_that_cannot_apply_is_refused_with_what_to_send(
+    faces: Path, tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    photo = _two_people(faces)
+
+    async def run() -> None:
+        async with serving(tmp_path / "data", pipeline) as (_server, client):
+            await client.create_gallery("g")
+            await client.enroll("g", "x", embedding=[1.0] + [0.0] * 127)
+            refusals = {
+                "an embedding": {"embedding": [1.0] + [0.0] * 127, "face": "largest"},
+                "outside the photo": {"photo": photo, "face": (900.0, 100.0, 1100.0, 300.0)},
+                "too small": {"photo": photo, "face": (10.0, 10.0, 15.0, 15.0)},
+                "inverted": {"photo": photo, "face": (300.0, 100.0, 100.0, 300.0)},
+            }
+            for why, probe in refusals.items():
+                with pytest.raises(FaceIdClientError) as refused:
+                    await client.verify("g", identity_id="x", **probe)  # type: ignore[arg-type]
+                assert refused.value.code == "INVALID_ARGUMENT", why
+                assert "face" in refused.value.message, why
+            with pytest.raises(FaceIdClientError) as both:
+                await client.enroll("g", "x", photo=photo, all_faces=True, face="largest")
+            assert both.value.code == "INVALID_ARGUMENT" and "all_faces" in both.value.message
+            for face in (
+                pb.FaceChoice(rule=7),  # type: ignore[arg-type]
+                pb.FaceChoice(
+                    rule=pb.FaceChoice.RULE_LARGEST, box=pb.Box(left=1, top=1, right=90, bottom=90)
+                ),
+            ):
+                request = pb.VerifyRequest(
+                    parent="galleries/g", probe=pb.Probe(photo=photo, face=face), identity="x"
+                )
+                with pytest.raises(FaceIdClientError) as bad:
+                    await client._call("Verify", request)
+                assert bad.value.code == "INVALID_ARGUMENT" and "rule" in bad.value.message
+
+    asyncio.run(run())
+
+
+def test_concurrent_photos_of_one_size_go_through_the_cnn_together_with_the_same_boxes(
+    faces: Path, tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    """The engine batches the CNN across calls: photos of one size sent together share network
+    batches, and each gets the boxes it gets alone."""
+    photos = [
+        p.read_bytes() for p in sorted((faces / "cfp_dev" / "images").glob("00[1-4]_*/profile_0[12].jpg"))
+    ]
+    sizes = {Image.open(io.BytesIO(p)).size for p in photos}
+    photo = photos[0]
+    same = [photo] * 8
+
+    async def run() -> None:
+        config = ServerConfig.load(None, {}, port=0, data_dir=tmp_path)
+        engine = Engine(config.engine, pipeline=pipeline)
+        try:
+            alone = [d.box for d in (await engine.detect(photo)).faces]
+            batcher = engine.detect_batcher
+            batches, items = batcher.batches, batcher.items
+            together = await asyncio.gather(*(engine.detect(p) for p in same))
+            assert all([d.box for d in r.faces] == alone for r in together)
+            assert batcher.items - items == 8 and batcher.batches - batches < 8
+            mixed = await asyncio.gather(*(engine.detect(p) for p in photos))
+            for p, r in zip(photos, mixed, strict=True):
+                assert [d.box for d in r.faces] == [
+                    b for b, _ in pipeline.detector.find_boxes(pipeline.decode(p))
+                ]
+        finally:
+            await asyncio.to_thread(engine.close)
+
+    assert len(sizes) > 1  # the mixed photos are of several sizes
     asyncio.run(run())

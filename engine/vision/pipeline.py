@@ -1,9 +1,9 @@
 """The face pipeline: photo → faces, each with box, landmarks, score and embedding.
 
-decode (Pillow) → detect (dlib HOG) → landmarks (dlib 5-point) → align (dlib
-chip, 150×150) → embed (dlib's ResNet in torch).  The engine
-(:class:`~faceid.engine.service.engine.Engine`) runs these stages for every request that
-sends a photo, with the embedding batched across concurrent calls.
+decode (Pillow) → detect (dlib's MMOD CNN in torch, or HOG: :mod:`.detect`) → landmarks (dlib
+5-point) → align (dlib chip, 150×150) → embed (dlib's ResNet in torch).  The engine
+(:class:`~faceid.engine.service.engine.Engine`) runs these stages for every request that sends a
+photo, with the CNN and the embedding batched across concurrent calls.
 """
 
 from __future__ import annotations

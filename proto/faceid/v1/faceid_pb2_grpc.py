@@ -148,7 +148,8 @@ class FaceIdServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Enroll(self, request, context):
-        """Enrols the largest face of a photo (or every face), or a ready embedding, into an identity,
+        """Enrols one face of a photo (the one `probe.face` names; by default the face nearest the centre), or
+        every face, or a ready embedding, into an identity,
         creating the identity when it is new.  Idempotent per source: enrolling the same photo bytes (or
         the same embedding values) into the same identity again adds no face and answers with the faces
         enrolled from it before, marked `already_enrolled`; so a call whose outcome is unknown (a timeout,
