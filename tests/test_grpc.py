@@ -198,6 +198,11 @@ def test_the_command_line_enrols_a_folder_and_identifies(
     output = faceid("identify", "cli", str(sorted(first.iterdir())[4]))
     assert f"MATCH {first.name}" in output
     assert first.name in faceid("identities", "cli", "list")
+    # --face names the face: a rule, or a box (here one far off the face: no match)
+    probe = str(sorted(first.iterdir())[4])
+    assert f"MATCH {first.name}" in faceid("identify", "cli", probe, "--face", "largest")
+    assert "same person" in faceid("verify", "cli", probe, "--identity", first.name, "--face", "centre")
+    assert f"MATCH {first.name}" not in faceid("identify", "cli", probe, "--face", "0,0,40,40")
 
 
 def test_bulk_enrol_of_many_embeddings_batches_them_and_keeps_each_result(client: FaceIdClient) -> None:
