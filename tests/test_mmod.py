@@ -154,3 +154,30 @@ def test_photos_too_small_for_the_network_have_no_faces(ours: MmodDetector) -> N
     for shape in [(0, 0, 3), (1, 1, 3), (8, 8, 3), (5, 40, 3)]:
         assert ours.detect(np.zeros(shape, np.uint8)) == []
         assert ours.detect(np.zeros(shape, np.uint8), upsample=1) == []
+
+
+def test_landmarks_and_chips_on_the_cnns_boxes_are_those_of_dlibs_own_cnn_pipeline(
+    photos_root: Path, theirs: dlib.cnn_face_detection_model_v1
+) -> None:
+    """dlib's own pipeline (its CNN detector, the 5-point shape predictor on its box,
+    ``get_face_chip(150, 0.25)``) against the engine's (the torch CNN, the same predictor, the
+    same chip): the same landmarks and the same chip pixels, profile shots included, and a box
+    that runs past the photo's edge (Aaron Rodgers's frontal shot) reaches the predictor unclipped,
+    as dlib's does."""
+    from faceid.engine.config import DetectConfig
+    from faceid.engine.vision.align import face_chips
+    from faceid.engine.vision.detect import FaceDetector
+    from faceid.engine.vision.weights import LANDMARKS_5_FILE, model_file
+
+    shape = dlib.shape_predictor(str(model_file(LANDMARKS_5_FILE)))
+    engine = FaceDetector(DetectConfig(detector="cnn", upsample=0, retry_upsample=0, min_face_size=0))
+    for rel in PHOTOS[3:]:
+        image = load(photos_root, rel)
+        [found] = [d.rect for d in theirs(image, 0)]
+        reference = shape(image, found)
+        chip = dlib.get_face_chip(image, reference, size=150, padding=0.25)
+        [ours] = engine.detect(image)
+        expected = np.array([[p.x, p.y] for p in reference.parts()], np.float32)
+        np.testing.assert_array_equal(ours.landmarks, expected, err_msg=rel)
+        [our_chip] = face_chips(image, [(ours.box, ours.landmarks)])
+        np.testing.assert_array_equal(our_chip, chip, err_msg=rel)

@@ -130,16 +130,13 @@ class FaceDetector:
 
     def boxes(self, scan: Scan, raw: Raw) -> list[tuple[Box, float]]:
         """``raw`` boxes in the photo's pixels, those narrower than ``min_face_size`` dropped,
-        largest first."""
-        height, width = scan.photo
+        largest first.  A box may run past the photo's edge (a face cut by the border): the shape
+        predictor is given it so, as dlib's detectors give it (:meth:`with_landmarks` clips the box
+        it reports)."""
         found: list[tuple[Box, float]] = []
         for (left, top, right, bottom), score in raw:
-            box = Box(
-                max(left / scan.scale, 0.0),
-                max(top / scan.scale, 0.0),
-                min(right / scan.scale, float(width)),
-                min(bottom / scan.scale, float(height)),
-            )
+            s = scan.scale
+            box = Box(left / s, top / s, right / s, bottom / s)
             if box.width >= self.config.min_face_size and box.height > 0:
                 found.append((box, float(score)))
         found.sort(key=lambda item: item[0].area, reverse=True)
@@ -162,9 +159,19 @@ class FaceDetector:
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
 
     def with_landmarks(self, image: RGBImage, boxes: list[tuple[Box, float]]) -> list[Detection]:
-        """Each box with its landmarks."""
-        return [Detection(box, score, self.landmarks(image, box)) for box, score in boxes]
+        """Each box with its landmarks (found on the box as the detector gave it), the box then
+        clipped to the photo."""
+        height, width = image.shape[:2]
+        return [
+            Detection(_clipped(box, width, height), score, self.landmarks(image, box)) for box, score in boxes
+        ]
 
     def detect(self, image: RGBImage) -> list[Detection]:
         """Every face in ``image`` with box, score and landmarks, largest first."""
         return self.with_landmarks(image, self.find_boxes(image))
+
+
+def _clipped(box: Box, width: int, height: int) -> Box:
+    return Box(
+        max(box.left, 0.0), max(box.top, 0.0), min(box.right, float(width)), min(box.bottom, float(height))
+    )
