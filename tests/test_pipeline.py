@@ -20,14 +20,15 @@ from faceid.engine.vision.pipeline import FacePipeline
 from .conftest import encode
 
 
-async def _faces_together(pipeline: FacePipeline, photos: list[bytes], data: Path) -> list[list[Face]]:
+async def _faces_together(
+    pipeline: FacePipeline, photos: list[bytes], data: Path
+) -> tuple[list[list[Face]], int]:
     """Every photo's faces through the engine's photo stages, all photos at once (one engine with
-    no gallery: only its pipeline and batching are used)."""
+    no gallery: only its pipeline and batching are used), and how many embedding batches it took."""
     engine = Engine(EngineConfig(data_dir=data), pipeline=pipeline)
     try:
         found = await asyncio.gather(*(engine.faces(p) for p in photos))
-        assert engine.embed_batcher.batches < len(photos), "concurrent photos share network batches"
-        return list(found)
+        return list(found), engine.embed_batcher.batches
     finally:
         engine.close()
 
@@ -38,7 +39,7 @@ def test_full_size_photos_verify_at_dlibs_threshold(
     """deepface's 520 pairs of full-size photos (one file a WEBP named .jpg), at the default threshold."""
     pairs = read_pairs(faces / "deepface_unit13" / "pairs.csv")
     paths = sorted({p.path1 for p in pairs} | {p.path2 for p in pairs})
-    found = asyncio.run(_faces_together(pipeline, [p.read_bytes() for p in paths], tmp_path))
+    found, _ = asyncio.run(_faces_together(pipeline, [p.read_bytes() for p in paths], tmp_path))
     assert all(found), "every photo of the set holds a face"
     emb = {p: f[0].embedding for p, f in zip(paths, found, strict=True)}
     threshold = DLIB_RESNET_V1.default_threshold
@@ -52,7 +53,12 @@ def test_photos_embedded_together_get_what_each_gets_alone(
     """The engine's photo path, with concurrent photos' faces in shared network batches, gives
     each photo the faces and embeddings the pipeline gives it alone."""
     photos = [p.read_bytes() for p in sorted((faces / "fr_openface_examples7" / "images").glob("*/*"))[:6]]
-    together = asyncio.run(_faces_together(pipeline, photos, tmp_path))
+    together, _ = asyncio.run(_faces_together(pipeline, photos, tmp_path / "mixed"))
+    # photos of one size leave detection together (one CNN batch), so their faces share
+    # embedding batches; photos of many sizes finish detection apart
+    same, batches = asyncio.run(_faces_together(pipeline, [photos[0]] * 6, tmp_path / "same"))
+    assert batches < 6, "concurrent photos share network batches"
+    assert all(f[0].box == same[0][0].box for f in same)
     for data, batch_faces in zip(photos, together, strict=True):
         alone = pipeline.process(data)
         assert len(alone) == len(batch_faces)

@@ -268,9 +268,7 @@ def test_concurrent_photos_of_one_size_go_through_the_cnn_together_with_the_same
             assert batcher.items - items == 8 and batcher.batches - batches < 8
             mixed = await asyncio.gather(*(engine.detect(p) for p in photos))
             for p, r in zip(photos, mixed, strict=True):
-                assert [d.box for d in r.faces] == [
-                    b for b, _ in pipeline.detector.find_boxes(pipeline.decode(p))
-                ]
+                assert [d.box for d in r.faces] == [d.box for d in pipeline.detect(p)]
         finally:
             await asyncio.to_thread(engine.close)
 
