@@ -274,3 +274,28 @@ def test_concurrent_photos_of_one_size_go_through_the_cnn_together_with_the_same
 
     assert len(sizes) > 1  # the mixed photos are of several sizes
     asyncio.run(run())
+
+
+def test_a_bad_embedding_fails_alone_and_not_the_calls_it_shares_a_search_batch_with(
+    tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    """Concurrent Identify calls share one index search; a caller that sends embeddings of the wrong
+    size (or model) gets INVALID_ARGUMENT, and the callers batched with it get their matches."""
+    good = [1.0] + [0.0] * 127
+
+    async def run() -> None:
+        async with serving(tmp_path / "data", pipeline) as (server, client):
+            await client.create_gallery("g")
+            await client.enroll("g", "ann", embedding=good)
+            bad: dict[str, Any] = {"embedding": [1.0] * 5}
+            calls = [client.identify("g", **({"embedding": good} if i % 2 else bad)) for i in range(40)]
+            answers = await asyncio.gather(*calls, return_exceptions=True)
+            for i, answer in enumerate(answers):
+                if i % 2:
+                    assert not isinstance(answer, BaseException), answer
+                    assert answer[0].matches[0].identity_id == "ann"
+                else:
+                    assert isinstance(answer, FaceIdClientError) and answer.code == "INVALID_ARGUMENT"
+            assert server.engine.search_batcher.batches < 40  # they did share batches
+
+    asyncio.run(run())

@@ -18,7 +18,7 @@ parses, awaits it and converts.  The engine owns what a request needs on its way
 
 Identify, top to bottom: ``Engine.identify`` → ``Engine.faces`` (a photo: ``detect_batcher``,
 ``embed_batcher``) →
-``search_batcher`` → ``FaceService.identify_embeddings`` → ``GalleryIndex.search_with_groups``.
+``search_batcher`` → ``FaceService.identify_each`` → ``GalleryIndex.search_with_groups``.
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ class Engine:
         self._pipeline = pipeline
         self._pipeline_lock = threading.Lock()
         window = config.batch_window_ms / 1000
-        self.search_batcher: MicroBatcher[tuple[EmbeddingInput, int], list[Match]] = MicroBatcher(
-            self._search_batch, self.executor, window, config.max_batch, config.batch_inflight
+        self.search_batcher: MicroBatcher[tuple[EmbeddingInput, int], list[Match] | FaceIdError] = (
+            MicroBatcher(self._search_batch, self.executor, window, config.max_batch, config.batch_inflight)
         )
         self.embed_batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
             self._embed_batch, self.executor, window, config.max_batch, config.batch_inflight
@@ -160,14 +160,23 @@ class Engine:
                         ) from exc
         return self._pipeline
 
-    def _search_batch(self, key: Hashable, items: list[tuple[EmbeddingInput, int]]) -> list[list[Match]]:
+    def _search_batch(
+        self, key: Hashable, items: list[tuple[EmbeddingInput, int]]
+    ) -> list[list[Match] | FaceIdError]:
+        """One search for many callers' probes; a bad probe gets its own error, in its place."""
         gallery, threshold, params = cast(SearchKey, key)
         top = max(k for _, k in items)
         embeddings = [e for e, _ in items]
-        results = _database_reached(
-            self.service.identify_embeddings, gallery, embeddings, top, threshold, params
-        )
-        return [r[:k] for r, (_, k) in zip(results, items, strict=True)]
+        results = _database_reached(self.service.identify_each, gallery, embeddings, top, threshold, params)
+        return [r if isinstance(r, FaceIdError) else r[:k] for r, (_, k) in zip(results, items, strict=True)]
+
+    async def _search(self, key: SearchKey, probes: list[tuple[EmbeddingInput, int]]) -> list[list[Match]]:
+        """The matches of each probe, through the search batch; the first bad probe's error."""
+        results = await self.search_batcher.submit(key, probes)
+        for r in results:
+            if isinstance(r, FaceIdError):
+                raise r
+        return cast(list[list[Match]], results)
 
     def _embed_batch(self, _key: Hashable, chips: list[np.ndarray]) -> list[np.ndarray]:
         return list(self.pipeline.embedder.embed(np.stack(chips)))
@@ -372,13 +381,13 @@ class Engine:
             raise InvalidInputError("nprobe and rerank_factor must not be negative")
         key: SearchKey = (gallery, decision, params)
         if isinstance(probe, EmbeddingInput):
-            [matches] = await self.search_batcher.submit(key, [(probe, top_k)])
+            [matches] = await self._search(key, [(probe, top_k)])
             results = [FaceMatches(None, None, matches)]
         else:
             await self._check_gallery_before_photos(gallery, probe)
             found = await self.faces(probe)
             inputs = [(EmbeddingInput(f.embedding), top_k) for f in found]
-            lists = await self.search_batcher.submit(key, inputs) if inputs else []
+            lists = await self._search(key, inputs) if inputs else []
             results = [FaceMatches(f.box, _score(f), m) for f, m in zip(found, lists, strict=True)]
         if min_similarity:
             results = [

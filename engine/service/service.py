@@ -13,7 +13,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -400,13 +400,47 @@ class FaceService:
         threshold: float | None = None,
         params: SearchParams | None = None,
     ) -> list[list[Match]]:
-        """The ``top_k`` nearest identities of each embedding, best first (one batched search)."""
-        state = self.galleries.current(gallery)
-        self.check_top_k(top_k)
+        """The ``top_k`` nearest identities of each embedding, best first (one batched search); the
+        first bad embedding fails the call."""
         if not embeddings:
             raise InvalidInputError("give at least one embedding")
-        vectors = np.stack([check_embedding(state.gallery, e) for e in embeddings])
-        return self._search(state, vectors, top_k, self.decision_threshold(threshold), params)
+        results = self.identify_each(gallery, embeddings, top_k, threshold, params)
+        for r in results:
+            if isinstance(r, FaceIdError):
+                raise r
+        return cast(list[list[Match]], results)
+
+    def identify_each(
+        self,
+        gallery: str,
+        embeddings: Sequence[EmbeddingInput],
+        top_k: int = 5,
+        threshold: float | None = None,
+        params: SearchParams | None = None,
+    ) -> list[list[Match] | FaceIdError]:
+        """Each embedding on its own merits: the ``top_k`` nearest identities of the good ones (one
+        batched search), the error of each bad one (wrong dimension, model, length) in its place.
+        The engine's search batches hold the probes of many callers: one caller's bad embedding
+        must not fail the others'."""
+        state = self.galleries.current(gallery)
+        self.check_top_k(top_k)
+        decision = self.decision_threshold(threshold)
+        results: list[list[Match] | FaceIdError] = []
+        good: list[int] = []
+        vectors = []
+        for i, e in enumerate(embeddings):
+            try:
+                vectors.append(check_embedding(state.gallery, e))
+            except FaceIdError as exc:
+                results.append(exc)
+                continue
+            results.append([])
+            good.append(i)
+        if good:
+            found = self._search(state, np.stack(vectors), top_k, decision, params)
+            for i, matches in zip(good, found, strict=True):
+                results[i] = matches
+        return results
 
     # ---- verify -------------------------------------------------------------------------------
     @staticmethod
