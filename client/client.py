@@ -221,6 +221,16 @@ class BulkResult:
     error_message: str = ""
 
 
+@dataclass(frozen=True)
+class BatchMatches:
+    """One probe's result in an IdentifyBatch answer: its faces' matches, or its own error."""
+
+    index: int
+    faces: list[FaceMatches]
+    error_code: str = ""
+    error_message: str = ""
+
+
 # ---- translation -----------------------------------------------------------------------------
 def _embedded(response: pb.EmbedResponse, aligned: bool) -> list[DetectedFace | list[float]]:
     """An Embed answer: the chip's embedding, or each face found with its embedding."""
@@ -269,6 +279,11 @@ def _enrolled(m: pb.EnrolledFace) -> EnrolledFace:
 def _bulk_result(m: pb.BulkEnrollResult) -> BulkResult:
     code = _CODE_NAMES.get(m.error_code, "UNKNOWN") if m.error_code else ""
     return BulkResult(m.index, [_enrolled(f) for f in m.faces], code, m.error_message)
+
+
+def _batch_matches(m: pb.IdentifyBatchResult) -> BatchMatches:
+    code = _CODE_NAMES.get(m.error_code, "UNKNOWN") if m.error_code else ""
+    return BatchMatches(m.index, [_face_matches(f) for f in m.faces], code, m.error_message)
 
 
 def _face_matches(m: pb.FaceMatches) -> FaceMatches:
@@ -375,6 +390,32 @@ def identify_request(
     return pb.IdentifyRequest(
         parent=gallery_name(gallery),
         probe=_probe(photo, embedding, face=face),
+        top_k=top_k,
+        threshold=threshold,
+        min_similarity=min_similarity,
+        nprobe=nprobe,
+        rerank_factor=rerank_factor,
+    )
+
+
+#: A probe of :func:`identify_batch_request`: photo bytes, or an embedding (any sequence of floats).
+ProbeArg = bytes | Sequence[float]
+
+
+def identify_batch_request(
+    gallery: str,
+    probes: Sequence[ProbeArg],
+    top_k: int = 5,
+    threshold: float = 0.0,
+    min_similarity: float = 0.0,
+    nprobe: int = 0,
+    rerank_factor: int = 0,
+    face: FaceArg = None,
+) -> pb.IdentifyBatchRequest:
+    """An IdentifyBatch request; ``face`` applies to every photo probe."""
+    return pb.IdentifyBatchRequest(
+        parent=gallery_name(gallery),
+        probes=[_probe(p, None, face=face) if isinstance(p, bytes) else _probe(None, p) for p in probes],
         top_k=top_k,
         threshold=threshold,
         min_similarity=min_similarity,
@@ -520,6 +561,14 @@ class FaceIdClient:
         response = self._call("Identify", identify_request(gallery, photo, embedding, top_k, **options))
         return [_face_matches(f) for f in response.faces]
 
+    def identify_batch(
+        self, gallery: str, probes: Sequence[ProbeArg], top_k: int = 5, **options: Any
+    ) -> list[BatchMatches]:
+        """Up to 1,024 probes (photo bytes or embeddings) in one call; one result per probe, in
+        order, a bad probe failing alone (its ``error_code``)."""
+        response = self._call("IdentifyBatch", identify_batch_request(gallery, probes, top_k, **options))
+        return [_batch_matches(r) for r in response.results]
+
     def verify(
         self,
         gallery: str,
@@ -643,6 +692,13 @@ class AsyncFaceIdClient:
     ) -> list[FaceMatches]:
         response = await self._call("Identify", identify_request(gallery, photo, embedding, top_k, **options))
         return [_face_matches(f) for f in response.faces]
+
+    async def identify_batch(
+        self, gallery: str, probes: Sequence[ProbeArg], top_k: int = 5, **options: Any
+    ) -> list[BatchMatches]:
+        """:meth:`FaceIdClient.identify_batch` for asyncio."""
+        request = identify_batch_request(gallery, probes, top_k, **options)
+        return [_batch_matches(r) for r in (await self._call("IdentifyBatch", request)).results]
 
     async def verify(
         self,

@@ -36,7 +36,7 @@ class DecodeConfig:
             raise ValueError("max_aspect_ratio must be at least 1")
 
 
-DetectorKind = Literal["hog", "cnn", "cascade"]
+DetectorKind = Literal["auto", "hog", "cnn", "cascade"]
 
 
 @dataclass(frozen=True)
@@ -44,14 +44,15 @@ class DetectConfig:
     """The face detector.  Both of dlib's detectors scan an 80×80 px window, so upsampling finds
     smaller faces."""
 
-    #: "cnn" (the default): dlib's MMOD CNN detector in torch (:mod:`faceid.engine.vision.mmod`;
-    #: the same boxes and scores as dlib's to within 1e-5, ~20× dlib's speed on the CPU), which finds
-    #: the turned and profile faces HOG misses; "hog": dlib's HOG frontal detector (CPU, one thread
-    #: at a time); "cascade": HOG first, the CNN on photos where HOG finds nothing.  Chosen by the
-    #: benchmark through the API (BENCHMARKS.md "Choosing the detector"): on cfp_dev's
-    #: frontal–profile pairs the CNN finds a face in all but a few photos where HOG misses 37 %,
-    #: and at upsample 0 it is faster than HOG at upsample 1 on frontal photos.
-    detector: DetectorKind = "cnn"
+    #: "cnn": dlib's MMOD CNN detector in torch (:mod:`faceid.engine.vision.mmod`; the same boxes
+    #: and scores as dlib's to within 1e-5, ~20× dlib's speed on the CPU), which finds the turned and
+    #: profile faces HOG misses; "hog": dlib's HOG frontal detector (CPU, one thread at a time);
+    #: "cascade": HOG first, the CNN on photos where HOG finds nothing; "auto" (the default): the CNN
+    #: where it runs on a GPU (batched across calls), else the cascade.  Chosen by the benchmark
+    #: through the API (BENCHMARKS.md "Choosing the detector"): on the CPU the cascade is as
+    #: accurate as the CNN (LFW 0.990 / 0.991, cfp_dev frontal–profile 0.844 / 0.844, where HOG
+    #: alone gets 0.62) at twice its speed on frontal photos, where HOG finds the face.
+    detector: DetectorKind = "auto"
     #: Where the CNN runs: "auto" (CUDA when torch sees it, else the CPU) or a torch device.
     device: str = "auto"
     #: Times the photo is upsampled ×2 before the first scan (0 finds faces down to about 80 px,
@@ -84,8 +85,8 @@ class DetectConfig:
             raise ValueError("max_detect_pixels must be at least 6400 (one 80×80 scan window)")
         if self.min_face_size < 0:
             raise ValueError("min_face_size must be non-negative")
-        if self.detector not in ("hog", "cnn", "cascade"):
-            raise ValueError(f"detector must be hog, cnn or cascade; got {self.detector!r}")
+        if self.detector not in ("auto", "hog", "cnn", "cascade"):
+            raise ValueError(f"detector must be auto, hog, cnn or cascade; got {self.detector!r}")
         if not math.isfinite(self.score_threshold):
             raise ValueError("score_threshold must be a finite number")
 

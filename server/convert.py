@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from faceid.engine.domain.errors import InvalidInputError
+from faceid.engine.domain.errors import FaceIdError, InvalidInputError
 from faceid.engine.domain.faces import Box, Detection, FaceChoice, FaceRule
 from faceid.engine.domain.records import Identity
 from faceid.engine.domain.results import (
@@ -146,6 +146,23 @@ def gallery_pb(s: GalleryStats) -> pb.Gallery:
         index_gpu_memory_bytes=s.index.gpu_memory_bytes,
         create_time=s.gallery.created_at.isoformat(),
     )
+
+
+def probe_or_error(probe: pb.Probe) -> PhotoInput | EmbeddingInput | FaceIdError:
+    """A probe of a batch, or why it cannot be read (it then fails alone)."""
+    try:
+        return probe_in(probe)
+    except FaceIdError as exc:
+        return exc
+
+
+def identify_batch_result(
+    gallery: str, index: int, result: list[FaceMatches] | FaceIdError
+) -> pb.IdentifyBatchResult:
+    if isinstance(result, FaceIdError):
+        code, message = status_of(result)
+        return pb.IdentifyBatchResult(index=index, error_code=code.value[0], error_message=message)
+    return pb.IdentifyBatchResult(index=index, faces=[face_matches_pb(gallery, r) for r in result])
 
 
 def error_result(index: int, exc: BaseException) -> pb.BulkEnrollResult:

@@ -34,8 +34,10 @@ from faceid.server.convert import (
     error_result,
     face_matches_pb,
     gallery_pb,
+    identify_batch_result,
     identity_pb,
     probe_in,
+    probe_or_error,
 )
 from faceid.server.names import face_of, gallery_of, identity_of
 
@@ -264,6 +266,21 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
         )
         return pb.IdentifyResponse(
             threshold=answer.threshold, faces=[face_matches_pb(gallery, r) for r in answer.faces]
+        )
+
+    @rpc
+    async def IdentifyBatch(self, request: pb.IdentifyBatchRequest, context: Any) -> pb.IdentifyBatchResponse:
+        gallery = gallery_of(request.parent, "parent")
+        threshold, results = await self.engine.identify_batch(
+            gallery,
+            [probe_or_error(p) for p in request.probes],
+            request.top_k or 5,
+            request.threshold or None,
+            request.min_similarity,
+            SearchParams(nprobe=request.nprobe or None, rerank_factor=request.rerank_factor or None),
+        )
+        return pb.IdentifyBatchResponse(
+            threshold=threshold, results=[identify_batch_result(gallery, i, r) for i, r in enumerate(results)]
         )
 
     @rpc

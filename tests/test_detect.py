@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from faceid.engine.config import DecodeConfig, DetectConfig, PipelineConfig
@@ -135,3 +136,22 @@ def test_the_cascade_keeps_hogs_faces_and_asks_the_cnn_only_where_hog_finds_none
     assert [d.box for d in cascade.detect(frontal)] == [d.box for d in hog.detect(frontal)] != []
     profile = next(p for p in _profiles(faces) if not hog.detect(p))
     assert [d.box for d in cascade.detect(profile)] == [d.box for d in cnn.detect(profile)] != []
+
+
+def test_a_retry_that_would_scan_no_finer_than_the_first_scan_is_skipped() -> None:
+    """The pixel cap holds a 1920×1080 photo's scan at 2.07 MP whatever the upsampling: its retry
+    would scan the same pixels again; a 640×480 photo's retry scans at twice the scale."""
+    detector = FaceDetector(DetectConfig(detector="hog", upsample=0, retry_upsample=1))
+    assert detector.attempts_for(480, 640) == [("hog", 0), ("hog", 1)]
+    assert detector.attempts_for(1080, 1920) == [("hog", 0)]
+    cascade = FaceDetector(DetectConfig(detector="cascade", upsample=0, retry_upsample=1))
+    assert cascade.attempts_for(1080, 1920) == [("hog", 0), ("cnn", 0)]
+    assert cascade.attempts_for(480, 640) == [("hog", 0), ("cnn", 0), ("cnn", 1)]
+
+
+def test_the_default_detector_is_the_cnn_on_a_gpu_and_the_cascade_on_the_cpu() -> None:
+    assert DetectConfig().detector == "auto"
+    assert FaceDetector(DetectConfig(device="cpu")).kind == "cascade"
+    assert FaceDetector(DetectConfig(detector="cnn", device="cpu")).kind == "cnn"
+    if torch.cuda.is_available():
+        assert FaceDetector(DetectConfig(device="cuda")).kind == "cnn"

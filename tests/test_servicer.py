@@ -129,7 +129,7 @@ def test_the_detector_is_chosen_by_a_setting_and_serves_the_detect_call(
     faces: Path, tmp_path: Path, pipeline: FacePipeline
 ) -> None:
     """``pipeline.detect.detector`` reaches the engine from the settings: a profile shot HOG misses
-    has its face found through the Detect call by the default detector, the CNN."""
+    has its face found through the Detect call by the default detector, which has the CNN."""
     profile = sorted((faces / "cfp_dev" / "images").glob("*/profile_01.jpg"))[0].read_bytes()
 
     async def run() -> None:
@@ -146,7 +146,8 @@ def test_the_detector_is_chosen_by_a_setting_and_serves_the_detect_call(
         finally:
             await server.stop()
         async with serving(tmp_path / "cnn", pipeline) as (server, client):
-            assert server.engine.config.pipeline.detect.detector == "cnn"
+            assert server.engine.config.pipeline.detect.detector == "auto"
+            assert pipeline.detector.kind in ("cnn", "cascade")  # the CNN on a GPU, else HOG, then the CNN
             [face] = await client.detect(profile)
             assert face.score > 0 and len(face.landmarks) == 5
 
@@ -297,5 +298,61 @@ def test_a_bad_embedding_fails_alone_and_not_the_calls_it_shares_a_search_batch_
                 else:
                     assert isinstance(answer, FaceIdClientError) and answer.code == "INVALID_ARGUMENT"
             assert server.engine.search_batcher.batches < 40  # they did share batches
+
+    asyncio.run(run())
+
+
+def test_identify_batch_answers_each_probe_as_identify_does_and_a_bad_probe_fails_alone(
+    faces: Path, tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    root = faces / "lfw_orig_subset10_krasserm" / "images"
+    people = sorted(p for p in root.iterdir() if p.is_dir())[:4]
+    rng = np.random.default_rng(3)
+
+    async def run() -> None:
+        async with serving(tmp_path / "data", pipeline) as (_server, client):
+            await client.create_gallery("g")
+            for person in people:
+                await client.enroll("g", person.name, photo=sorted(person.iterdir())[0].read_bytes())
+            vectors = [v / np.linalg.norm(v) for v in rng.normal(size=(3, 128))]
+            for i, v in enumerate(vectors):
+                await client.enroll("g", f"vector{i}", embedding=v.tolist())
+            photos = [sorted(p.iterdir())[5].read_bytes() for p in people]
+            probes: list[Any] = [
+                photos[0],
+                vectors[0].tolist(),
+                [1.0] * 5,  # the wrong size: fails alone
+                photos[1],
+                b"not a photo",  # fails alone
+                encode(np.full((200, 200, 3), 128, np.uint8)),  # no face: no faces, no error
+                vectors[2].tolist(),
+                *photos[2:],
+            ]
+            answers = await client.identify_batch("g", probes, top_k=3)
+            assert [a.index for a in answers] == list(range(len(probes)))
+            for probe, answer in zip(probes, answers, strict=True):
+                if probe in ([1.0] * 5, b"not a photo"):
+                    assert answer.error_code == "INVALID_ARGUMENT" and answer.faces == []
+                    continue
+                assert answer.error_code == "", answer.error_message
+                kind = {"photo": probe} if isinstance(probe, bytes) else {"embedding": probe}
+                alone = await client.identify("g", top_k=3, **kind)
+                assert [[m.identity_id for m in f.matches] for f in answer.faces] == [
+                    [m.identity_id for m in f.matches] for f in alone
+                ]
+            assert answers[0].faces[0].matches[0].identity_id == people[0].name
+            assert answers[1].faces[0].matches[0].identity_id == "vector0"
+            assert answers[5].faces == []
+
+            for bad, code in (([], "INVALID_ARGUMENT"), ([vectors[0].tolist()] * 1025, "INVALID_ARGUMENT")):
+                with pytest.raises(FaceIdClientError) as refused:
+                    await client.identify_batch("g", bad)
+                assert refused.value.code == code and "1,024" in refused.value.message
+            with pytest.raises(FaceIdClientError) as missing:
+                await client.identify_batch("nowhere", [vectors[0].tolist(), photos[0]])
+            assert missing.value.code == "NOT_FOUND"
+            request = pb.IdentifyBatchRequest(parent="galleries/g", probes=[pb.Probe()])
+            [empty] = (await client._call("IdentifyBatch", request)).results
+            assert empty.error_code == 3 and "photo or an embedding" in empty.error_message
 
     asyncio.run(run())

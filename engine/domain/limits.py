@@ -49,6 +49,10 @@ MAX_ATTRIBUTES_KEYS = 1_000
 MAX_STORED_DEPTH = 256
 #: Items in one EnrollBatch call.
 MAX_BATCH_ITEMS = 10_000
+#: Probes in one IdentifyBatch call.  Past about 256 embeddings per search the index gains
+#: little more per probe (BENCHMARKS.md "IdentifyBatch"); 1,024 leaves room for a caller's batch
+#: and keeps a call's answer (up to 1,024 × top_k matches) in the tens of milliseconds to encode.
+MAX_IDENTIFY_BATCH = 1_024
 #: Identities in one page of ListIdentities.
 MAX_PAGE_SIZE = 1_000
 
@@ -95,6 +99,14 @@ def check_batch_size(count: int) -> None:
         raise InvalidInputError(
             f"items must hold 1 to {MAX_BATCH_ITEMS:,} requests; got {count:,} "
             "(split larger batches, or stream them with BulkEnroll)"
+        )
+
+
+def check_identify_batch(count: int) -> None:
+    if not 1 <= count <= MAX_IDENTIFY_BATCH:
+        raise InvalidInputError(
+            f"probes must hold 1 to {MAX_IDENTIFY_BATCH:,} probes; got {count:,} (split larger jobs into "
+            f"several calls; several calls may be in flight at once)"
         )
 
 

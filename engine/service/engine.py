@@ -194,7 +194,7 @@ class Engine:
         (:attr:`FaceDetector.attempts`) until one finds a face, HOG in a worker, the CNN batched
         with the scans of concurrent photos of the same size."""
         detector = self.pipeline.detector
-        for kind, upsample in detector.attempts:
+        for kind, upsample in detector.attempts_for(*image.shape[:2]):
             if kind == "hog":
                 scan, raw = await self._run(lambda u=upsample: self._hog(image, u))
             else:
@@ -357,6 +357,37 @@ class Engine:
         return await self._run(self.service.enroll_each, gallery, items, proceed)
 
     # ---- identify and verify -------------------------------------------------------------------
+    def _search_key(
+        self,
+        gallery: str,
+        top_k: int,
+        threshold: float | None,
+        min_similarity: float,
+        params: SearchParams | None,
+    ) -> SearchKey:
+        """Identify's arguments checked, before a call joins a batch (a bad call must not fail its
+        batch-mates), as the key of the search batch it joins."""
+        self.service.check_top_k(top_k)
+        decision = self.service.decision_threshold(threshold)
+        if not -1 <= min_similarity <= 1:
+            raise InvalidInputError("min_similarity must be between -1 and 1")
+        params = params or SearchParams()
+        if (params.nprobe or 0) < 0 or (params.rerank_factor or 0) < 0:
+            raise InvalidInputError("nprobe and rerank_factor must not be negative")
+        return (gallery, decision, params)
+
+    async def _identify_photo(
+        self, key: SearchKey, photo: bytes | PhotoInput, top_k: int, min_similarity: float
+    ) -> list[FaceMatches]:
+        """Each face of a photo (or the one its choice names) and its matches."""
+        found = await self.faces(photo)
+        inputs = [(EmbeddingInput(f.embedding), top_k) for f in found]
+        lists = await self._search(key, inputs) if inputs else []
+        return [
+            FaceMatches(f.box, _score(f), _at_least(m, min_similarity))
+            for f, m in zip(found, lists, strict=True)
+        ]
+
     async def identify(
         self,
         gallery: str,
@@ -367,36 +398,61 @@ class Engine:
         params: SearchParams | None = None,
     ) -> Identification:
         """The ``top_k`` nearest identities of an embedding, or of each face in a photo (largest
-        first, each with its box), best first.  Matches below ``min_similarity`` (when not 0) are
-        left out; ``threshold`` (a distance; None or 0: the model's default) decides ``is_match``.
-
-        The arguments are checked here, before the call joins a batch: a bad call must not fail
-        its batch-mates."""
-        self.service.check_top_k(top_k)
-        decision = self.service.decision_threshold(threshold)
-        if not -1 <= min_similarity <= 1:
-            raise InvalidInputError("min_similarity must be between -1 and 1")
-        params = params or SearchParams()
-        if (params.nprobe or 0) < 0 or (params.rerank_factor or 0) < 0:
-            raise InvalidInputError("nprobe and rerank_factor must not be negative")
-        key: SearchKey = (gallery, decision, params)
+        first, each with its box; the one face the photo's choice names), best first.  Matches
+        below ``min_similarity`` (when not 0) are left out; ``threshold`` (a distance; None or 0:
+        the model's default) decides ``is_match``."""
+        key = self._search_key(gallery, top_k, threshold, min_similarity, params)
         if isinstance(probe, EmbeddingInput):
             [matches] = await self._search(key, [(probe, top_k)])
-            results = [FaceMatches(None, None, matches)]
-        else:
-            await self._check_gallery_before_photos(gallery, probe)
-            found = await self.faces(probe)
-            inputs = [(EmbeddingInput(f.embedding), top_k) for f in found]
-            lists = await self._search(key, inputs) if inputs else []
-            results = [FaceMatches(f.box, _score(f), m) for f, m in zip(found, lists, strict=True)]
-        if min_similarity:
-            results = [
-                FaceMatches(
-                    r.box, r.detection_score, [m for m in r.matches if m.similarity >= min_similarity]
+            return Identification(key[1], [FaceMatches(None, None, _at_least(matches, min_similarity))])
+        await self._check_gallery_before_photos(gallery, probe)
+        return Identification(key[1], await self._identify_photo(key, probe, top_k, min_similarity))
+
+    async def identify_batch(
+        self,
+        gallery: str,
+        probes: Sequence[Probe | FaceIdError],
+        top_k: int = 5,
+        threshold: float | None = None,
+        min_similarity: float = 0.0,
+        params: SearchParams | None = None,
+    ) -> tuple[float, list[list[FaceMatches] | FaceIdError]]:
+        """Many probes in one call: the threshold applied, and each probe's result in its place —
+        its faces' matches as :meth:`identify` gives them, or its own error (a bad probe fails
+        alone).  The embeddings go to the index as one batched search (with any other callers'),
+        the photos through the photo stages together, their faces then searched in shared batches.
+        A probe the transport could not read is given as its error, and answered with it."""
+        limits.check_identify_batch(len(probes))
+        key = self._search_key(gallery, top_k, threshold, min_similarity, params)
+        results: list[list[FaceMatches] | FaceIdError] = [
+            p if isinstance(p, FaceIdError) else [] for p in probes
+        ]
+        embedded = [i for i, p in enumerate(probes) if isinstance(p, EmbeddingInput)]
+        photos = [i for i, p in enumerate(probes) if isinstance(p, (bytes, PhotoInput))]
+        await self._check_gallery_before_photos(gallery, *(cast(Probe, probes[i]) for i in photos))
+
+        async def search_embeddings() -> None:
+            if embedded:
+                found = await self.search_batcher.submit(
+                    key, [(cast(EmbeddingInput, probes[i]), top_k) for i in embedded]
                 )
-                for r in results
-            ]
-        return Identification(decision, results)
+                for i, r in zip(embedded, found, strict=True):
+                    results[i] = (
+                        r
+                        if isinstance(r, FaceIdError)
+                        else [FaceMatches(None, None, _at_least(r, min_similarity))]
+                    )
+
+        async def search_photo(i: int) -> None:
+            try:
+                results[i] = await self._identify_photo(
+                    key, cast(bytes | PhotoInput, probes[i]), top_k, min_similarity
+                )
+            except (InvalidInputError, NotFoundError) as exc:  # this photo's fault; not the server's
+                results[i] = exc
+
+        await asyncio.gather(search_embeddings(), *(search_photo(i) for i in photos))
+        return key[1], results
 
     async def verify_identity(
         self, gallery: str, probe: Probe, identity_id: str, threshold: float | None = None
@@ -464,3 +520,8 @@ def _one_face(probe: bytes | PhotoInput) -> FaceChoice:
 def _score(face: Face) -> float | None:
     """A face's detection score; None for a box the caller gave."""
     return face.detection.score if math.isfinite(face.detection.score) else None
+
+
+def _at_least(matches: list[Match], min_similarity: float) -> list[Match]:
+    """The matches at ``min_similarity`` or above (all when it is 0)."""
+    return [m for m in matches if m.similarity >= min_similarity] if min_similarity else matches

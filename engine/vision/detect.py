@@ -64,10 +64,10 @@ class Scan:
 
 
 class FaceDetector:
-    """A face detector (:attr:`DetectConfig.detector`: dlib's HOG, the MMOD CNN in torch, or HOG
-    then the CNN) plus the 5-point shape predictor, which dlib designed for both detectors' boxes;
-    safe to share between threads (HOG and the shape predictor run one thread at a time; the CNN,
-    in torch, needs no lock)."""
+    """A face detector (:attr:`DetectConfig.detector`: dlib's HOG, the MMOD CNN in torch, HOG then
+    the CNN, or the best of these for the device) plus the 5-point shape predictor, which dlib
+    designed for both detectors' boxes; safe to share between threads (HOG and the shape predictor
+    run one thread at a time; the CNN, in torch, needs no lock)."""
 
     def __init__(self, config: DetectConfig | None = None) -> None:
         self.config = config or DetectConfig()
@@ -75,10 +75,16 @@ class FaceDetector:
         self._shape = dlib.shape_predictor(str(model_file(LANDMARKS_5_FILE)))
         self._lock = threading.Lock()  # dlib's objects are not documented as thread-safe
         self._cnn: MmodDetector | None = None
-        if self.config.detector in ("cnn", "cascade"):
-            device = self.config.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = self.config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        #: The detector in use: "auto" is the CNN where it runs on a GPU, else the cascade.
+        self.kind: Literal["hog", "cnn", "cascade"] = (
+            ("cnn" if device.startswith("cuda") else "cascade")
+            if self.config.detector == "auto"
+            else self.config.detector
+        )
+        if self.kind in ("cnn", "cascade"):
             self._cnn = MmodDetector(device=device, batch_size=self.config.batch)
 
     @property
@@ -86,17 +92,33 @@ class FaceDetector:
         """The attempts, in order, until one finds a face: "hog" and "cnn" at ``upsample`` then at
         ``retry_upsample``; "cascade": HOG, then the CNN, then the CNN at ``retry_upsample``."""
         first, retry = self.config.upsample, self.config.retry_upsample
-        kind = self.config.detector
+        kind = self.kind
         attempts: list[Attempt] = [("hog", first), ("cnn", first)] if kind == "cascade" else [(kind, first)]
         if retry > first:
             attempts.append(("hog" if kind == "hog" else "cnn", retry))
         return attempts
 
+    def scale(self, height: int, width: int, upsample: int) -> float:
+        """Scan pixels per photo pixel at ``upsample``: 2^upsample, capped by ``max_detect_pixels``."""
+        return min(2.0**upsample, math.sqrt(self.config.max_detect_pixels / (height * width)))
+
+    def attempts_for(self, height: int, width: int) -> list[Attempt]:
+        """:attr:`attempts` for a photo of this size, less a retry that would scan no finer than
+        the detector's scan before it (by 1.25× at least): a big photo whose scan the pixel cap
+        already holds gains nothing from a second scan of the same size."""
+        kept: list[Attempt] = []
+        for kind, upsample in self.attempts:
+            before = [u for k, u in kept if k == kind]
+            if before and self.scale(height, width, upsample) < 1.25 * self.scale(height, width, before[-1]):
+                continue
+            kept.append((kind, upsample))
+        return kept
+
     def scan(self, image: RGBImage, upsample: int) -> Scan:
         """The image to scan at ``upsample``: the photo itself where the detector's own integer
         upsampling suffices, else a resized copy (under ``max_detect_pixels``)."""
         height, width = image.shape[:2]
-        scale = min(2.0**upsample, math.sqrt(self.config.max_detect_pixels / (height * width)))
+        scale = self.scale(height, width, upsample)
         doublings = round(math.log2(scale)) if scale >= 1 else 0
         if scale >= 1 and math.isclose(scale, 2.0**doublings):
             return Scan(image, 1.0, doublings, (height, width))
@@ -145,7 +167,7 @@ class FaceDetector:
     def find_boxes(self, image: RGBImage) -> list[tuple[Box, float]]:
         """Boxes and scores of the faces in ``image``, largest first: the first attempt that finds
         any (in the calling thread)."""
-        for kind, upsample in self.attempts:
+        for kind, upsample in self.attempts_for(*image.shape[:2]):
             scan = self.scan(image, upsample)
             found = self.boxes(scan, self.hog(scan) if kind == "hog" else self.cnn([scan])[0])
             if found:

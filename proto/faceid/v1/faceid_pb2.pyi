@@ -235,6 +235,44 @@ class IdentifyResponse(_message.Message):
     threshold: float
     def __init__(self, faces: _Optional[_Iterable[_Union[FaceMatches, _Mapping]]] = ..., threshold: _Optional[float] = ...) -> None: ...
 
+class IdentifyBatchRequest(_message.Message):
+    __slots__ = ("parent", "probes", "top_k", "threshold", "min_similarity", "nprobe", "rerank_factor")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PROBES_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    probes: _containers.RepeatedCompositeFieldContainer[Probe]
+    top_k: int
+    threshold: float
+    min_similarity: float
+    nprobe: int
+    rerank_factor: int
+    def __init__(self, parent: _Optional[str] = ..., probes: _Optional[_Iterable[_Union[Probe, _Mapping]]] = ..., top_k: _Optional[int] = ..., threshold: _Optional[float] = ..., min_similarity: _Optional[float] = ..., nprobe: _Optional[int] = ..., rerank_factor: _Optional[int] = ...) -> None: ...
+
+class IdentifyBatchResult(_message.Message):
+    __slots__ = ("index", "faces", "error_code", "error_message")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    faces: _containers.RepeatedCompositeFieldContainer[FaceMatches]
+    error_code: int
+    error_message: str
+    def __init__(self, index: _Optional[int] = ..., faces: _Optional[_Iterable[_Union[FaceMatches, _Mapping]]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class IdentifyBatchResponse(_message.Message):
+    __slots__ = ("results", "threshold")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[IdentifyBatchResult]
+    threshold: float
+    def __init__(self, results: _Optional[_Iterable[_Union[IdentifyBatchResult, _Mapping]]] = ..., threshold: _Optional[float] = ...) -> None: ...
+
 class VerifyRequest(_message.Message):
     __slots__ = ("parent", "probe", "identity", "other", "threshold")
     PARENT_FIELD_NUMBER: _ClassVar[int]

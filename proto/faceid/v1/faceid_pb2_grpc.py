@@ -74,6 +74,11 @@ class FaceIdStub:
                 request_serializer=faceid_dot_v1_dot_faceid__pb2.IdentifyRequest.SerializeToString,
                 response_deserializer=faceid_dot_v1_dot_faceid__pb2.IdentifyResponse.FromString,
                 _registered_method=True)
+        self.IdentifyBatch = channel.unary_unary(
+                '/faceid.v1.FaceId/IdentifyBatch',
+                request_serializer=faceid_dot_v1_dot_faceid__pb2.IdentifyBatchRequest.SerializeToString,
+                response_deserializer=faceid_dot_v1_dot_faceid__pb2.IdentifyBatchResponse.FromString,
+                _registered_method=True)
         self.Verify = channel.unary_unary(
                 '/faceid.v1.FaceId/Verify',
                 request_serializer=faceid_dot_v1_dot_faceid__pb2.VerifyRequest.SerializeToString,
@@ -185,6 +190,17 @@ class FaceIdServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IdentifyBatch(self, request, context):
+        """1:N for many probes in one call (1 to 1,024: embeddings, photos or both): the embeddings go to the
+        index as one batched search, the photos through detection and embedding in shared batches. Each
+        probe's result comes in its place; a bad probe (a photo without a readable image, an embedding of the
+        wrong size or model) fails alone with its own status. For screening, deduplication and bulk lookups,
+        where one Identify call per probe costs more than the search.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Verify(self, request, context):
         """1:1: a probe against an identity (its nearest face), or against a second probe.
         """
@@ -281,6 +297,11 @@ def add_FaceIdServicer_to_server(servicer, server):
                     servicer.Identify,
                     request_deserializer=faceid_dot_v1_dot_faceid__pb2.IdentifyRequest.FromString,
                     response_serializer=faceid_dot_v1_dot_faceid__pb2.IdentifyResponse.SerializeToString,
+            ),
+            'IdentifyBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.IdentifyBatch,
+                    request_deserializer=faceid_dot_v1_dot_faceid__pb2.IdentifyBatchRequest.FromString,
+                    response_serializer=faceid_dot_v1_dot_faceid__pb2.IdentifyBatchResponse.SerializeToString,
             ),
             'Verify': grpc.unary_unary_rpc_method_handler(
                     servicer.Verify,
@@ -539,6 +560,33 @@ class FaceId:
             '/faceid.v1.FaceId/Identify',
             faceid_dot_v1_dot_faceid__pb2.IdentifyRequest.SerializeToString,
             faceid_dot_v1_dot_faceid__pb2.IdentifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IdentifyBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faceid.v1.FaceId/IdentifyBatch',
+            faceid_dot_v1_dot_faceid__pb2.IdentifyBatchRequest.SerializeToString,
+            faceid_dot_v1_dot_faceid__pb2.IdentifyBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
