@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote, unquote
 
 from faceid.engine.domain.errors import InvalidInputError
@@ -32,4 +33,13 @@ def face_of(name: str) -> tuple[str, int]:
 
 
 def identity_name(gallery: str, external_id: str) -> str:
-    return f"galleries/{gallery}/identities/{quote(external_id, safe='')}"
+    return f"galleries/{gallery}/identities/{_escaped(external_id)}"
+
+
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def _escaped(external_id: str) -> str:
+    """``quote(external_id, safe="")``, without its cost for the usual id that needs no escape
+    (an identify answer names up to 10,240 identities: quote was a fifth of IdentifyBatch's time)."""
+    return external_id if _UNRESERVED.fullmatch(external_id) else quote(external_id, safe="")
