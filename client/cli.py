@@ -24,6 +24,7 @@ connection TLS.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -333,7 +334,82 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 # ---- identify / verify -----------------------------------------------------------------------
+#: Probes per IdentifyBatch call of ``faceid identify`` over many: photos are large, embeddings small.
+PHOTOS_PER_CALL = 32
+EMBEDDINGS_PER_CALL = 1024
+
+
+def _many_probes(path: Path) -> tuple[list[str], list[Any]] | None:
+    """(labels, probes) when ``path`` names many probes: a folder of photos (searched through, in
+    name order) or a ``.npy`` file of embeddings (one per row); None for a single photo."""
+    if path.is_dir():
+        photos = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+        return [str(p.relative_to(path)) for p in photos], photos
+    if path.suffix.lower() == ".npy":
+        import numpy as np
+
+        vectors = np.load(path, allow_pickle=False)
+        if vectors.ndim != 2:
+            raise ValueError(
+                f"{path}: expected a 2-D array of embeddings (one per row); got shape {vectors.shape}"
+            )
+        return [f"row {i}" for i in range(len(vectors))], list(vectors.astype(float).tolist())
+    return None
+
+
+def _identify_many(args: argparse.Namespace, labels: list[str], probes: list[Any]) -> int:
+    """Every probe through IdentifyBatch, a progress bar on stderr, one row per face: CSV (``--out``
+    FILE.csv, or stdout) or JSON with ``--json``."""
+    from tqdm import tqdm
+
+    photos = bool(probes) and isinstance(probes[0], Path)
+    per_call = PHOTOS_PER_CALL if photos else EMBEDDINGS_PER_CALL
+    rows: list[dict[str, Any]] = []
+    with (
+        _client(args) as c,
+        tqdm(total=len(probes), unit="probe", desc=f"identifying in {args.gallery}") as bar,
+    ):
+        for start in range(0, len(probes), per_call):
+            chunk = probes[start : start + per_call]
+            sent = [p.read_bytes() for p in chunk] if photos else chunk
+            for r in c.identify_batch(args.gallery, sent, top_k=args.top_k, face=args.face):
+                label = labels[start + r.index]
+                if r.error_code:
+                    rows.append({"probe": label, "face": "", "error": f"{r.error_code}: {r.error_message}"})
+                elif not r.faces:
+                    rows.append({"probe": label, "face": "", "error": "no face found"})
+                for n, f in enumerate(r.faces):
+                    best = f.matches[0] if f.matches else None
+                    rows.append(
+                        {
+                            "probe": label,
+                            "face": n,
+                            "identity_id": best.identity_id if best else "",
+                            "distance": round(best.distance, 4) if best else "",
+                            "is_match": best.is_match if best else False,
+                            "error": "",
+                        }
+                    )
+            bar.update(len(chunk))
+    if args.json:
+        _print_json(rows)
+        return 0
+    import csv
+
+    fields = ["probe", "face", "identity_id", "distance", "is_match", "error"]
+    with args.out.open("w", newline="") if args.out else contextlib.nullcontext(sys.stdout) as out:
+        writer = csv.DictWriter(out, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    matched = sum(1 for r in rows if r.get("is_match"))
+    print(f"{len(probes)} probes, {len(rows)} rows, {matched} matches", file=sys.stderr)
+    return 0
+
+
 def cmd_identify(args: argparse.Namespace) -> int:
+    many = _many_probes(args.photo)
+    if many is not None:
+        return _identify_many(args, *many)
     with _client(args) as c:
         faces = c.identify(args.gallery, photo=args.photo.read_bytes(), top_k=args.top_k, face=args.face)
     if args.json:
@@ -541,9 +617,13 @@ def build_parser() -> argparse.ArgumentParser:
     _face_argument(p)
     p.set_defaults(func=cmd_enroll)
 
-    p = sub.add_parser("identify", help="who is in this photo")
+    p = sub.add_parser(
+        "identify",
+        help="who is in this photo (or in each photo of a folder, or each row of a .npy of embeddings)",
+    )
     p.add_argument("gallery")
-    p.add_argument("photo", type=Path)
+    p.add_argument("photo", type=Path, help="a photo, a folder of photos, or a .npy file of embeddings")
+    p.add_argument("--out", type=Path, help="with a folder or a .npy: write the CSV here (default: stdout)")
     p.add_argument("--top-k", type=int, default=5)
     _face_argument(p, "the face to identify (default: every face)")
     p.set_defaults(func=cmd_identify)
@@ -601,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, FaceIdClientError):
             print(f"faceid: {exc.code}: {exc.message}", file=sys.stderr)
             return 1
+        if isinstance(exc, (OSError, ValueError)):  # a file that cannot be read, an input that is not one
+            print(f"faceid {args.command}: {exc}", file=sys.stderr)
+            return 2
         raise
 
 

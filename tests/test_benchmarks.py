@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from faceid.benchmarks import detector_verification, embed_throughput, lfw_verification, photo_throughput
+from faceid.benchmarks import (
+    detector_verification,
+    embed_throughput,
+    identify_batch,
+    lfw_verification,
+    photo_throughput,
+)
 
 
 def test_lfw_verification_runs_the_protocol_and_writes_json_and_roc(faces: Path, tmp_path: Path) -> None:
@@ -188,3 +194,23 @@ def test_photo_throughput_measures_embed_identify_and_the_detector_per_mode(
     r = saved["results"]["cnn:0:1"]["320x240"]
     assert r["embed"]["photos"] == r["identify"]["photos"] > 50
     assert r["identify"]["photos_per_second"] > 0 and r["detector_alone_ms"] > 0
+
+
+def test_identify_batch_compares_the_call_with_the_index_in_process(tmp_path: Path) -> None:
+    result = identify_batch.main(
+        [
+            "--n",
+            "3000",
+            "--queries",
+            "256",
+            "--batches",
+            "128",
+            "--single-seconds",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert result["recall_at_1"][128] >= 0.99 and result["same_top_as_identify"] == 1.0
+    assert result["grpc_qps"][128] > 0 and result["in_process_qps"][128] > 0
+    assert (tmp_path / "identify_batch.json").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,13 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from faceid.client.client import FaceIdClient, FaceIdClientError, enroll_request, identify_request
+from faceid.client.client import (
+    DetectedFace,
+    FaceIdClient,
+    FaceIdClientError,
+    enroll_request,
+    identify_request,
+)
 
 from .conftest import encode
 from .helpers import ServerProcess, code_of
@@ -162,7 +169,7 @@ def test_photos_round_trip_and_survive_a_restart(faces: Path, tmp_path: Path) ->
 
 
 def test_the_command_line_enrols_a_folder_and_identifies(
-    server: ServerProcess, faces: Path, tmp_path: Path
+    server: ServerProcess, client: FaceIdClient, faces: Path, tmp_path: Path
 ) -> None:
     folder = tmp_path / "people"
     src = faces / "lfw_orig_subset10_krasserm" / "images"
@@ -203,6 +210,20 @@ def test_the_command_line_enrols_a_folder_and_identifies(
     assert f"MATCH {first.name}" in faceid("identify", "cli", probe, "--face", "largest")
     assert "same person" in faceid("verify", "cli", probe, "--identity", first.name, "--face", "centre")
     assert f"MATCH {first.name}" not in faceid("identify", "cli", probe, "--face", "0,0,40,40")
+    # many probes: a folder of photos, a .npy of embeddings; CSV with a row per face
+    rows = faceid("identify", "cli", str(folder / first.name))
+    assert rows.splitlines()[0] == "probe,face,identity_id,distance,is_match,error"
+    assert sum(f",{first.name}," in line and line.endswith(",True,") for line in rows.splitlines()) == 2
+    assert "broken.jpg" in rows and "INVALID_ARGUMENT" in rows
+    embedded = [
+        f.embedding
+        for p in sorted(first.iterdir())[:3]
+        for f in client.embed(p.read_bytes())[:1]
+        if isinstance(f, DetectedFace)
+    ]
+    np.save(tmp_path / "probes.npy", np.array(embedded, np.float32))
+    answers = json.loads(faceid("--json", "identify", "cli", str(tmp_path / "probes.npy")))
+    assert [a["identity_id"] for a in answers] == [first.name] * 3
 
 
 def test_bulk_enrol_of_many_embeddings_batches_them_and_keeps_each_result(client: FaceIdClient) -> None:
