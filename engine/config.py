@@ -50,8 +50,9 @@ class DetectConfig:
     #: "cascade": HOG first, the CNN on photos where HOG finds nothing; "auto" (the default): the CNN
     #: where it runs on a GPU (batched across calls), else the cascade.  Chosen by the benchmark
     #: through the API (BENCHMARKS.md "Choosing the detector"): on the CPU the cascade is as
-    #: accurate as the CNN (LFW 0.990 / 0.991, cfp_dev frontal–profile 0.844 / 0.844, where HOG
-    #: alone gets 0.62) at twice its speed on frontal photos, where HOG finds the face.
+    #: accurate as the CNN (LFW 0.990 / 0.991, cfp_dev frontal–profile 0.844 / 0.844, 0.847 with
+    #: the cascade after a landmark fix; HOG alone gets 0.62) at twice its speed on frontal photos,
+    #: where HOG finds the face.
     detector: DetectorKind = "auto"
     #: Where the CNN runs: "auto" (CUDA when torch sees it, else the CPU) or a torch device.
     device: str = "auto"
