@@ -424,6 +424,26 @@ def identify_batch_request(
     )
 
 
+def search_faces_request(
+    gallery: str,
+    face_ids: Sequence[int],
+    top_k: int = 5,
+    threshold: float = 0.0,
+    min_similarity: float = 0.0,
+    nprobe: int = 0,
+    rerank_factor: int = 0,
+) -> pb.SearchFacesRequest:
+    return pb.SearchFacesRequest(
+        parent=gallery_name(gallery),
+        face_ids=list(face_ids),
+        top_k=top_k,
+        threshold=threshold,
+        min_similarity=min_similarity,
+        nprobe=nprobe,
+        rerank_factor=rerank_factor,
+    )
+
+
 def verify_request(
     gallery: str,
     photo: bytes | None = None,
@@ -569,6 +589,13 @@ class FaceIdClient:
         response = self._call("IdentifyBatch", identify_batch_request(gallery, probes, top_k, **options))
         return [_batch_matches(r) for r in response.results]
 
+    def search_faces(
+        self, gallery: str, face_ids: Sequence[int], top_k: int = 5, **options: Any
+    ) -> list[BatchMatches]:
+        """Enrolled faces as probes, each without itself: up to 1,024 face ids, one result each."""
+        response = self._call("SearchFaces", search_faces_request(gallery, face_ids, top_k, **options))
+        return [_batch_matches(r) for r in response.results]
+
     def verify(
         self,
         gallery: str,
@@ -699,6 +726,13 @@ class AsyncFaceIdClient:
         """:meth:`FaceIdClient.identify_batch` for asyncio."""
         request = identify_batch_request(gallery, probes, top_k, **options)
         return [_batch_matches(r) for r in (await self._call("IdentifyBatch", request)).results]
+
+    async def search_faces(
+        self, gallery: str, face_ids: Sequence[int], top_k: int = 5, **options: Any
+    ) -> list[BatchMatches]:
+        """:meth:`FaceIdClient.search_faces` for asyncio."""
+        request = search_faces_request(gallery, face_ids, top_k, **options)
+        return [_batch_matches(r) for r in (await self._call("SearchFaces", request)).results]
 
     async def verify(
         self,

@@ -102,6 +102,7 @@ RULES: dict[str, Rule] = {
     "EnrollBatch": Rule(Role.WRITER, _items),  # every item's gallery, before any is enrolled
     "Identify": Rule(Role.READER, _parent),
     "IdentifyBatch": Rule(Role.READER, _parent),
+    "SearchFaces": Rule(Role.READER, _parent),
     "Verify": Rule(Role.READER, _parent),
     "GetIdentity": Rule(Role.READER, _identity),
     "ListIdentities": Rule(Role.READER, _parent),

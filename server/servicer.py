@@ -284,6 +284,21 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
         )
 
     @rpc
+    async def SearchFaces(self, request: pb.SearchFacesRequest, context: Any) -> pb.IdentifyBatchResponse:
+        gallery = gallery_of(request.parent, "parent")
+        threshold, results = await self.engine.search_faces(
+            gallery,
+            list(request.face_ids),
+            request.top_k or 5,
+            request.threshold or None,
+            request.min_similarity,
+            SearchParams(nprobe=request.nprobe or None, rerank_factor=request.rerank_factor or None),
+        )
+        return pb.IdentifyBatchResponse(
+            threshold=threshold, results=[identify_batch_result(gallery, i, r) for i, r in enumerate(results)]
+        )
+
+    @rpc
     async def Verify(self, request: pb.VerifyRequest, context: Any) -> pb.VerifyResponse:
         gallery = gallery_of(request.parent, "parent")
         threshold = request.threshold or None

@@ -356,3 +356,38 @@ def test_identify_batch_answers_each_probe_as_identify_does_and_a_bad_probe_fail
             assert empty.error_code == 3 and "photo or an embedding" in empty.error_message
 
     asyncio.run(run())
+
+
+def test_search_faces_finds_an_enrolled_faces_neighbours_without_the_face_itself(
+    tmp_path: Path, pipeline: FacePipeline
+) -> None:
+    """Duplicates through SearchFaces: a face finds its identity's other face and the look-alike
+    enrolled under another identity, never itself; an unknown face id fails alone."""
+    rng = np.random.default_rng(11)
+    base = [v / np.linalg.norm(v) for v in rng.normal(size=(4, 128))]
+
+    def near(v: np.ndarray, by: float) -> list[float]:
+        moved = v + by * rng.normal(size=128) / np.sqrt(128)
+        return (moved / np.linalg.norm(moved)).tolist()
+
+    async def run() -> None:
+        async with serving(tmp_path / "data", pipeline) as (_server, client):
+            await client.create_gallery("g")
+            [ann] = await client.enroll("g", "ann", embedding=base[0].tolist())
+            [ann2] = await client.enroll("g", "ann", embedding=near(base[0], 0.2))
+            [dupe] = await client.enroll("g", "ann-again", embedding=near(base[0], 0.1))
+            for i in (1, 2, 3):
+                await client.enroll("g", f"other{i}", embedding=base[i].tolist())
+            [first, unknown] = await client.search_faces("g", [ann.face_id, 987654], top_k=3)
+            assert first.error_code == "" and unknown.error_code == "NOT_FOUND"
+            matches = first.faces[0].matches
+            assert {m.identity_id for m in matches[:2]} == {"ann", "ann-again"}
+            assert all(m.face_id != ann.face_id for m in matches)
+            by_id = {m.identity_id: m for m in matches}
+            assert by_id["ann"].face_id == ann2.face_id and by_id["ann-again"].face_id == dupe.face_id
+            assert by_id["ann-again"].is_match
+            with pytest.raises(FaceIdClientError) as refused:
+                await client.search_faces("g", [])
+            assert refused.value.code == "INVALID_ARGUMENT"
+
+    asyncio.run(run())

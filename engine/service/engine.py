@@ -454,6 +454,24 @@ class Engine:
         await asyncio.gather(search_embeddings(), *(search_photo(i) for i in photos))
         return key[1], results
 
+    async def search_faces(
+        self,
+        gallery: str,
+        face_ids: Sequence[int],
+        top_k: int = 5,
+        threshold: float | None = None,
+        min_similarity: float = 0.0,
+        params: SearchParams | None = None,
+    ) -> tuple[float, list[list[FaceMatches] | FaceIdError]]:
+        """Enrolled faces as probes, each without itself (:meth:`FaceService.search_faces`): the
+        threshold applied and each face's result in its place."""
+        decision = self._search_key(gallery, top_k, threshold, min_similarity, params)[1]
+        found = await self._run(self.service.search_faces, gallery, face_ids, top_k, threshold, params)
+        return decision, [
+            r if isinstance(r, FaceIdError) else [FaceMatches(None, None, _at_least(r, min_similarity))]
+            for r in found
+        ]
+
     async def verify_identity(
         self, gallery: str, probe: Probe, identity_id: str, threshold: float | None = None
     ) -> Verification:

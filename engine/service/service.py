@@ -68,14 +68,15 @@ def _enrolled_face(external_id: str, face: StoredFace, already: bool) -> Enrolle
 
 
 def _distinct(
-    distances: list[float], face_ids: list[int], groups: list[int], top_k: int
+    distances: list[float], face_ids: list[int], groups: list[int], top_k: int, exclude: int = -1
 ) -> list[tuple[int, int, float]]:
     """The first ``top_k`` identities among a probe's faces (nearest first), each with its nearest
-    face: (face id, identity row id, distance)."""
+    face: (face id, identity row id, distance); the face ``exclude`` (a probe that is an enrolled
+    face) is passed over."""
     seen: set[int] = set()
     best: list[tuple[int, int, float]] = []
     for d, fid, gid in zip(distances, face_ids, groups, strict=True):
-        if gid < 0 or gid in seen:  # removed meanwhile, or a worse face of a listed identity
+        if gid < 0 or gid in seen or fid == exclude:  # removed meanwhile, a worse face, the probe
             continue
         seen.add(gid)
         best.append((fid, gid, d))
@@ -334,8 +335,10 @@ class FaceService:
         top_k: int,
         threshold: float,
         params: SearchParams | None,
+        exclude: Sequence[int] | None = None,
     ) -> list[list[Match]]:
-        """The ``top_k`` nearest identities of each probe, each with its nearest face.
+        """The ``top_k`` nearest identities of each probe, each with its nearest face (not the face
+        ``exclude[p]``, where probe ``p`` is an enrolled face).
 
         The index ranks faces, and an identity may hold many faces near the probe: the first
         search asks for a few times ``top_k`` faces, and a probe whose faces came from fewer than
@@ -348,14 +351,18 @@ class FaceService:
         if state.index.count() == 0:
             return [[] for _ in vectors]
         max_k = self.config.index.max_k
-        k_faces = min(max_k, max(top_k * 4, top_k + 10))
+        skip = list(exclude) if exclude is not None else [-1] * len(vectors)
+        reranked = top_k + (exclude is not None)  # the probe's own face takes a place
+        k_faces = min(max_k, max(reranked * 4, reranked + 10))
         # Faces beyond top_k only stand in for identities listed twice: the re-rank covers top_k.
-        params = replace(params or SearchParams(), rerank_k=top_k)
+        params = replace(params or SearchParams(), rerank_k=reranked)
         distances, ids, groups = state.index.search_with_groups(vectors, k_faces, params)
         # Per probe: (face id, identity id, distance) of its nearest identities.
         ranked = [
-            _distinct(drow, irow, grow, top_k)
-            for drow, irow, grow in zip(distances.tolist(), ids.tolist(), groups.tolist(), strict=True)
+            _distinct(drow, irow, grow, top_k, x)
+            for drow, irow, grow, x in zip(
+                distances.tolist(), ids.tolist(), groups.tolist(), skip, strict=True
+            )
         ]
         short = [p for p, row in enumerate(ranked) if len(row) < top_k and ids[p, -1] >= 0]
         while short and k_faces < max_k:
@@ -363,7 +370,7 @@ class FaceService:
             distances, ids, groups = state.index.search_with_groups(vectors[short], k_faces, params)
             rows = zip(short, distances.tolist(), ids.tolist(), groups.tolist(), strict=True)
             for p, drow, irow, grow in rows:
-                ranked[p] = _distinct(drow, irow, grow, top_k)
+                ranked[p] = _distinct(drow, irow, grow, top_k, skip[p])
             short = [p for j, p in enumerate(short) if len(ranked[p]) < top_k and ids[j, -1] >= 0]
         identities = self._identities(state.gallery.id, {gid for row in ranked for _, gid, _ in row})
         return [
@@ -440,6 +447,38 @@ class FaceService:
             found = self._search(state, np.stack(vectors), top_k, decision, params)
             for i, matches in zip(good, found, strict=True):
                 results[i] = matches
+        return results
+
+    def search_faces(
+        self,
+        gallery: str,
+        face_ids: Sequence[int],
+        top_k: int = 5,
+        threshold: float | None = None,
+        params: SearchParams | None = None,
+    ) -> list[list[Match] | FaceIdError]:
+        """Enrolled faces as probes (AWS's SearchFaces, Azure's FindSimilar): the ``top_k`` nearest
+        identities of each face's own vector, that face itself left out (its identity still comes
+        back through its other faces); a face the gallery does not hold gets NotFoundError in its
+        place.  One batched search."""
+        limits.check_identify_batch(len(face_ids))
+        state = self.galleries.current(gallery)
+        self.check_top_k(top_k)
+        decision = self.decision_threshold(threshold)
+        vectors = self.store.face_embeddings(state.gallery.id, list(set(face_ids)))
+        found = [f for f in face_ids if f in vectors]
+        results: list[list[Match] | FaceIdError] = [
+            [] if f in vectors else NotFoundError(f"face {f} does not exist in gallery {gallery!r}")
+            for f in face_ids
+        ]
+        if found:
+            matches = self._search(
+                state, np.stack([vectors[f] for f in found]), top_k, decision, params, found
+            )
+            hits = iter(matches)
+            for i, f in enumerate(face_ids):
+                if f in vectors:
+                    results[i] = next(hits)
         return results
 
     # ---- verify -------------------------------------------------------------------------------

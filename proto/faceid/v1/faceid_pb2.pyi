@@ -253,6 +253,24 @@ class IdentifyBatchRequest(_message.Message):
     rerank_factor: int
     def __init__(self, parent: _Optional[str] = ..., probes: _Optional[_Iterable[_Union[Probe, _Mapping]]] = ..., top_k: _Optional[int] = ..., threshold: _Optional[float] = ..., min_similarity: _Optional[float] = ..., nprobe: _Optional[int] = ..., rerank_factor: _Optional[int] = ...) -> None: ...
 
+class SearchFacesRequest(_message.Message):
+    __slots__ = ("parent", "face_ids", "top_k", "threshold", "min_similarity", "nprobe", "rerank_factor")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    FACE_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    face_ids: _containers.RepeatedScalarFieldContainer[int]
+    top_k: int
+    threshold: float
+    min_similarity: float
+    nprobe: int
+    rerank_factor: int
+    def __init__(self, parent: _Optional[str] = ..., face_ids: _Optional[_Iterable[int]] = ..., top_k: _Optional[int] = ..., threshold: _Optional[float] = ..., min_similarity: _Optional[float] = ..., nprobe: _Optional[int] = ..., rerank_factor: _Optional[int] = ...) -> None: ...
+
 class IdentifyBatchResult(_message.Message):
     __slots__ = ("index", "faces", "error_code", "error_message")
     INDEX_FIELD_NUMBER: _ClassVar[int]

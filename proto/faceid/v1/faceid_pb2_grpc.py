@@ -79,6 +79,11 @@ class FaceIdStub:
                 request_serializer=faceid_dot_v1_dot_faceid__pb2.IdentifyBatchRequest.SerializeToString,
                 response_deserializer=faceid_dot_v1_dot_faceid__pb2.IdentifyBatchResponse.FromString,
                 _registered_method=True)
+        self.SearchFaces = channel.unary_unary(
+                '/faceid.v1.FaceId/SearchFaces',
+                request_serializer=faceid_dot_v1_dot_faceid__pb2.SearchFacesRequest.SerializeToString,
+                response_deserializer=faceid_dot_v1_dot_faceid__pb2.IdentifyBatchResponse.FromString,
+                _registered_method=True)
         self.Verify = channel.unary_unary(
                 '/faceid.v1.FaceId/Verify',
                 request_serializer=faceid_dot_v1_dot_faceid__pb2.VerifyRequest.SerializeToString,
@@ -201,6 +206,16 @@ class FaceIdServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchFaces(self, request, context):
+        """1:N for enrolled faces (1 to 1,024 face ids): each face's own embedding is the probe, and that face
+        itself is left out of its matches (its identity still comes back through its other faces). Finds
+        duplicates and look-alikes of what a gallery holds (AWS SearchFaces, Azure FindSimilar). A face id the
+        gallery does not hold fails alone with NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Verify(self, request, context):
         """1:1: a probe against an identity (its nearest face), or against a second probe.
         """
@@ -301,6 +316,11 @@ def add_FaceIdServicer_to_server(servicer, server):
             'IdentifyBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.IdentifyBatch,
                     request_deserializer=faceid_dot_v1_dot_faceid__pb2.IdentifyBatchRequest.FromString,
+                    response_serializer=faceid_dot_v1_dot_faceid__pb2.IdentifyBatchResponse.SerializeToString,
+            ),
+            'SearchFaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchFaces,
+                    request_deserializer=faceid_dot_v1_dot_faceid__pb2.SearchFacesRequest.FromString,
                     response_serializer=faceid_dot_v1_dot_faceid__pb2.IdentifyBatchResponse.SerializeToString,
             ),
             'Verify': grpc.unary_unary_rpc_method_handler(
@@ -586,6 +606,33 @@ class FaceId:
             target,
             '/faceid.v1.FaceId/IdentifyBatch',
             faceid_dot_v1_dot_faceid__pb2.IdentifyBatchRequest.SerializeToString,
+            faceid_dot_v1_dot_faceid__pb2.IdentifyBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchFaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faceid.v1.FaceId/SearchFaces',
+            faceid_dot_v1_dot_faceid__pb2.SearchFacesRequest.SerializeToString,
             faceid_dot_v1_dot_faceid__pb2.IdentifyBatchResponse.FromString,
             options,
             channel_credentials,
