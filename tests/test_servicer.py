@@ -368,7 +368,8 @@ def test_search_faces_finds_an_enrolled_faces_neighbours_without_the_face_itself
 
     def near(v: np.ndarray, by: float) -> list[float]:
         moved = v + by * rng.normal(size=128) / np.sqrt(128)
-        return (moved / np.linalg.norm(moved)).tolist()
+        out: list[float] = (moved / np.linalg.norm(moved)).tolist()
+        return out
 
     async def run() -> None:
         async with serving(tmp_path / "data", pipeline) as (_server, client):
