@@ -99,7 +99,12 @@ def detector_alone(mode: str, photos: list[bytes]) -> float:
     from faceid.engine.vision.image import decode_image
 
     detector, upsample, retry = [*mode.split(":"), "0", "0"][:3]
-    config = DetectConfig(detector, "cpu", int(upsample), int(retry))  # type: ignore[arg-type]
+    config = DetectConfig(
+        detector=detector,  # type: ignore[arg-type]
+        device="cpu",
+        upsample=int(upsample),
+        retry_upsample=int(retry),
+    )
     found = FaceDetector(config)
     images = [decode_image(p, DecodeConfig()) for p in photos]
     threads = torch.get_num_threads()

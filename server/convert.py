@@ -156,7 +156,16 @@ def probe_or_error(probe: pb.Probe) -> PhotoInput | EmbeddingInput | FaceIdError
         return exc
 
 
-def identify_batch_result(
+def identify_batch_pb(
+    gallery: str, threshold: float, results: list[list[FaceMatches] | FaceIdError]
+) -> pb.IdentifyBatchResponse:
+    """IdentifyBatch's and SearchFaces' answer: each probe's faces, or its own status."""
+    return pb.IdentifyBatchResponse(
+        threshold=threshold, results=[_batch_result(gallery, i, r) for i, r in enumerate(results)]
+    )
+
+
+def _batch_result(
     gallery: str, index: int, result: list[FaceMatches] | FaceIdError
 ) -> pb.IdentifyBatchResult:
     if isinstance(result, FaceIdError):

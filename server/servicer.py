@@ -34,12 +34,20 @@ from faceid.server.convert import (
     error_result,
     face_matches_pb,
     gallery_pb,
-    identify_batch_result,
+    identify_batch_pb,
     identity_pb,
     probe_in,
     probe_or_error,
 )
 from faceid.server.names import face_of, gallery_of, identity_of
+
+
+def _search_params(
+    request: pb.IdentifyRequest | pb.IdentifyBatchRequest | pb.SearchFacesRequest,
+) -> SearchParams:
+    """The search knobs of a request (0: the index's defaults)."""
+    return SearchParams(nprobe=request.nprobe or None, rerank_factor=request.rerank_factor or None)
+
 
 BULK_BATCH = 500  # embedding items enrolled in one transaction
 BULK_WAIT = 0.005  # seconds to wait for more items before enrolling those already received
@@ -262,7 +270,7 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
             request.top_k or 5,
             request.threshold or None,
             request.min_similarity,
-            SearchParams(nprobe=request.nprobe or None, rerank_factor=request.rerank_factor or None),
+            _search_params(request),
         )
         return pb.IdentifyResponse(
             threshold=answer.threshold, faces=[face_matches_pb(gallery, r) for r in answer.faces]
@@ -277,11 +285,9 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
             request.top_k or 5,
             request.threshold or None,
             request.min_similarity,
-            SearchParams(nprobe=request.nprobe or None, rerank_factor=request.rerank_factor or None),
+            _search_params(request),
         )
-        return pb.IdentifyBatchResponse(
-            threshold=threshold, results=[identify_batch_result(gallery, i, r) for i, r in enumerate(results)]
-        )
+        return identify_batch_pb(gallery, threshold, results)
 
     @rpc
     async def SearchFaces(self, request: pb.SearchFacesRequest, context: Any) -> pb.IdentifyBatchResponse:
@@ -292,11 +298,9 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
             request.top_k or 5,
             request.threshold or None,
             request.min_similarity,
-            SearchParams(nprobe=request.nprobe or None, rerank_factor=request.rerank_factor or None),
+            _search_params(request),
         )
-        return pb.IdentifyBatchResponse(
-            threshold=threshold, results=[identify_batch_result(gallery, i, r) for i, r in enumerate(results)]
-        )
+        return identify_batch_pb(gallery, threshold, results)
 
     @rpc
     async def Verify(self, request: pb.VerifyRequest, context: Any) -> pb.VerifyResponse:

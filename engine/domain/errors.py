@@ -7,9 +7,23 @@ INVALID_ARGUMENT, and so on) and never shows a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar, cast
+
+T = TypeVar("T")
+
 
 class FaceIdError(Exception):
     """Base class of every error the engine raises on purpose."""
+
+
+def all_or_first_error(results: Sequence[T | FaceIdError]) -> list[T]:
+    """Per-item results (a batch where each item fails alone) as a plain list, for a caller that
+    fails whole: the first item's error is raised."""
+    for r in results:
+        if isinstance(r, FaceIdError):
+            raise r
+    return cast(list[T], list(results))
 
 
 class InvalidInputError(FaceIdError):

@@ -102,10 +102,11 @@ def check_batch_size(count: int) -> None:
         )
 
 
-def check_identify_batch(count: int) -> None:
+def check_identify_batch(count: int, field: str = "probes") -> None:
+    """The size of an IdentifyBatch's ``probes`` or a SearchFaces call's ``face_ids``."""
     if not 1 <= count <= MAX_IDENTIFY_BATCH:
         raise InvalidInputError(
-            f"probes must hold 1 to {MAX_IDENTIFY_BATCH:,} probes; got {count:,} (split larger jobs into "
+            f"{field} must hold 1 to {MAX_IDENTIFY_BATCH:,} items; got {count:,} (split larger jobs into "
             f"several calls; several calls may be in flight at once)"
         )
 

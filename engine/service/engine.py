@@ -43,6 +43,7 @@ from faceid.engine.domain.errors import (
     ModelError,
     NotFoundError,
     UnavailableError,
+    all_or_first_error,
 )
 from faceid.engine.domain.faces import Box, Detection, Face, FaceChoice, chosen_box
 from faceid.engine.domain.records import Identity
@@ -172,11 +173,7 @@ class Engine:
 
     async def _search(self, key: SearchKey, probes: list[tuple[EmbeddingInput, int]]) -> list[list[Match]]:
         """The matches of each probe, through the search batch; the first bad probe's error."""
-        results = await self.search_batcher.submit(key, probes)
-        for r in results:
-            if isinstance(r, FaceIdError):
-                raise r
-        return cast(list[list[Match]], results)
+        return all_or_first_error(await self.search_batcher.submit(key, probes))
 
     def _embed_batch(self, _key: Hashable, chips: list[np.ndarray]) -> list[np.ndarray]:
         return list(self.pipeline.embedder.embed(np.stack(chips)))

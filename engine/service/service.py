@@ -20,7 +20,13 @@ import numpy.typing as npt
 
 from faceid.engine.config import EngineConfig
 from faceid.engine.domain import limits
-from faceid.engine.domain.errors import FaceIdError, FailedPreconditionError, InvalidInputError, NotFoundError
+from faceid.engine.domain.errors import (
+    FaceIdError,
+    FailedPreconditionError,
+    InvalidInputError,
+    NotFoundError,
+    all_or_first_error,
+)
 from faceid.engine.domain.faces import Box, Face
 from faceid.engine.domain.models import DLIB_RESNET_V1, EmbeddingModel
 from faceid.engine.domain.records import (
@@ -411,11 +417,7 @@ class FaceService:
         first bad embedding fails the call."""
         if not embeddings:
             raise InvalidInputError("give at least one embedding")
-        results = self.identify_each(gallery, embeddings, top_k, threshold, params)
-        for r in results:
-            if isinstance(r, FaceIdError):
-                raise r
-        return cast(list[list[Match]], results)
+        return all_or_first_error(self.identify_each(gallery, embeddings, top_k, threshold, params))
 
     def identify_each(
         self,
@@ -432,20 +434,33 @@ class FaceService:
         state = self.galleries.current(gallery)
         self.check_top_k(top_k)
         decision = self.decision_threshold(threshold)
-        results: list[list[Match] | FaceIdError] = []
-        good: list[int] = []
-        vectors = []
-        for i, e in enumerate(embeddings):
+        probes: list[npt.NDArray[np.float32] | FaceIdError] = []
+        for e in embeddings:
             try:
-                vectors.append(check_embedding(state.gallery, e))
+                probes.append(check_embedding(state.gallery, e))
             except FaceIdError as exc:
-                results.append(exc)
-                continue
-            results.append([])
-            good.append(i)
+                probes.append(exc)
+        return self._search_each(state, probes, top_k, decision, params)
+
+    def _search_each(
+        self,
+        state: GalleryState,
+        probes: Sequence[npt.NDArray[np.float32] | FaceIdError],
+        top_k: int,
+        threshold: float,
+        params: SearchParams | None,
+        exclude: Sequence[int] | None = None,
+    ) -> list[list[Match] | FaceIdError]:
+        """:meth:`_search` of the probes that are vectors, in one batch; an error stays in its
+        place.  ``exclude``: a face id per probe, left out of its matches."""
+        good = [i for i, p in enumerate(probes) if not isinstance(p, FaceIdError)]
+        results: list[list[Match] | FaceIdError] = list(cast(list[FaceIdError], probes))
         if good:
-            found = self._search(state, np.stack(vectors), top_k, decision, params)
-            for i, matches in zip(good, found, strict=True):
+            vectors = np.stack([cast(npt.NDArray[np.float32], probes[i]) for i in good])
+            skip = [exclude[i] for i in good] if exclude is not None else None
+            for i, matches in zip(
+                good, self._search(state, vectors, top_k, threshold, params, skip), strict=True
+            ):
                 results[i] = matches
         return results
 
@@ -461,25 +476,16 @@ class FaceService:
         identities of each face's own vector, that face itself left out (its identity still comes
         back through its other faces); a face the gallery does not hold gets NotFoundError in its
         place.  One batched search."""
-        limits.check_identify_batch(len(face_ids))
+        limits.check_identify_batch(len(face_ids), "face_ids")
         state = self.galleries.current(gallery)
         self.check_top_k(top_k)
         decision = self.decision_threshold(threshold)
         vectors = self.store.face_embeddings(state.gallery.id, list(set(face_ids)))
-        found = [f for f in face_ids if f in vectors]
-        results: list[list[Match] | FaceIdError] = [
-            [] if f in vectors else NotFoundError(f"face {f} does not exist in gallery {gallery!r}")
+        probes = [
+            vectors[f] if f in vectors else NotFoundError(f"face {f} does not exist in gallery {gallery!r}")
             for f in face_ids
         ]
-        if found:
-            matches = self._search(
-                state, np.stack([vectors[f] for f in found]), top_k, decision, params, found
-            )
-            hits = iter(matches)
-            for i, f in enumerate(face_ids):
-                if f in vectors:
-                    results[i] = next(hits)
-        return results
+        return self._search_each(state, probes, top_k, decision, params, face_ids)
 
     # ---- verify -------------------------------------------------------------------------------
     @staticmethod

@@ -136,19 +136,14 @@ class FaceDetector:
         ]
 
     def cnn(self, scans: list[Scan]) -> list[Raw]:
-        """The CNN's boxes in each scan; scans of one :attr:`Scan.key` go through the network
-        together."""
+        """The CNN's boxes in each scan, all of one upsampling (the engine batches by
+        :attr:`Scan.key`); photos of one size go through the network together."""
         if self._cnn is None:
             raise RuntimeError("this detector was built without the CNN (detector = 'hog')")
-        found: list[Raw] = [[] for _ in scans]
-        groups: dict[int, list[int]] = {}  # the CNN batches photos of one size itself
-        for i, scan in enumerate(scans):
-            groups.setdefault(scan.upsample, []).append(i)
-        for upsample, members in groups.items():
-            results = self._cnn.detect_many([scans[i].image for i in members], upsample)
-            for i, result in zip(members, results, strict=True):
-                found[i] = [(b, s) for b, s in result if s >= self.config.score_threshold]
-        return found
+        if len({scan.upsample for scan in scans}) > 1:
+            raise ValueError("scans batched through the CNN must share their upsampling")
+        results = self._cnn.detect_many([scan.image for scan in scans], scans[0].upsample if scans else 0)
+        return [[(b, s) for b, s in result if s >= self.config.score_threshold] for result in results]
 
     def boxes(self, scan: Scan, raw: Raw) -> list[tuple[Box, float]]:
         """``raw`` boxes in the photo's pixels, those narrower than ``min_face_size`` dropped,
