@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -240,3 +241,25 @@ def test_bulk_enrol_of_many_embeddings_batches_them_and_keeps_each_result(client
     assert client.get_gallery("other").face_count == 1
     [face] = client.identify("many", embedding=unit(1000 + 1199), top_k=1)
     assert face.matches[0].identity_id == "p1199"
+
+
+def test_a_bad_embedding_does_not_fail_the_identify_calls_that_share_its_search_batch(
+    client: FaceIdClient,
+) -> None:
+    """A server process, 48 callers at once, every other one sending an embedding of the wrong size:
+    those get INVALID_ARGUMENT, the others their match (before the fix every call batched with a
+    bad one failed with it)."""
+    client.create_gallery("mates")
+    client.enroll("mates", "ann", embedding=unit(7))
+
+    def call(i: int) -> str:
+        try:
+            found = client.identify("mates", embedding=unit(7) if i % 2 else [1.0] * 5)
+        except FaceIdClientError as exc:
+            return exc.code
+        return found[0].matches[0].identity_id
+
+    with ThreadPoolExecutor(48) as pool:
+        answers = list(pool.map(call, range(48)))
+    assert answers[1::2] == ["ann"] * 24
+    assert answers[0::2] == ["INVALID_ARGUMENT"] * 24
