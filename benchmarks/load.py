@@ -7,8 +7,10 @@
 through ``--server-env KEY=VALUE``); otherwise ``--server HOST:PORT`` names a
 running one.  The gallery is filled through BulkEnroll with synthetic unit
 embeddings (``--gallery-size``).  Workloads: identify-embedding, identify-photo,
-enroll-embedding, and mix (``--enroll-ratio`` of the calls enrol, the rest
-identify by embedding).  Calls run from ``--processes`` processes with
+enroll-embedding, mix (``--enroll-ratio`` of the calls enrol, the rest identify by
+embedding), and identify-batch-embedding / identify-batch-photo (IdentifyBatch calls of
+``--batch-size`` probes: lookups/s is calls/s times the batch, and probes that failed alone
+are counted by their code).  Calls run from ``--processes`` processes with
 ``--concurrency`` calls in flight in total, after ``--warmup`` seconds.
 
 With ``--ceiling`` the same harness also drives a trivial gRPC handler (one that
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import itertools
 import multiprocessing as mp
 import os
 import random
@@ -41,7 +44,13 @@ import numpy as np
 
 from faceid.benchmarks.common import faces_dir, machine, unit_vectors, write_json
 from faceid.benchmarks.synthetic import FITTED, FaceDistribution
-from faceid.client.client import call_metadata, channel_options, enroll_request, identify_request
+from faceid.client.client import (
+    call_metadata,
+    channel_options,
+    enroll_request,
+    identify_batch_request,
+    identify_request,
+)
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
 
@@ -66,7 +75,8 @@ def face_vectors(n: int, seed: int, kind: str = "fitted") -> np.ndarray:
 
 @dataclass(frozen=True)
 class Workload:
-    """What the callers send: ``name`` is identify-embedding, identify-photo, enroll-embedding or mix."""
+    """What the callers send: ``name`` is one of :data:`WORKLOADS`; ``batch`` is the probes of one
+    IdentifyBatch call (the identify-batch workloads)."""
 
     name: str
     top_k: int = 10
@@ -77,6 +87,23 @@ class Workload:
     #: After a refusal, wait the server's ``grpc-retry-pushback-ms`` before the next call, as gRPC
     #: retry policies do (False: call again at once, the worst case for the server).
     honour_pushback: bool = True
+    batch: int = 256
+
+    @property
+    def probes_per_call(self) -> int:
+        return self.batch if self.name.startswith("identify-batch") else 1
+
+
+WORKLOADS = (
+    "identify-embedding",
+    "identify-photo",
+    "enroll-embedding",
+    "mix",
+    "identify-batch-embedding",
+    "identify-batch-photo",
+)
+#: The workloads whose searches take ``--nprobe``.
+SEARCHES_EMBEDDINGS = ("identify-embedding", "mix", "identify-batch-embedding")
 
 
 # ---- servers ----------------------------------------------------------------------------------
@@ -180,6 +207,16 @@ def _requests(w: Workload, seed: int) -> Iterator[tuple[str, Any]]:
     fresh = (
         face_vectors(4096, 20_000_000 + seed, w.vectors) if w.name in ("mix", "enroll-embedding") else None
     )
+    if w.name == "identify-batch-embedding":
+        vectors = face_vectors(8 * w.batch, 10_000_000 + seed, w.vectors)
+        batches = [
+            identify_batch_request(GALLERY, list(vectors[i : i + w.batch]), top_k=w.top_k, nprobe=w.nprobe)
+            for i in range(0, len(vectors), w.batch)
+        ]
+        yield from (("IdentifyBatch", batches[n % len(batches)]) for n in itertools.count())
+    if w.name == "identify-batch-photo":
+        photos = [w.photos[i % len(w.photos)] for i in range(w.batch)]
+        yield from itertools.repeat(("IdentifyBatch", identify_batch_request(GALLERY, photos, top_k=w.top_k)))
     n = 0
     while True:
         n += 1
@@ -199,16 +236,24 @@ async def timed_call(stub: Any, method: str, request: Any, md: list[tuple[str, s
 
 async def call_with_pushback(
     stub: Any, method: str, request: Any, md: list[tuple[str, str]]
-) -> tuple[str, float]:
-    """Make one call; its status code's name and the server's ``grpc-retry-pushback-ms`` in seconds
-    (0 when it sent none)."""
+) -> tuple[str, float, Counter[str]]:
+    """Make one call; its status code's name, the server's ``grpc-retry-pushback-ms`` in seconds
+    (0 when it sent none), and of an IdentifyBatch answer, its probes' codes by name."""
     try:
-        await getattr(stub, method)(request, timeout=30, metadata=md)
-        return "OK", 0.0
+        response = await getattr(stub, method)(request, timeout=30, metadata=md)
     except grpc.aio.AioRpcError as exc:
         trailers = dict(exc.trailing_metadata() or ())
         pushback = trailers.get("grpc-retry-pushback-ms", "")
-        return str(exc.code().name), int(pushback) / 1000 if str(pushback).isdigit() else 0.0
+        return str(exc.code().name), int(pushback) / 1000 if str(pushback).isdigit() else 0.0, Counter()
+    probes = Counter(
+        grpc.StatusCode.OK.name if not r.error_code else _code_name(r.error_code)
+        for r in getattr(response, "results", ())
+    )
+    return "OK", 0.0, probes
+
+
+def _code_name(value: int) -> str:
+    return next((c.name for c in grpc.StatusCode if c.value[0] == value), str(value))
 
 
 async def _worker_loop(
@@ -230,6 +275,7 @@ async def _worker_loop(
     latencies: list[float] = []
     ok: list[bool] = []
     codes: Counter[str] = Counter()
+    probe_codes: Counter[str] = Counter()
     start = time.perf_counter()
     measure_from = start + warmup
     end = measure_from + duration
@@ -242,19 +288,26 @@ async def _worker_loop(
                 return
             method, request = next(gen)
             t0 = time.perf_counter()
-            code, pushback = await call_with_pushback(stub, method, request, md)
+            code, pushback, probes = await call_with_pushback(stub, method, request, md)
             t1 = time.perf_counter()
             if t0 >= measure_from:
                 latencies.append(t1 - t0)
                 ok.append(code == "OK")
                 codes[code] += 1
+                probe_codes.update(probes)
             if pushback and w.honour_pushback:  # a well-behaved client waits as the server asks
                 await asyncio.sleep(pushback)
 
     await asyncio.gather(*(one(stubs[i % channels]) for i in range(concurrency)))
     for channel in channels_:
         await channel.close()
-    return {"latencies": latencies, "ok": ok, "codes": dict(codes), "seconds": duration}
+    return {
+        "latencies": latencies,
+        "ok": ok,
+        "codes": dict(codes),
+        "probe_codes": dict(probe_codes),
+        "seconds": duration,
+    }
 
 
 def _process_main(args: tuple[Any, ...], out: Any) -> None:
@@ -291,8 +344,10 @@ def run_load(
     lat = every[answered]  # answered calls
     refused = every[~answered]
     codes: Counter[str] = Counter()
+    probe_codes: Counter[str] = Counter()
     for part in parts:
         codes.update(part["codes"])
+        probe_codes.update(part["probe_codes"])
     ok = codes.get("OK", 0)
     pct = {f"p{q}": float(np.percentile(lat, q)) if len(lat) else float("nan") for q in (50, 90, 99, 99.9)}
     return {
@@ -305,6 +360,11 @@ def run_load(
         "requests": len(every),
         "refused_share": 1 - len(lat) / max(1, len(every)),
         "ok_per_s": ok / duration,
+        "probes_per_call": w.probes_per_call,
+        # Answered lookups: every probe of an answered call but those that failed alone.
+        "lookups_per_s": (ok * w.probes_per_call - sum(n for c, n in probe_codes.items() if c != "OK"))
+        / duration,
+        "probe_codes": dict(probe_codes),
         "latency_ms": {**pct, "max": float(lat.max(initial=0))},
         "refusal_ms": {
             f"p{q}": float(np.percentile(refused, q)) if len(refused) else float("nan") for q in (50, 99)
@@ -348,9 +408,13 @@ def pipeline_alone(photos: list[bytes], seconds: float = 10.0, threads: int = 2)
 def summary(r: dict[str, Any]) -> str:
     lat = r["latency_ms"]
     errors = {k: v for k, v in r["codes"].items() if k != "OK"}
+    errors.update({f"probe {k}": v for k, v in r.get("probe_codes", {}).items() if k != "OK"})
+    per_call = r.get("probes_per_call", 1)
     return (
         f"{r['workload']:<18} nprobe {r.get('nprobe') or 'default':<7} c={r['concurrency']:<4} "
-        f"{r['ok_per_s']:7.0f} ok/s  p50 {lat['p50']:6.2f}  p90 {lat['p90']:6.2f}  p99 {lat['p99']:6.2f}  "
+        f"{r['ok_per_s']:7.0f} ok/s"
+        + (f" × {per_call} = {r['lookups_per_s']:7.0f} lookups/s" if per_call > 1 else "")
+        + f"  p50 {lat['p50']:6.2f}  p90 {lat['p90']:6.2f}  p99 {lat['p99']:6.2f}  "
         f"p99.9 {lat['p99.9']:6.2f}  max {lat['max']:7.2f} ms  refused {r['refused_share']:.1%}"
         + (f" (in p99 {r['refusal_ms']['p99']:.1f} ms)" if r["refused_share"] else "")
         + f"  errors {errors or 0}"
@@ -431,8 +495,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument(
         "--workload",
         default="identify-embedding",
-        help="identify-embedding, identify-photo, enroll-embedding, mix; comma-separated for several",
+        help=f"{', '.join(WORKLOADS)}; comma-separated for several",
     )
+    ap.add_argument("--batch-size", type=int, default=256, help="probes per IdentifyBatch call")
     ap.add_argument("--enroll-ratio", type=float, default=0.05)
     ap.add_argument("--concurrency", default="32", help="comma-separated")
     ap.add_argument("--processes", type=int, default=1, help="load generator processes")
@@ -464,13 +529,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--name", default="load")
     args = ap.parse_args(argv)
     workloads = args.workload.split(",")
+    if unknown := set(workloads) - set(WORKLOADS):
+        raise SystemExit(f"unknown workload {', '.join(sorted(unknown))}: give one of {', '.join(WORKLOADS)}")
     nprobes = [int(n) for n in args.nprobe.split(",")]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     photos = [
         p.read_bytes()
         for p in sorted((faces_dir() / "lfw_orig_subset10_krasserm" / "images").glob("*/*"))[:20]
     ]
-    if "identify-photo" in workloads and not photos:
+    if {"identify-photo", "identify-batch-photo"} & set(workloads) and not photos:
         raise SystemExit("identify-photo needs photos: set FACEID_FACES_DIR")
 
     proc = None
@@ -488,7 +555,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"load: server {address}{' (spawned, ' + ' '.join(args.server_env) + ')' if args.spawn else ''}, "
         f"gallery {args.gallery_size:,}, workloads {workloads}, concurrency {concurrencies}, processes "
-        f"{args.processes}, top_k {args.top_k}, nprobe {nprobes} (0 = server default), vectors "
+        f"{args.processes}, batch {args.batch_size} (identify-batch), top_k {args.top_k}, nprobe "
+        f"{nprobes} (0 = server default), vectors "
         f"{args.vectors if args.vectors == 'uniform' or FITTED.is_file() else 'uniform (no fitted model)'}, "
         f"warm-up {args.warmup:g} s, {args.duration:g} s each"
     )
@@ -515,7 +583,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         payload["index"] = {"kind": gallery.index_kind, "faces": gallery.face_count}
         print(f"gallery: {gallery.face_count:,} faces, index {gallery.index_kind}")
         for name in workloads:
-            for nprobe in nprobes if name in ("identify-embedding", "mix") else [0]:
+            for nprobe in nprobes if name in SEARCHES_EMBEDDINGS else [0]:
                 w = Workload(
                     name,
                     args.top_k,
@@ -524,6 +592,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     args.vectors,
                     tuple(photos),
                     not args.no_pushback,
+                    args.batch_size,
                 )
                 for c in concurrencies:
                     r = run_load(
@@ -537,7 +606,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             proc.wait(timeout=60)
         if tmp is not None:
             tmp.cleanup()
-    if "identify-photo" in workloads:
+    if {"identify-photo", "identify-batch-photo"} & set(workloads):
         payload["pipeline_alone"] = alone = pipeline_alone(photos, args.duration)
         print(
             f"face pipeline alone, in process, 2 threads: decode + detect {alone['detect_photos_per_s']:.1f} "

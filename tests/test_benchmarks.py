@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from faceid.benchmarks import (
     detector_verification,
     embed_throughput,
@@ -87,7 +89,9 @@ def test_load_generator_drives_a_spawned_server_and_the_ceiling(tmp_path: Path) 
             "--gallery-size",
             "300",
             "--workload",
-            "identify-embedding,mix",
+            "identify-embedding,mix,identify-batch-embedding",
+            "--batch-size",
+            "8",
             "--concurrency",
             "2",
             "--duration",
@@ -101,9 +105,25 @@ def test_load_generator_drives_a_spawned_server_and_the_ceiling(tmp_path: Path) 
             "smoke",
         ]
     )
-    assert len(payload["results"]) == 3
+    assert len(payload["results"]) == 4
     assert all(r["requests"] > 0 for r in payload["results"])
+    batch = next(r for r in payload["results"] if r["workload"] == "identify-batch-embedding")
+    assert batch["probes_per_call"] == 8 and batch["probe_codes"] == {"OK": 8 * batch["codes"]["OK"]}
+    assert batch["lookups_per_s"] == pytest.approx(8 * batch["ok_per_s"])
     assert (tmp_path / "smoke.png").stat().st_size > 0
+
+
+def test_photo_batch_compares_identify_batch_with_the_engine_in_process_on_the_same_photos(
+    faces: Path, tmp_path: Path
+) -> None:
+    from faceid.benchmarks import photo_batch
+
+    payload = photo_batch.main(
+        ["--limit", "6", "--rounds", "1", "--batch", "3", "--out", str(tmp_path), "--name", "smoke"]
+    )
+    assert payload["photos"] == 6
+    assert payload["same_best_identity"] == 6
+    assert payload["in_process_photos_per_s"] > 0 and payload["identify_batch_photos_per_s"] > 0
 
 
 def test_settings_ab_restarts_the_server_on_one_gallery_for_each_value(tmp_path: Path) -> None:
