@@ -231,6 +231,41 @@ class BatchMatches:
     error_message: str = ""
 
 
+@dataclass(frozen=True)
+class ClusteredFace:
+    """A face of a ClusterFaces answer: its probe's position, its box (None for an embedding) and
+    the enrolled identity it matches ("" for none) with the similarity."""
+
+    index: int
+    box: Box | None
+    identity_id: str
+    similarity: float
+
+
+@dataclass(frozen=True)
+class FaceCluster:
+    """A group of faces of one person: ``faces[representative]`` is a face to show for it;
+    ``cohesion`` the mean similarity of its pairs of members (0 for a singleton); ``identity_id``
+    the identity most of its faces match ("" for none)."""
+
+    faces: list[ClusteredFace]
+    representative: int
+    cohesion: float
+    singleton: bool
+    identity_id: str
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """A ClusterFaces answer: clusters largest first, then singletons; the probes that gave no face
+    (each with its error); the distances applied."""
+
+    clusters: list[FaceCluster]
+    errors: list[BatchMatches]
+    strict_distance: float
+    loose_distance: float
+
+
 # ---- translation -----------------------------------------------------------------------------
 def _embedded(response: pb.EmbedResponse, aligned: bool) -> list[DetectedFace | list[float]]:
     """An Embed answer: the chip's embedding, or each face found with its embedding."""
@@ -284,6 +319,27 @@ def _bulk_result(m: pb.BulkEnrollResult) -> BulkResult:
 def _batch_matches(m: pb.IdentifyBatchResult) -> BatchMatches:
     code = _CODE_NAMES.get(m.error_code, "UNKNOWN") if m.error_code else ""
     return BatchMatches(m.index, [_face_matches(f) for f in m.faces], code, m.error_message)
+
+
+def _clustering(m: pb.ClusterFacesResponse) -> Clustering:
+    return Clustering(
+        [
+            FaceCluster(
+                [
+                    ClusteredFace(f.index, _box(f.box, f.HasField("box")), f.identity_id, f.similarity)
+                    for f in c.faces
+                ],
+                c.representative,
+                c.cohesion,
+                c.singleton,
+                c.identity_id,
+            )
+            for c in m.clusters
+        ],
+        [_batch_matches(e) for e in m.errors],
+        m.strict_distance,
+        m.loose_distance,
+    )
 
 
 def _face_matches(m: pb.FaceMatches) -> FaceMatches:
@@ -421,6 +477,22 @@ def identify_batch_request(
         min_similarity=min_similarity,
         nprobe=nprobe,
         rerank_factor=rerank_factor,
+    )
+
+
+def cluster_faces_request(
+    gallery: str,
+    probes: Sequence[ProbeArg],
+    strict_distance: float = 0.0,
+    loose_distance: float = 0.0,
+    face: FaceArg = None,
+) -> pb.ClusterFacesRequest:
+    """A ClusterFaces request; ``face`` applies to every photo probe (None: every face found)."""
+    return pb.ClusterFacesRequest(
+        parent=gallery_name(gallery),
+        probes=[_probe(p, None, face=face) if isinstance(p, bytes) else _probe(None, p) for p in probes],
+        strict_distance=strict_distance,
+        loose_distance=loose_distance,
     )
 
 
@@ -596,6 +668,11 @@ class FaceIdClient:
         response = self._call("SearchFaces", search_faces_request(gallery, face_ids, top_k, **options))
         return [_batch_matches(r) for r in response.results]
 
+    def cluster_faces(self, gallery: str, probes: Sequence[ProbeArg], **options: Any) -> Clustering:
+        """Up to 20,000 faces (embeddings, and the faces found in photos) grouped into people;
+        ``strict_distance``, ``loose_distance`` and ``face`` as :func:`cluster_faces_request`."""
+        return _clustering(self._call("ClusterFaces", cluster_faces_request(gallery, probes, **options)))
+
     def verify(
         self,
         gallery: str,
@@ -733,6 +810,11 @@ class AsyncFaceIdClient:
         """:meth:`FaceIdClient.search_faces` for asyncio."""
         request = search_faces_request(gallery, face_ids, top_k, **options)
         return [_batch_matches(r) for r in (await self._call("SearchFaces", request)).results]
+
+    async def cluster_faces(self, gallery: str, probes: Sequence[ProbeArg], **options: Any) -> Clustering:
+        """:meth:`FaceIdClient.cluster_faces` for asyncio."""
+        request = cluster_faces_request(gallery, probes, **options)
+        return _clustering(await self._call("ClusterFaces", request))
 
     async def verify(
         self,

@@ -220,6 +220,34 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Clustering faces into people (:mod:`faceid.engine.cluster.linkage`): each face's
+    ``neighbours`` nearest propose merges, and two clusters merge when the mean similarity of all
+    their pairs of members reaches the threshold of distance ``strict_distance`` for two single
+    faces, tending to ``loose_distance`` as the clusters grow.  Defaults measured on LFW's 13,233
+    photos through the API (BENCHMARKS.md "Clustering"): BCubed F 0.954, pairwise F 0.983 at
+    ``neighbours`` 30 (0.953 / 0.970 at 10); the plateau spans strict 0.31–0.33, loose 0.36–0.37.
+    In false-match rates of the model's calibration: strict ≈ 3·10⁻⁵, loose ≈ 4·10⁻⁴."""
+
+    neighbours: int = 30
+    strict_distance: float = 0.32
+    loose_distance: float = 0.36
+    #: Faces (embeddings, or faces found in photos) one ClusterFaces call may send.
+    max_faces: int = 20_000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.neighbours <= 1000:
+            raise ValueError(f"neighbours must be between 1 and 1000; got {self.neighbours}")
+        if not 0 < self.strict_distance <= self.loose_distance < 2:
+            raise ValueError(
+                "distances must satisfy 0 < strict_distance ≤ loose_distance < 2; got "
+                f"{self.strict_distance} and {self.loose_distance}"
+            )
+        if self.max_faces < 2:
+            raise ValueError(f"max_faces must be at least 2; got {self.max_faces}")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything the engine needs to run: where it keeps its data, how it schedules work, and
     its sections.  The root of the engine's tree."""
@@ -272,6 +300,7 @@ class EngineConfig:
     face_rule: FaceRule = "centre"
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     #: Set by the server, not by operators (:data:`DERIVED`): other processes serve the same
     #: store (before each search and write this one catches up with the changes they logged), and
     #: whether this process is the one that writes index snapshots and clears what a crashed one left.

@@ -103,6 +103,7 @@ RULES: dict[str, Rule] = {
     "Identify": Rule(Role.READER, _parent),
     "IdentifyBatch": Rule(Role.READER, _parent),
     "SearchFaces": Rule(Role.READER, _parent),
+    "ClusterFaces": Rule(Role.READER, _parent),
     "Verify": Rule(Role.READER, _parent),
     "GetIdentity": Rule(Role.READER, _identity),
     "ListIdentities": Rule(Role.READER, _parent),

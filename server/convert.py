@@ -11,9 +11,11 @@ from faceid.engine.domain.errors import FaceIdError, InvalidInputError
 from faceid.engine.domain.faces import Box, Detection, FaceChoice, FaceRule
 from faceid.engine.domain.records import Identity
 from faceid.engine.domain.results import (
+    Clustering,
     EmbeddedFace,
     EmbeddingInput,
     EnrolledFace,
+    FaceCluster,
     FaceMatches,
     GalleryStats,
     Match,
@@ -172,6 +174,34 @@ def _batch_result(
         code, message = status_of(result)
         return pb.IdentifyBatchResult(index=index, error_code=code.value[0], error_message=message)
     return pb.IdentifyBatchResult(index=index, faces=[face_matches_pb(gallery, r) for r in result])
+
+
+def clustering_pb(c: Clustering) -> pb.ClusterFacesResponse:
+    """ClusterFaces' answer: the clusters, then each probe that gave no face with its status."""
+    return pb.ClusterFacesResponse(
+        clusters=[_cluster_pb(k) for k in c.clusters],
+        errors=[_batch_result("", i, e) for i, e in c.errors],
+        strict_distance=c.strict_distance,
+        loose_distance=c.loose_distance,
+    )
+
+
+def _cluster_pb(k: FaceCluster) -> pb.FaceCluster:
+    return pb.FaceCluster(
+        faces=[
+            pb.ClusteredFace(
+                index=f.index,
+                box=box_pb(f.box),
+                identity_id=f.match.external_id if f.match else "",
+                similarity=f.match.similarity if f.match else 0.0,
+            )
+            for f in k.faces
+        ],
+        representative=k.representative,
+        cohesion=k.cohesion or 0.0,
+        singleton=k.singleton,
+        identity_id=k.identity or "",
+    )
 
 
 def error_result(index: int, exc: BaseException) -> pb.BulkEnrollResult:

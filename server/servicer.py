@@ -27,6 +27,7 @@ from faceid.server.admission import Admission, rpc
 from faceid.server.config import ServerConfig
 from faceid.server.convert import (
     Malformed,
+    clustering_pb,
     detected_pb,
     embedded_pb,
     embedding_in,
@@ -301,6 +302,16 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
             _search_params(request),
         )
         return identify_batch_pb(gallery, threshold, results)
+
+    @rpc
+    async def ClusterFaces(self, request: pb.ClusterFacesRequest, context: Any) -> pb.ClusterFacesResponse:
+        clustering = await self.engine.cluster_faces(
+            gallery_of(request.parent, "parent"),
+            [probe_or_error(p) for p in request.probes],
+            request.strict_distance or None,
+            request.loose_distance or None,
+        )
+        return clustering_pb(clustering)
 
     @rpc
     async def Verify(self, request: pb.VerifyRequest, context: Any) -> pb.VerifyResponse:

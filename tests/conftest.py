@@ -36,6 +36,7 @@ KINDS = {
         "test_image",
         "test_index",
         "test_index_gpu",
+        "test_linkage",
         "test_mmod",
         "test_pipeline",
         "test_proto",
@@ -48,6 +49,7 @@ KINDS = {
     "e2e": {
         "test_audit_hardening",
         "test_auth",
+        "test_clustering",
         "test_crash_recovery",
         "test_erasure",
         "test_fuzz",

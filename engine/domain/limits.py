@@ -111,6 +111,16 @@ def check_identify_batch(count: int, field: str = "probes") -> None:
         )
 
 
+def check_cluster_faces(count: int, most: int, least: int = 1) -> None:
+    """The probes one ClusterFaces call sends (``least`` 1), or the faces they gave (0: every photo
+    may have been without a face)."""
+    if not least <= count <= most:
+        raise InvalidInputError(
+            f"a ClusterFaces call clusters 1 to {most:,} faces; got {count:,} (cluster a larger set by "
+            f"enrolling it into a gallery and clustering the gallery)"
+        )
+
+
 def check_page_size(page_size: int) -> None:
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise InvalidInputError(f"page_size must be between 1 and {MAX_PAGE_SIZE:,}; got {page_size}")

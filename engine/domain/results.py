@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from faceid.engine.domain.errors import FaceIdError
 from faceid.engine.domain.faces import Box, Detection, FaceChoice
 from faceid.engine.domain.records import Gallery
 from faceid.engine.domain.search import IndexStats
@@ -127,3 +128,41 @@ class Detected:
     faces: list[Detection]
     width: int
     height: int
+
+
+@dataclass(frozen=True)
+class ClusteredFace:
+    """One face a clustering was given: the probe it came from (its position in the call), its box
+    in that photo (None for an embedding), and the enrolled identity it matches, if any."""
+
+    index: int
+    box: Box | None
+    match: Match | None
+
+
+@dataclass(frozen=True)
+class FaceCluster:
+    """A group of faces of one person, as far as the clustering can tell: ``faces`` in the order
+    given, ``representative`` the position in ``faces`` of the member nearest the members' mean
+    direction, ``cohesion`` the mean similarity of all pairs of members (None: a singleton), and
+    the external id of the identity most members match (None: none does)."""
+
+    faces: list[ClusteredFace]
+    representative: int
+    cohesion: float | None
+    identity: str | None
+
+    @property
+    def singleton(self) -> bool:
+        return len(self.faces) == 1
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """A clustering's answer: clusters largest first, then singletons; each probe that gave no face
+    with its error (position, error); the distances applied."""
+
+    clusters: list[FaceCluster]
+    errors: list[tuple[int, FaceIdError]]
+    strict_distance: float
+    loose_distance: float

@@ -68,3 +68,9 @@ class IndexBackend(Protocol):
         """An index filled from (face ids, vectors, identity ids) batches, trained in the calling
         thread when it is large enough."""
         ...
+
+    def neighbours(self, vectors: Vectors, k: int) -> tuple[Vectors, Ids]:
+        """The ``k`` nearest rows of a set of vectors to each of its rows (exact; the row itself
+        among them), for clustering a set a call sends: distances ascending, row numbers, ``-1``
+        where the set has fewer than ``k`` rows."""
+        ...

@@ -567,3 +567,13 @@ class FaissBackend:
             index.add(ids, vectors, identity_ids)
         index.config = self.config
         return index
+
+    def neighbours(self, vectors: Vectors, k: int) -> tuple[Vectors, Ids]:
+        """Exact: the ``k`` nearest rows of ``vectors`` to each row (itself among them), Euclidean
+        distances ascending; ``-1`` where there are fewer than ``k`` rows."""
+        v = _check_vectors(vectors, vectors.shape[1] if vectors.ndim == 2 else 0)
+        k = min(k, len(v))
+        if not k:
+            return np.zeros((len(v), 0), np.float32), np.zeros((len(v), 0), np.int64)
+        d2, rows = faiss.knn(v, v, k)
+        return np.sqrt(np.maximum(d2, 0)).astype(np.float32), rows.astype(np.int64)

@@ -30,6 +30,7 @@ import math
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -48,6 +49,7 @@ from faceid.engine.domain.errors import (
 from faceid.engine.domain.faces import Box, Detection, Face, FaceChoice, chosen_box
 from faceid.engine.domain.records import Identity
 from faceid.engine.domain.results import (
+    Clustering,
     Detected,
     EmbeddedFace,
     EmbeddingInput,
@@ -468,6 +470,46 @@ class Engine:
             r if isinstance(r, FaceIdError) else [FaceMatches(None, None, _at_least(r, min_similarity))]
             for r in found
         ]
+
+    async def cluster_faces(
+        self,
+        gallery: str,
+        probes: Sequence[Probe | FaceIdError],
+        strict_distance: float | None = None,
+        loose_distance: float | None = None,
+    ) -> Clustering:
+        """The faces of many probes grouped into people (:meth:`FaceService.cluster_faces`): each
+        embedding, and every face found in each photo (or the one its choice names), the photos
+        through the photo stages together.  A probe that gives no face — no face found, a photo
+        that cannot be read, a probe the transport could not read — is in ``errors``, in its place."""
+        limits.check_cluster_faces(len(probes), self.config.cluster.max_faces)
+        photos = [i for i, p in enumerate(probes) if isinstance(p, (bytes, PhotoInput))]
+        await self._check_gallery_before_photos(gallery, *(cast(Probe, probes[i]) for i in photos))
+        found: dict[int, list[Face] | FaceIdError] = {}
+
+        async def photo_faces(i: int) -> None:
+            try:
+                found[i] = await self.faces(cast(bytes | PhotoInput, probes[i])) or InvalidInputError(
+                    "no face was found in the photo"
+                )
+            except (InvalidInputError, NotFoundError) as exc:  # this photo's fault; not the server's
+                found[i] = exc
+
+        await asyncio.gather(*(photo_faces(i) for i in photos))
+        faces: list[tuple[int, Box | None, EmbeddingInput | npt.NDArray[np.float32]]] = []
+        errors: list[tuple[int, FaceIdError]] = []
+        for i, probe in enumerate(probes):
+            result = found.get(i, probe)
+            if isinstance(result, FaceIdError):
+                errors.append((i, result))
+            elif isinstance(result, EmbeddingInput):
+                faces.append((i, None, result))
+            else:
+                faces.extend((i, f.box, f.embedding.astype(np.float32)) for f in cast(list[Face], result))
+        clustering = await self._run(
+            self.service.cluster_faces, gallery, faces, strict_distance, loose_distance
+        )
+        return replace(clustering, errors=sorted([*errors, *clustering.errors], key=lambda e: e[0]))
 
     async def verify_identity(
         self, gallery: str, probe: Probe, identity_id: str, threshold: float | None = None

@@ -39,6 +39,7 @@ from faceid.engine.domain.records import (
     sha256_hex,
 )
 from faceid.engine.domain.results import (
+    Clustering,
     EmbeddingInput,
     EnrolledFace,
     EnrollItem,
@@ -50,6 +51,7 @@ from faceid.engine.domain.results import (
 from faceid.engine.domain.search import SearchParams
 from faceid.engine.index import FaissBackend, IndexBackend
 from faceid.engine.service.checks import check_embedding, decode_page_token, encode_page_token
+from faceid.engine.service.clustering import Distances, cluster_set, face_clusters
 from faceid.engine.service.galleries import Galleries, GalleryState
 from faceid.engine.service.identity_cache import IdentityCache, Packed, pack
 from faceid.engine.store import Store, make_engine
@@ -486,6 +488,36 @@ class FaceService:
             for f in face_ids
         ]
         return self._search_each(state, probes, top_k, decision, params, face_ids)
+
+    # ---- clustering ---------------------------------------------------------------------------
+    def cluster_faces(
+        self,
+        gallery: str,
+        faces: Sequence[tuple[int, Box | None, EmbeddingInput | npt.NDArray[np.float32]]],
+        strict_distance: float | None = None,
+        loose_distance: float | None = None,
+    ) -> Clustering:
+        """Faces (each: its probe's position, its box, an embedding as sent or as the pipeline
+        computed it) grouped into people (:mod:`.clustering`); each face matched against the
+        gallery's identities at the model's default threshold.  An embedding the gallery refuses
+        is listed in ``errors`` and clustered nowhere."""
+        state = self.galleries.current(gallery)
+        distances = Distances.of(self.config.cluster, strict_distance, loose_distance)
+        limits.check_cluster_faces(len(faces), self.config.cluster.max_faces, least=0)
+        kept: list[tuple[int, Box | None]] = []
+        vectors: list[npt.NDArray[np.float32]] = []
+        errors: list[tuple[int, FaceIdError]] = []
+        for index, box, face in faces:
+            try:
+                vectors.append(self._vector(state.gallery, face))
+                kept.append((index, box))
+            except FaceIdError as exc:
+                errors.append((index, exc))
+        stacked = np.stack(vectors) if vectors else np.zeros((0, state.gallery.dim), np.float32)
+        found = cluster_set(self.galleries.backend, stacked, self.config.cluster.neighbours, distances)
+        top = self._search_each(state, vectors, 1, self.model.default_threshold, None)
+        matches = [m[0] if isinstance(m, list) and m and m[0].is_match else None for m in top]
+        return Clustering(face_clusters(found, kept, matches), errors, distances.strict, distances.loose)
 
     # ---- verify -------------------------------------------------------------------------------
     @staticmethod

@@ -291,6 +291,56 @@ class IdentifyBatchResponse(_message.Message):
     threshold: float
     def __init__(self, results: _Optional[_Iterable[_Union[IdentifyBatchResult, _Mapping]]] = ..., threshold: _Optional[float] = ...) -> None: ...
 
+class ClusterFacesRequest(_message.Message):
+    __slots__ = ("parent", "probes", "strict_distance", "loose_distance")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PROBES_FIELD_NUMBER: _ClassVar[int]
+    STRICT_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    LOOSE_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    probes: _containers.RepeatedCompositeFieldContainer[Probe]
+    strict_distance: float
+    loose_distance: float
+    def __init__(self, parent: _Optional[str] = ..., probes: _Optional[_Iterable[_Union[Probe, _Mapping]]] = ..., strict_distance: _Optional[float] = ..., loose_distance: _Optional[float] = ...) -> None: ...
+
+class ClusteredFace(_message.Message):
+    __slots__ = ("index", "box", "identity_id", "similarity")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    box: Box
+    identity_id: str
+    similarity: float
+    def __init__(self, index: _Optional[int] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., identity_id: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
+
+class FaceCluster(_message.Message):
+    __slots__ = ("faces", "representative", "cohesion", "singleton", "identity_id")
+    FACES_FIELD_NUMBER: _ClassVar[int]
+    REPRESENTATIVE_FIELD_NUMBER: _ClassVar[int]
+    COHESION_FIELD_NUMBER: _ClassVar[int]
+    SINGLETON_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_ID_FIELD_NUMBER: _ClassVar[int]
+    faces: _containers.RepeatedCompositeFieldContainer[ClusteredFace]
+    representative: int
+    cohesion: float
+    singleton: bool
+    identity_id: str
+    def __init__(self, faces: _Optional[_Iterable[_Union[ClusteredFace, _Mapping]]] = ..., representative: _Optional[int] = ..., cohesion: _Optional[float] = ..., singleton: _Optional[bool] = ..., identity_id: _Optional[str] = ...) -> None: ...
+
+class ClusterFacesResponse(_message.Message):
+    __slots__ = ("clusters", "errors", "strict_distance", "loose_distance")
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    STRICT_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    LOOSE_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    clusters: _containers.RepeatedCompositeFieldContainer[FaceCluster]
+    errors: _containers.RepeatedCompositeFieldContainer[IdentifyBatchResult]
+    strict_distance: float
+    loose_distance: float
+    def __init__(self, clusters: _Optional[_Iterable[_Union[FaceCluster, _Mapping]]] = ..., errors: _Optional[_Iterable[_Union[IdentifyBatchResult, _Mapping]]] = ..., strict_distance: _Optional[float] = ..., loose_distance: _Optional[float] = ...) -> None: ...
+
 class VerifyRequest(_message.Message):
     __slots__ = ("parent", "probe", "identity", "other", "threshold")
     PARENT_FIELD_NUMBER: _ClassVar[int]

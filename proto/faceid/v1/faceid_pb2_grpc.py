@@ -89,6 +89,11 @@ class FaceIdStub:
                 request_serializer=faceid_dot_v1_dot_faceid__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=faceid_dot_v1_dot_faceid__pb2.VerifyResponse.FromString,
                 _registered_method=True)
+        self.ClusterFaces = channel.unary_unary(
+                '/faceid.v1.FaceId/ClusterFaces',
+                request_serializer=faceid_dot_v1_dot_faceid__pb2.ClusterFacesRequest.SerializeToString,
+                response_deserializer=faceid_dot_v1_dot_faceid__pb2.ClusterFacesResponse.FromString,
+                _registered_method=True)
         self.GetIdentity = channel.unary_unary(
                 '/faceid.v1.FaceId/GetIdentity',
                 request_serializer=faceid_dot_v1_dot_faceid__pb2.GetIdentityRequest.SerializeToString,
@@ -223,6 +228,19 @@ class FaceIdServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClusterFaces(self, request, context):
+        """Groups the faces sent in the call into people, with no labels and no count (FaceNet's
+        clustering; Azure Face's Group): 1 to 20,000 faces, from embeddings and photos (every face found
+        in each photo, or the one its `face` names), answered directly. Average linkage over each face's
+        nearest neighbours; a face nothing else joins is a singleton. Each face that matches an enrolled
+        identity of the gallery names it, and each cluster names the identity most of its faces match.
+        A probe that gives no face (no face found, an unreadable photo, a wrong embedding) is listed in
+        `errors` and clustered nowhere.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetIdentity(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -327,6 +345,11 @@ def add_FaceIdServicer_to_server(servicer, server):
                     servicer.Verify,
                     request_deserializer=faceid_dot_v1_dot_faceid__pb2.VerifyRequest.FromString,
                     response_serializer=faceid_dot_v1_dot_faceid__pb2.VerifyResponse.SerializeToString,
+            ),
+            'ClusterFaces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClusterFaces,
+                    request_deserializer=faceid_dot_v1_dot_faceid__pb2.ClusterFacesRequest.FromString,
+                    response_serializer=faceid_dot_v1_dot_faceid__pb2.ClusterFacesResponse.SerializeToString,
             ),
             'GetIdentity': grpc.unary_unary_rpc_method_handler(
                     servicer.GetIdentity,
@@ -661,6 +684,33 @@ class FaceId:
             '/faceid.v1.FaceId/Verify',
             faceid_dot_v1_dot_faceid__pb2.VerifyRequest.SerializeToString,
             faceid_dot_v1_dot_faceid__pb2.VerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClusterFaces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faceid.v1.FaceId/ClusterFaces',
+            faceid_dot_v1_dot_faceid__pb2.ClusterFacesRequest.SerializeToString,
+            faceid_dot_v1_dot_faceid__pb2.ClusterFacesResponse.FromString,
             options,
             channel_credentials,
             insecure,
