@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,6 +267,42 @@ class Clustering:
     loose_distance: float
 
 
+@dataclass(frozen=True)
+class ClusteringRun:
+    """A gallery clustering run (StartClustering, GetClustering): ``state`` "RUNNING",
+    "SUCCEEDED" or "FAILED" (``error`` says why); progress as ``phase`` and ``done`` of ``total``."""
+
+    name: str
+    run_id: int
+    state: str
+    phase: str
+    done: int
+    total: int
+    face_count: int
+    cluster_count: int
+    singleton_count: int
+    strict_distance: float
+    loose_distance: float
+    neighbours: int
+    error: str
+    create_time: str
+    update_time: str
+    finish_time: str
+
+
+@dataclass(frozen=True)
+class GalleryCluster:
+    """A cluster of a gallery run: its faces and the identity each is enrolled under now."""
+
+    rank: int
+    face_ids: list[int]
+    identity_ids: list[str]
+    representative_face_id: int
+    cohesion: float
+    singleton: bool
+    identity_id: str
+
+
 # ---- translation -----------------------------------------------------------------------------
 def _embedded(response: pb.EmbedResponse, aligned: bool) -> list[DetectedFace | list[float]]:
     """An Embed answer: the chip's embedding, or each face found with its embedding."""
@@ -340,6 +377,43 @@ def _clustering(m: pb.ClusterFacesResponse) -> Clustering:
         m.strict_distance,
         m.loose_distance,
     )
+
+
+def _run(m: pb.Clustering) -> ClusteringRun:
+    return ClusteringRun(
+        m.name,
+        int(m.name.rsplit("/", 1)[-1]),
+        pb.Clustering.State.Name(m.state),
+        m.phase,
+        m.done,
+        m.total,
+        m.face_count,
+        m.cluster_count,
+        m.singleton_count,
+        m.strict_distance,
+        m.loose_distance,
+        m.neighbours,
+        m.error,
+        m.create_time,
+        m.update_time,
+        m.finish_time,
+    )
+
+
+def _gallery_cluster(m: pb.GalleryCluster) -> GalleryCluster:
+    return GalleryCluster(
+        m.rank,
+        list(m.face_ids),
+        list(m.identity_ids),
+        m.representative_face_id,
+        m.cohesion,
+        m.singleton,
+        m.identity_id,
+    )
+
+
+def clustering_name(gallery: str, run_id: int) -> str:
+    return f"{gallery_name(gallery)}/clusterings/{run_id}"
 
 
 def _face_matches(m: pb.FaceMatches) -> FaceMatches:
@@ -673,6 +747,68 @@ class FaceIdClient:
         ``strict_distance``, ``loose_distance`` and ``face`` as :func:`cluster_faces_request`."""
         return _clustering(self._call("ClusterFaces", cluster_faces_request(gallery, probes, **options)))
 
+    def start_clustering(
+        self, gallery: str, strict_distance: float = 0.0, loose_distance: float = 0.0
+    ) -> ClusteringRun:
+        """Start clustering every face of ``gallery`` in the background; the run, "RUNNING"."""
+        request = pb.StartClusteringRequest(
+            parent=gallery_name(gallery), strict_distance=strict_distance, loose_distance=loose_distance
+        )
+        return _run(self._call("StartClustering", request))
+
+    def get_clustering(self, gallery: str, run_id: int) -> ClusteringRun:
+        return _run(
+            self._call("GetClustering", pb.GetClusteringRequest(name=clustering_name(gallery, run_id)))
+        )
+
+    def wait_clustering(
+        self,
+        gallery: str,
+        run_id: int,
+        poll: float = 1.0,
+        timeout: float | None = None,
+        progress: Callable[[ClusteringRun], None] | None = None,
+    ) -> ClusteringRun:
+        """Poll a run until it is no longer "RUNNING" (``progress`` sees each answer); TimeoutError
+        after ``timeout`` seconds (the run goes on)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            run = self.get_clustering(gallery, run_id)
+            if progress is not None:
+                progress(run)
+            if run.state != "RUNNING":
+                return run
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"clustering {run_id} still runs ({run.phase}, {run.done:,} of {run.total:,})"
+                )
+            time.sleep(poll)
+
+    def list_clusterings(self, gallery: str) -> list[ClusteringRun]:
+        response = self._call("ListClusterings", pb.ListClusteringsRequest(parent=gallery_name(gallery)))
+        return [_run(r) for r in response.clusterings]
+
+    def list_clusters(
+        self, gallery: str, run_id: int, min_size: int = 1, page_size: int = 100
+    ) -> Iterator[GalleryCluster]:
+        """A finished run's clusters, largest first (``min_size`` 2: no singletons), paged."""
+        token = ""
+        while True:
+            request = pb.ListClustersRequest(
+                parent=clustering_name(gallery, run_id),
+                page_size=page_size,
+                page_token=token,
+                min_size=min_size,
+            )
+            page = self._call("ListClusters", request)
+            yield from (_gallery_cluster(c) for c in page.clusters)
+            token = page.next_page_token
+            if not token:
+                return
+
+    def delete_clustering(self, gallery: str, run_id: int) -> None:
+        self._call("DeleteClustering", pb.DeleteClusteringRequest(name=clustering_name(gallery, run_id)))
+
     def verify(
         self,
         gallery: str,
@@ -815,6 +951,42 @@ class AsyncFaceIdClient:
         """:meth:`FaceIdClient.cluster_faces` for asyncio."""
         request = cluster_faces_request(gallery, probes, **options)
         return _clustering(await self._call("ClusterFaces", request))
+
+    async def start_clustering(
+        self, gallery: str, strict_distance: float = 0.0, loose_distance: float = 0.0
+    ) -> ClusteringRun:
+        """:meth:`FaceIdClient.start_clustering` for asyncio."""
+        request = pb.StartClusteringRequest(
+            parent=gallery_name(gallery), strict_distance=strict_distance, loose_distance=loose_distance
+        )
+        return _run(await self._call("StartClustering", request))
+
+    async def get_clustering(self, gallery: str, run_id: int) -> ClusteringRun:
+        request = pb.GetClusteringRequest(name=clustering_name(gallery, run_id))
+        return _run(await self._call("GetClustering", request))
+
+    async def list_clusters(
+        self, gallery: str, run_id: int, min_size: int = 1, page_size: int = 100
+    ) -> AsyncIterator[GalleryCluster]:
+        """:meth:`FaceIdClient.list_clusters` for asyncio."""
+        token = ""
+        while True:
+            request = pb.ListClustersRequest(
+                parent=clustering_name(gallery, run_id),
+                page_size=page_size,
+                page_token=token,
+                min_size=min_size,
+            )
+            page = await self._call("ListClusters", request)
+            for c in page.clusters:
+                yield _gallery_cluster(c)
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def delete_clustering(self, gallery: str, run_id: int) -> None:
+        request = pb.DeleteClusteringRequest(name=clustering_name(gallery, run_id))
+        await self._call("DeleteClustering", request)
 
     async def verify(
         self,

@@ -50,7 +50,7 @@ from faceid.engine.domain.errors import FaceIdError
 from faceid.engine.service.access import KeyRing
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.server.convert import Malformed
-from faceid.server.names import face_of, gallery_of, identity_of
+from faceid.server.names import clustering_of, face_of, gallery_of, identity_of
 
 log = logging.getLogger("faceid.auth")
 SERVICE = "/faceid.v1.FaceId/"
@@ -82,6 +82,14 @@ def _face(request: Any) -> list[str]:
     return [face_of(request.name)[0]]
 
 
+def _clustering(request: Any) -> list[str]:
+    return [clustering_of(request.name)[0]]
+
+
+def _clustering_parent(request: Any) -> list[str]:
+    return [clustering_of(request.parent, "parent")[0]]
+
+
 def _items(request: Any) -> list[str]:
     return sorted({gallery_of(item.parent, "parent") for item in request.items})
 
@@ -104,6 +112,12 @@ RULES: dict[str, Rule] = {
     "IdentifyBatch": Rule(Role.READER, _parent),
     "SearchFaces": Rule(Role.READER, _parent),
     "ClusterFaces": Rule(Role.READER, _parent),
+    # A run writes only its own results, but it takes the machine's cores for minutes: a writer's.
+    "StartClustering": Rule(Role.WRITER, _parent),
+    "GetClustering": Rule(Role.READER, _clustering),
+    "ListClusterings": Rule(Role.READER, _parent),
+    "ListClusters": Rule(Role.READER, _clustering_parent),
+    "DeleteClustering": Rule(Role.WRITER, _clustering),
     "Verify": Rule(Role.READER, _parent),
     "GetIdentity": Rule(Role.READER, _identity),
     "ListIdentities": Rule(Role.READER, _parent),

@@ -9,7 +9,7 @@ import numpy as np
 
 from faceid.engine.domain.errors import FaceIdError, InvalidInputError
 from faceid.engine.domain.faces import Box, Detection, FaceChoice, FaceRule
-from faceid.engine.domain.records import Identity
+from faceid.engine.domain.records import ClusteringRun, Identity, StoredCluster
 from faceid.engine.domain.results import (
     Clustering,
     EmbeddedFace,
@@ -22,7 +22,7 @@ from faceid.engine.domain.results import (
     PhotoInput,
 )
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
-from faceid.server.names import identity_name
+from faceid.server.names import clustering_name, identity_name
 from faceid.server.status import status_of
 
 
@@ -201,6 +201,47 @@ def _cluster_pb(k: FaceCluster) -> pb.FaceCluster:
         cohesion=k.cohesion or 0.0,
         singleton=k.singleton,
         identity_id=k.identity or "",
+    )
+
+
+_RUN_STATES = {
+    "running": pb.Clustering.RUNNING,
+    "succeeded": pb.Clustering.SUCCEEDED,
+    "failed": pb.Clustering.FAILED,
+}
+
+
+def clustering_run_pb(gallery: str, r: ClusteringRun) -> pb.Clustering:
+    return pb.Clustering(
+        name=clustering_name(gallery, r.id),
+        state=_RUN_STATES[r.state],
+        phase=r.phase,
+        done=r.done,
+        total=r.total,
+        face_count=r.faces,
+        cluster_count=r.clusters,
+        singleton_count=r.singletons,
+        strict_distance=r.strict_distance,
+        loose_distance=r.loose_distance,
+        neighbours=r.neighbours,
+        error=r.error,
+        create_time=r.created_at.isoformat(),
+        update_time=r.updated_at.isoformat(),
+        finish_time=r.finished_at.isoformat() if r.finished_at else "",
+    )
+
+
+def gallery_cluster_pb(gallery: str, run_id: int, c: StoredCluster) -> pb.GalleryCluster:
+    ids = [m.external_id for m in c.members]
+    return pb.GalleryCluster(
+        name=f"{clustering_name(gallery, run_id)}/clusters/{c.rank}",
+        rank=c.rank,
+        face_ids=[m.face_id for m in c.members],
+        identity_ids=ids,
+        representative_face_id=c.representative_face_id,
+        cohesion=c.cohesion or 0.0,
+        singleton=len(c.members) == 1,
+        identity_id=max(ids, key=ids.count) if ids else "",
     )
 
 

@@ -32,6 +32,23 @@ def face_of(name: str) -> tuple[str, int]:
     return parts[1], int(digits)
 
 
+def clustering_of(name: str, field: str = "name") -> tuple[str, int]:
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "galleries" or parts[2] != "clusterings" or not parts[1]:
+        raise InvalidInputError(
+            f"{field} must be 'galleries/{{gallery}}/clusterings/{{id}}' (a StartClustering answer's name); "
+            f"got {name!r}"
+        )
+    digits = parts[3]
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 19 and 0 < int(digits) < 2**63):
+        raise InvalidInputError(f"a clustering id is a whole number from 1 to 2^63 - 1; got {digits!r}")
+    return parts[1], int(digits)
+
+
+def clustering_name(gallery: str, run_id: int) -> str:
+    return f"galleries/{gallery}/clusterings/{run_id}"
+
+
 def identity_name(gallery: str, external_id: str) -> str:
     return f"galleries/{gallery}/identities/{_escaped(external_id)}"
 

@@ -28,19 +28,21 @@ from faceid.server.config import ServerConfig
 from faceid.server.convert import (
     Malformed,
     clustering_pb,
+    clustering_run_pb,
     detected_pb,
     embedded_pb,
     embedding_in,
     enrolled_pb,
     error_result,
     face_matches_pb,
+    gallery_cluster_pb,
     gallery_pb,
     identify_batch_pb,
     identity_pb,
     probe_in,
     probe_or_error,
 )
-from faceid.server.names import face_of, gallery_of, identity_of
+from faceid.server.names import clustering_of, face_of, gallery_of, identity_of
 
 
 def _search_params(
@@ -312,6 +314,45 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
             request.loose_distance or None,
         )
         return clustering_pb(clustering)
+
+    @rpc
+    async def StartClustering(self, request: pb.StartClusteringRequest, context: Any) -> pb.Clustering:
+        gallery = gallery_of(request.parent, "parent")
+        run = await self.engine.start_clustering(
+            gallery, request.strict_distance or None, request.loose_distance or None
+        )
+        return clustering_run_pb(gallery, run)
+
+    @rpc
+    async def GetClustering(self, request: pb.GetClusteringRequest, context: Any) -> pb.Clustering:
+        gallery, run_id = clustering_of(request.name)
+        return clustering_run_pb(gallery, await self.engine.clustering(gallery, run_id))
+
+    @rpc
+    async def ListClusterings(
+        self, request: pb.ListClusteringsRequest, context: Any
+    ) -> pb.ListClusteringsResponse:
+        gallery = gallery_of(request.parent, "parent")
+        runs = await self.engine.clusterings(gallery)
+        return pb.ListClusteringsResponse(clusterings=[clustering_run_pb(gallery, r) for r in runs])
+
+    @rpc
+    async def ListClusters(self, request: pb.ListClustersRequest, context: Any) -> pb.ListClustersResponse:
+        gallery, run_id = clustering_of(request.parent, "parent")
+        page, token = await self.engine.clusters(
+            gallery, run_id, request.page_size or 100, request.page_token, max(request.min_size, 1)
+        )
+        return pb.ListClustersResponse(
+            clusters=[gallery_cluster_pb(gallery, run_id, c) for c in page], next_page_token=token
+        )
+
+    @rpc
+    async def DeleteClustering(
+        self, request: pb.DeleteClusteringRequest, context: Any
+    ) -> pb.DeleteClusteringResponse:
+        gallery, run_id = clustering_of(request.name)
+        await self.engine.delete_clustering(gallery, run_id)
+        return pb.DeleteClusteringResponse()
 
     @rpc
     async def Verify(self, request: pb.VerifyRequest, context: Any) -> pb.VerifyResponse:

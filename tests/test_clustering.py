@@ -1,15 +1,20 @@
-"""ClusterFaces through a real server process on a loopback port, with the real client."""
+"""Clustering through a real server process on a loopback port, with the real client: faces sent
+in a call (ClusterFaces), and whole galleries in the background (StartClustering …)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from PIL import Image
 
-from faceid.client.client import FaceCluster, FaceIdClient, FaceIdClientError
+from faceid.client.client import ClusteringRun, FaceCluster, FaceIdClient, FaceIdClientError, enroll_request
+from faceid.proto.faceid.v1 import faceid_pb2 as pb
+from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
 
 from .conftest import encode
 from .helpers import ServerProcess, code_of, near, unit
@@ -101,3 +106,105 @@ def test_the_call_refuses_what_it_cannot_cluster_with_a_message_that_says_what_t
     with pytest.raises(FaceIdClientError) as big:
         client.cluster_faces("limits", many)
     assert big.value.code == "INVALID_ARGUMENT" and "20,000" in str(big.value)
+
+
+def run_to_end(client: FaceIdClient, gallery: str, run_id: int) -> ClusteringRun:
+    run = client.wait_clustering(gallery, run_id, poll=0.2, timeout=240)
+    assert run.state == "SUCCEEDED", run.error
+    return run
+
+
+def test_a_gallery_of_real_photos_clusters_in_the_background_by_person_and_survives_a_restart(
+    faces: Path, tmp_path: Path
+) -> None:
+    paths = sorted((faces / "dlib_johns5" / "images").glob("*/*"))
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        with server.client() as client:
+            client.create_gallery("archive")
+            person = {}  # every photo its own identity, as a photo archive holds them
+            for i, path in enumerate(paths):
+                [face] = client.enroll("archive", f"photo-{i:02d}", photo=path.read_bytes())
+                person[face.face_id] = path.parent.name
+            started = client.start_clustering("archive")
+            assert started.state == "RUNNING" and started.face_count == len(paths)
+            run = run_to_end(client, "archive", started.run_id)
+            clusters = list(client.list_clusters("archive", run.run_id))
+            assert (run.cluster_count, run.singleton_count) == (5, 0) and len(clusters) == 5
+            assert [len({person[f] for f in c.face_ids}) for c in clusters] == [1] * 5
+            assert sorted(len(c.face_ids) for c in clusters) == sorted(
+                list(person.values()).count(p) for p in set(person.values())
+            )
+            assert [c.rank for c in clusters] == [1, 2, 3, 4, 5]
+            first = clusters[0]
+            assert first.representative_face_id in first.face_ids and 0 < first.cohesion <= 1
+            assert first.identity_ids[0].startswith("photo-") and first.identity_id in first.identity_ids
+            assert [r.run_id for r in client.list_clusterings("archive")] == [run.run_id]
+        assert server.stop() == 0
+        server.start()
+        with server.client() as client:
+            assert client.get_clustering("archive", run.run_id).state == "SUCCEEDED"
+            assert list(client.list_clusters("archive", run.run_id)) == clusters
+            gone = first.face_ids[0]
+            client.delete_face("archive", gone)
+            after = list(client.list_clusters("archive", run.run_id))
+            assert gone not in after[0].face_ids and len(after[0].face_ids) == len(first.face_ids) - 1
+            client.delete_clustering("archive", run.run_id)
+            assert code_of(lambda: client.get_clustering("archive", run.run_id)) == "NOT_FOUND"
+    finally:
+        server.stop()
+
+
+def fill(client: FaceIdClient, gallery: str, n: int) -> None:
+    client.create_gallery(gallery)
+    for start in range(0, n, 5000):
+        requests = [
+            enroll_request(gallery, f"p{i}", embedding=unit(i).tolist())
+            for i in range(start, min(n, start + 5000))
+        ]
+        assert not any(r.error_code for r in client.enroll_batch(requests))
+
+
+def test_a_run_cut_off_by_a_crash_reads_as_failed_and_starts_again(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        with server.client() as client:
+            fill(client, "big", 30_000)
+            run = client.start_clustering("big")
+            assert code_of(lambda: client.start_clustering("big")) == "FAILED_PRECONDITION"
+            assert code_of(lambda: list(client.list_clusters("big", run.run_id))) == "FAILED_PRECONDITION"
+            while (seen := client.get_clustering("big", run.run_id)).phase in ("starting",):
+                time.sleep(0.02)
+            assert seen.state == "RUNNING", "the run ended before the kill: give it more faces"
+        assert server.proc is not None
+        server.proc.kill()  # SIGKILL: no chance to say anything
+        server.proc.wait(30)
+        server.start()
+        with server.client() as client:
+            cut = client.get_clustering("big", run.run_id)
+            assert cut.state == "FAILED" and "start the clustering again" in cut.error
+            again = client.start_clustering("big")
+            done = run_to_end(client, "big", again.run_id)
+            assert done.singleton_count == 30_000 and done.cluster_count == 0
+    finally:
+        server.stop()
+
+
+def test_gallery_runs_refuse_what_they_cannot_do_with_a_message_that_says_what_to_send(
+    client: FaceIdClient, server: ServerProcess
+) -> None:
+    client.create_gallery("empty-runs")
+    assert code_of(lambda: client.start_clustering("empty-runs")) == "FAILED_PRECONDITION"
+    assert code_of(lambda: client.start_clustering("no-such-gallery")) == "NOT_FOUND"
+    assert code_of(lambda: client.get_clustering("empty-runs", 999)) == "NOT_FOUND"
+    bad = pb.GetClusteringRequest(name="galleries/empty-runs/clusterings/abc")
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.FaceIdStub(channel)
+        md = [("authorization", f"Bearer {server.admin_key}")]
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetClustering(bad, metadata=md)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListClusters(pb.ListClustersRequest(parent="galleries/empty-runs"), metadata=md)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "clusterings/{id}" in str(info.value.details())

@@ -221,3 +221,50 @@ def test_migrations_build_exactly_the_schema_of_the_models(tmp_path: Path) -> No
             if not url.startswith("sqlite"):
                 with sa.create_engine(PG_URL).begin() as c:
                     c.execute(sa.text(f"drop schema {schema} cascade"))
+
+
+def test_a_clustering_run_keeps_its_clusters_and_deleted_faces_leave_them(store: Store) -> None:
+    from faceid.engine.domain.errors import FailedPreconditionError
+    from faceid.engine.store import ClusterStore
+
+    g = make_gallery(store)
+    ids, _, _ = store.add_faces(g, [NewFace(f"p{i % 3}", vec(i)) for i in range(7)])
+    runs = ClusterStore(store.engine)
+    run = runs.start(g.id, 30, 0.32, 0.36, total=7)
+    assert run.state == "running" and run.faces == 7
+    with pytest.raises(FailedPreconditionError, match="still running"):
+        runs.start(g.id, 30, 0.32, 0.36, total=7)
+    runs.heartbeat(run.id, "neighbours", 4, 7)
+    assert (runs.get(g.id, run.id).phase, runs.get(g.id, run.id).done) == ("neighbours", 4)  # type: ignore[union-attr]
+    store.delete_faces(g.id, [ids[6]])  # deleted while the run works: left out of its result
+    done = runs.finish(
+        run.id, g.id, [(ids[0:4], ids[1], 0.9), (ids[4:6], ids[4], 0.8), ([ids[6]], ids[6], None)]
+    )
+    assert (done.state, done.clusters, done.singletons) == ("succeeded", 2, 0)
+    page = runs.clusters(run.id, 10)
+    assert [[m.face_id for m in c.members] for c in page] == [ids[0:4], ids[4:6]]
+    assert [m.external_id for m in page[0].members] == ["p0", "p1", "p2", "p0"]
+    assert page[0].representative_face_id == ids[1] and page[0].cohesion == 0.9
+    store.delete_faces(g.id, [ids[1], ids[5]])  # the representative too
+    page = runs.clusters(run.id, 10)
+    assert [[m.face_id for m in c.members] for c in page] == [[ids[0], ids[2], ids[3]], [ids[4]]]
+    assert page[0].representative_face_id == ids[0] and page[1].cohesion is None
+    assert [c.rank for c in runs.clusters(run.id, 10, min_size=2)] == [1]
+    assert [c.rank for c in runs.clusters(run.id, 1, after_rank=1)] == [2]
+    store.delete_identity(g.id, "p0")
+    assert [[m.face_id for m in c.members] for c in runs.clusters(run.id, 10)] == [[ids[2]], [ids[4]]]
+    assert runs.delete(g.id, run.id) and runs.get(g.id, run.id) is None
+
+
+def test_a_run_left_running_by_a_stopped_server_is_marked_failed_and_another_may_start(store: Store) -> None:
+    from faceid.engine.store import ClusterStore
+
+    g = make_gallery(store)
+    runs = ClusterStore(store.engine)
+    first = runs.start(g.id, 30, 0.32, 0.36, total=1)
+    assert runs.fail_running("stopped; start it again") == 1
+    failed = runs.get(g.id, first.id)
+    assert failed is not None and failed.state == "failed" and "start it again" in failed.error
+    assert runs.start(g.id, 30, 0.32, 0.36, total=1).state == "running"
+    store.delete_gallery(g.id)
+    assert runs.of_gallery(g.id) == []

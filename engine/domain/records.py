@@ -88,3 +88,51 @@ def embedding_sha256(vector: npt.ArrayLike) -> str:
     return sha256_hex(
         np.ascontiguousarray(np.asarray(vector, dtype=np.float32).ravel(), dtype="<f4").tobytes()
     )
+
+
+#: The states of a clustering run.  A run whose process stopped (its heartbeat older than
+#: :data:`CLUSTERING_STALE_SECONDS`) reads as "failed", with a message saying to start it again.
+CLUSTERING_STATES = ("running", "succeeded", "failed")
+CLUSTERING_STALE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class ClusteringRun:
+    """A background clustering of a gallery's faces: its state, progress and result counts."""
+
+    id: int
+    gallery_id: int
+    state: str
+    phase: str
+    faces: int
+    done: int
+    total: int
+    neighbours: int
+    strict_distance: float
+    loose_distance: float
+    clusters: int
+    singletons: int
+    error: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ClusterMember:
+    """A face of a stored cluster and the identity it belongs to now (its external id)."""
+
+    face_id: int
+    external_id: str
+
+
+@dataclass(frozen=True)
+class StoredCluster:
+    """A cluster of a clustering run, with its members as they are now (deleted faces gone):
+    ``rank`` 1 is the run's largest; the representative is the run's, or the first member left
+    when that face was deleted; cohesion as the run measured it (None: a singleton)."""
+
+    rank: int
+    members: list[ClusterMember]
+    representative_face_id: int
+    cohesion: float | None

@@ -8,6 +8,8 @@ then searched against the gallery (one batched search, top 1) for the identity i
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,10 +19,18 @@ import numpy.typing as npt
 from faceid.engine.cluster.clusters import Group, groups
 from faceid.engine.cluster.linkage import Linkage, average_linkage, neighbour_pairs
 from faceid.engine.config import ClusterConfig
-from faceid.engine.domain.errors import InvalidInputError
+from faceid.engine.domain import limits
+from faceid.engine.domain.errors import FaceIdError, FailedPreconditionError, InvalidInputError, NotFoundError
 from faceid.engine.domain.faces import Box
+from faceid.engine.domain.records import ClusteringRun, StoredCluster
 from faceid.engine.domain.results import ClusteredFace, FaceCluster, Match
 from faceid.engine.index import IndexBackend
+from faceid.engine.service.checks import decode_page_token, encode_page_token
+from faceid.engine.service.galleries import Galleries
+from faceid.engine.store import ClusterStore, Store
+from faceid.engine.store.clusterings import STOPPED
+
+log = logging.getLogger("faceid.clustering")
 
 
 @dataclass(frozen=True)
@@ -78,3 +88,138 @@ def majority_identity(members: Sequence[ClusteredFace]) -> str | None:
             count, best = votes.get(m.match.external_id, (0, -1.0))
             votes[m.match.external_id] = (count + 1, max(best, m.match.similarity))
     return max(votes, key=votes.__getitem__) if votes else None
+
+
+# ---- a gallery, in the background -------------------------------------------------------------
+class ServerStoppingError(Exception):
+    """The server is stopping: a running clustering gives up at its next step."""
+
+
+class GalleryClustering:
+    """Clustering runs of whole galleries: started by a call, run in the background
+    (:meth:`run`), their progress and clusters in the store (:class:`ClusterStore`).
+
+    The neighbour graph comes from the gallery's own index: every face's vector searched for its
+    ``neighbours + 1`` nearest (itself among them) in batches, with the index's default search
+    settings — on the GPU when the index is there.  The run writes its progress at least once per
+    batch; that write is also its heartbeat, so a run whose process stopped reads as failed
+    (:data:`CLUSTERING_STALE_SECONDS`) and may be started again."""
+
+    BATCH = 4096  # faces searched per step (one progress write each)
+
+    def __init__(self, config: ClusterConfig, store: Store, galleries: Galleries, recover: bool) -> None:
+        self.config = config
+        self.store = store
+        self.runs = ClusterStore(store.engine)
+        self.galleries = galleries
+        self.stop = threading.Event()
+        if recover:  # the process that clears what a crashed one left
+            cut = self.runs.fail_running(STOPPED)
+            if cut:
+                log.warning("%d clustering run(s) were cut off by the last stop: marked failed", cut)
+
+    def start(self, gallery: str, strict: float | None, loose: float | None) -> ClusteringRun:
+        """A new run of ``gallery``'s faces, "running" (:meth:`run` does the work)."""
+        state = self.galleries.current(gallery)
+        distances = Distances.of(self.config, strict, loose)
+        faces = self.store.count_faces(state.gallery.id)
+        if faces < 1:
+            raise FailedPreconditionError(f"gallery {gallery!r} has no faces to cluster: enrol some first")
+        return self.runs.start(
+            state.gallery.id, self.config.neighbours, distances.strict, distances.loose, faces
+        )
+
+    def get(self, gallery: str, run_id: int) -> ClusteringRun:
+        found = self.runs.get(self.galleries.get(gallery).id, run_id)
+        if found is None:
+            raise NotFoundError(f"clustering {run_id} does not exist in gallery {gallery!r}")
+        return found
+
+    def of_gallery(self, gallery: str) -> list[ClusteringRun]:
+        """The gallery's runs, newest first."""
+        return self.runs.of_gallery(self.galleries.get(gallery).id)
+
+    def delete(self, gallery: str, run_id: int) -> None:
+        """Forget a run and its clusters (the faces stay); a running one stops at its next step."""
+        if not self.runs.delete(self.galleries.get(gallery).id, run_id):
+            raise NotFoundError(f"clustering {run_id} does not exist in gallery {gallery!r}")
+
+    def clusters(
+        self, gallery: str, run_id: int, page_size: int, page_token: str = "", min_size: int = 1
+    ) -> tuple[list[StoredCluster], str]:
+        """A page of a finished run's clusters, largest first, and the next page's token."""
+        run = self.get(gallery, run_id)
+        if run.state != "succeeded":
+            raise FailedPreconditionError(
+                f"clustering {run_id} is {run.state}"
+                + (f" ({run.error})" if run.error else f" ({run.phase}): ask again when it has succeeded")
+            )
+        limits.check_page_size(page_size)
+        if min_size < 1:
+            raise InvalidInputError(f"min_size must be at least 1; got {min_size}")
+        after = decode_page_token(page_token)
+        if after is not None and not after.isdigit():
+            raise InvalidInputError("page_token is not one this server issued; start again without it")
+        page = self.runs.clusters(run_id, page_size + 1, int(after or 0), min_size)
+        more = len(page) > page_size
+        page = page[:page_size]
+        return page, encode_page_token(str(page[-1].rank)) if more else ""
+
+    def run(self, gallery: str, run: ClusteringRun) -> ClusteringRun:
+        """Do the run: the neighbour graph, the merges, the clusters stored.  Any failure is
+        written to the run (the caller sees it in GetClustering), never lost."""
+        try:
+            return self._run(gallery, run)
+        except ServerStoppingError:
+            self.runs.fail(run.id, STOPPED)
+        except FaceIdError as exc:  # the gallery was deleted meanwhile, …
+            self.runs.fail(run.id, str(exc))
+        except Exception as exc:
+            log.exception("clustering %s of %s failed", run.id, gallery)
+            self.runs.fail(run.id, f"the clustering failed on the server ({type(exc).__name__}: {exc})")
+        return self.runs.get(run.gallery_id, run.id) or run
+
+    def _run(self, gallery: str, run: ClusteringRun) -> ClusteringRun:
+        state = self.galleries.current(gallery)
+        parts = list(self.store.iter_embeddings(state.gallery.id, state.gallery.dim))
+        if not parts:
+            return self.runs.finish(run.id, run.gallery_id, [])
+        ids = np.concatenate([p[0] for p in parts])
+        vectors = np.concatenate([p[1] for p in parts])
+        del parts
+        n = len(ids)
+        k = min(run.neighbours + 1, n)
+        table = np.full((n, k), -1, np.int64)
+        for start in range(0, n, self.BATCH):
+            self._step(run.id, "neighbours", start, n)
+            _, found = state.index.search(vectors[start : start + self.BATCH], k)
+            table[start : start + len(found)] = rows_of(ids, found)
+        self._step(run.id, "merging", 0, 0)
+        labels = average_linkage(
+            vectors,
+            neighbour_pairs(table),
+            Linkage.from_distances(run.strict_distance, run.loose_distance),
+            lambda round_, _proposals, _clusters: self._step(run.id, "merging", round_, 0),
+        )
+        self._step(run.id, "saving", 0, 0)
+        return self.runs.finish(
+            run.id,
+            run.gallery_id,
+            [
+                (ids[g.members].tolist(), int(ids[g.representative]), g.cohesion)
+                for g in groups(vectors, labels)
+            ],
+        )
+
+    def _step(self, run_id: int, phase: str, done: int, total: int) -> None:
+        """Progress, which is also the heartbeat; the point where a stopping server's run gives up."""
+        if self.stop.is_set():
+            raise ServerStoppingError
+        self.runs.heartbeat(run_id, phase, done, total)
+
+
+def rows_of(ids: npt.NDArray[np.int64], found: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Face ids an index search returned as row numbers of ``ids`` (sorted); -1 for a face not
+    among them (enrolled after the run read the gallery) and for an empty slot."""
+    rows = np.searchsorted(ids, found).clip(0, len(ids) - 1)
+    return np.where((found >= 0) & (ids[rows] == found), rows, -1)

@@ -47,7 +47,7 @@ from faceid.engine.domain.errors import (
     all_or_first_error,
 )
 from faceid.engine.domain.faces import Box, Detection, Face, FaceChoice, chosen_box
-from faceid.engine.domain.records import Identity
+from faceid.engine.domain.records import ClusteringRun, Identity, StoredCluster
 from faceid.engine.domain.results import (
     Clustering,
     Detected,
@@ -121,6 +121,8 @@ class Engine:
         self.detect_batcher: MicroBatcher[Scan, Raw] = MicroBatcher(
             self._detect_batch, self.executor, window, config.pipeline.detect.batch, config.batch_inflight
         )
+        #: Background clustering runs, one at a time (a run uses every core it can get).
+        self.jobs = ThreadPoolExecutor(1, thread_name_prefix="faceid-cluster")
 
     @property
     def model_id(self) -> str:
@@ -134,6 +136,8 @@ class Engine:
     def close(self) -> None:
         """Finish the work in the worker threads, then snapshot every gallery and release the store
         (blocking: call it from a thread, or with :func:`asyncio.to_thread`)."""
+        self.service.clustering.stop.set()  # a running clustering gives up at its next step
+        self.jobs.shutdown(wait=True, cancel_futures=True)
         self.executor.shutdown(wait=True)
         self.service.close()
 
@@ -510,6 +514,32 @@ class Engine:
             self.service.cluster_faces, gallery, faces, strict_distance, loose_distance
         )
         return replace(clustering, errors=sorted([*errors, *clustering.errors], key=lambda e: e[0]))
+
+    # ---- clustering a gallery (background runs) ----------------------------------------------
+    async def start_clustering(
+        self, gallery: str, strict_distance: float | None = None, loose_distance: float | None = None
+    ) -> ClusteringRun:
+        """Start clustering every face of a gallery (:class:`GalleryClustering`): the run comes
+        back at once, "running"; it works in the background thread of this process."""
+        run = await self._run(self.service.clustering.start, gallery, strict_distance, loose_distance)
+        self.jobs.submit(self.service.clustering.run, gallery, run)
+        return run
+
+    async def clustering(self, gallery: str, run_id: int) -> ClusteringRun:
+        return await self._run(self.service.clustering.get, gallery, run_id)
+
+    async def clusterings(self, gallery: str) -> list[ClusteringRun]:
+        return await self._run(self.service.clustering.of_gallery, gallery)
+
+    async def clusters(
+        self, gallery: str, run_id: int, page_size: int = 100, page_token: str = "", min_size: int = 1
+    ) -> tuple[list[StoredCluster], str]:
+        return await self._run(
+            self.service.clustering.clusters, gallery, run_id, page_size, page_token, min_size
+        )
+
+    async def delete_clustering(self, gallery: str, run_id: int) -> None:
+        await self._run(self.service.clustering.delete, gallery, run_id)
 
     async def verify_identity(
         self, gallery: str, probe: Probe, identity_id: str, threshold: float | None = None

@@ -51,7 +51,7 @@ from faceid.engine.domain.results import (
 from faceid.engine.domain.search import SearchParams
 from faceid.engine.index import FaissBackend, IndexBackend
 from faceid.engine.service.checks import check_embedding, decode_page_token, encode_page_token
-from faceid.engine.service.clustering import Distances, cluster_set, face_clusters
+from faceid.engine.service.clustering import Distances, GalleryClustering, cluster_set, face_clusters
 from faceid.engine.service.galleries import Galleries, GalleryState
 from faceid.engine.service.identity_cache import IdentityCache, Packed, pack
 from faceid.engine.store import Store, make_engine
@@ -112,6 +112,7 @@ class FaceService:
         self.galleries = Galleries(
             config, self.store, backend or FaissBackend(config.index), self._identity_cache, self.model
         )
+        self.clustering = GalleryClustering(config.cluster, self.store, self.galleries, config.snapshots)
 
     def _before_commit(self) -> None:
         check: Proceed | None = getattr(self._commit_check, "proceed", None)
@@ -143,6 +144,7 @@ class FaceService:
 
     def close(self) -> None:
         """Snapshot every gallery and release the database."""
+        self.clustering.stop.set()
         self.galleries.close()
 
     # ---- input checks -------------------------------------------------------------------------

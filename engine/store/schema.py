@@ -119,3 +119,56 @@ class ChangeRow(Base):
     #: The face added or removed; for "update" the identity's row id; 0 for "drop"; for "trim" the
     #: highest sequence number dropped from the log (see :meth:`Store.trim_changes`).
     face_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class ClusteringRow(Base):
+    """One clustering run of a gallery's faces (a background job) and its progress.
+
+    ``updated_at`` is the job's heartbeat: the process running it writes it at least every few
+    seconds, so a run whose process stopped is told apart from a slow one by its age."""
+
+    __tablename__ = "clusterings"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    gallery_id: Mapped[int] = mapped_column(ForeignKey("galleries.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(16))  # "running" | "succeeded" | "failed"
+    phase: Mapped[str] = mapped_column(String(32), default="")
+    faces: Mapped[int] = mapped_column(BigInteger)  # the gallery's faces when the run started
+    done: Mapped[int] = mapped_column(BigInteger, default=0)
+    total: Mapped[int] = mapped_column(BigInteger, default=0)
+    neighbours: Mapped[int] = mapped_column(Integer)
+    strict_distance: Mapped[float] = mapped_column(Float)
+    loose_distance: Mapped[float] = mapped_column(Float)
+    clusters: Mapped[int] = mapped_column(BigInteger, default=0)  # of two or more faces
+    singletons: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str] = mapped_column(String(1024), default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class ClusterRow(Base):
+    """A cluster of a clustering run: ``rank`` 1 is its largest.  The representative and the
+    cohesion are as the run found them; the members follow deletes (:class:`ClusterFaceRow`)."""
+
+    __tablename__ = "clusters"
+    __table_args__ = (UniqueConstraint("clustering_id", "rank"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    clustering_id: Mapped[int] = mapped_column(ForeignKey("clusterings.id", ondelete="CASCADE"))
+    rank: Mapped[int] = mapped_column(Integer)
+    #: No foreign key: a deleted representative leaves the cluster; readers then show another member.
+    representative_face_id: Mapped[int] = mapped_column(BigInteger)
+    cohesion: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ClusterFaceRow(Base):
+    """A face's membership of a cluster; deleting the face (or its identity, or its gallery)
+    deletes it, so that a cluster never lists a face that is gone."""
+
+    __tablename__ = "cluster_faces"
+
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"), primary_key=True)
+    face_id: Mapped[int] = mapped_column(
+        ForeignKey("faces.id", ondelete="CASCADE"), primary_key=True, index=True
+    )

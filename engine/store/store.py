@@ -149,7 +149,7 @@ COPY_MIN = 32  # rows from which a PostgreSQL insert goes by COPY
 IN_CHUNK = 10_000  # ids per IN (…) list
 
 
-def _insert(c: Connection, model: type[Base], rows: list[dict[str, Any]]) -> list[int]:
+def insert_rows(c: Connection, model: type[Base], rows: list[dict[str, Any]]) -> list[int]:
     """Insert rows (each with the same keys); their generated primary keys, in order.
 
     On PostgreSQL a batch of ``COPY_MIN`` rows or more takes its keys from the table's sequence
@@ -173,6 +173,24 @@ def _insert(c: Connection, model: type[Base], rows: list[dict[str, Any]]) -> lis
             for k, row in zip(keys, rows, strict=True):
                 copy.write_row([k, *(json.dumps(row[c]) if c in json_columns else row[c] for c in columns)])
     return keys
+
+
+def lock_gallery(c: Connection, gallery_id: int) -> None:
+    """Serialize the gallery's writers in the database, before the transaction reads anything,
+    so that (1) its change log's order is the order its changes were committed in: a process
+    that replays the log by sequence number then never skips a late commit; and (2) what a
+    writer reads (e.g. the faces already enrolled from a source, :meth:`Store.enrol`) stays true
+    until it commits, also against writers in other processes.
+
+    PostgreSQL: the gallery's row lock.  SQLite has one writer at a time, but Python's sqlite3
+    starts the transaction only at the first INSERT, UPDATE or DELETE: the SELECTs before it
+    ran outside, each on its own snapshot.  An UPDATE that matches no row starts the
+    transaction and takes the database's write lock (waiting up to the busy timeout) without
+    writing a page."""
+    if c.dialect.name == "sqlite":
+        c.execute(update(GalleryRow).where(GalleryRow.id == -1).values(id=GalleryRow.id))
+    else:
+        c.execute(select(GalleryRow.id).where(GalleryRow.id == gallery_id).with_for_update())
 
 
 class Store:
@@ -273,21 +291,7 @@ class Store:
 
     @staticmethod
     def _lock_gallery(c: Connection, gallery_id: int) -> None:
-        """Serialize the gallery's writers in the database, before the transaction reads anything,
-        so that (1) its change log's order is the order its changes were committed in: a process
-        that replays the log by sequence number then never skips a late commit; and (2) what a
-        writer reads (e.g. the faces already enrolled from a source, :meth:`enrol`) stays true
-        until it commits, also against writers in other processes.
-
-        PostgreSQL: the gallery's row lock.  SQLite has one writer at a time, but Python's sqlite3
-        starts the transaction only at the first INSERT, UPDATE or DELETE: the SELECTs before it
-        ran outside, each on its own snapshot.  An UPDATE that matches no row starts the
-        transaction and takes the database's write lock (waiting up to the busy timeout) without
-        writing a page."""
-        if c.dialect.name == "sqlite":
-            c.execute(update(GalleryRow).where(GalleryRow.id == -1).values(id=GalleryRow.id))
-        else:
-            c.execute(select(GalleryRow.id).where(GalleryRow.id == gallery_id).with_for_update())
+        lock_gallery(c, gallery_id)
 
     # ---- faces --------------------------------------------------------------------------------
     def add_faces(
@@ -451,7 +455,7 @@ class Store:
                 }
                 for eid, f in first.items()
             ]
-            new_ids = dict(zip(first, _insert(c, IdentityRow, rows), strict=True))
+            new_ids = dict(zip(first, insert_rows(c, IdentityRow, rows), strict=True))
             identities.update(new_ids)
             if created is not None:
                 for eid, f in first.items():
@@ -475,11 +479,11 @@ class Store:
             }
             for f in faces
         ]
-        return _insert(c, FaceRow, face_rows), [identities[f.external_id] for f in faces]
+        return insert_rows(c, FaceRow, face_rows), [identities[f.external_id] for f in faces]
 
     def _log(self, c: Connection, gallery_id: int, op: str, face_ids: Sequence[int]) -> int:
         rows = [{"gallery_id": gallery_id, "op": op, "face_id": i} for i in face_ids]
-        return max(_insert(c, ChangeRow, rows))
+        return max(insert_rows(c, ChangeRow, rows))
 
     def delete_faces(self, gallery_id: int, face_ids: Sequence[int]) -> tuple[list[int], int]:
         """Delete faces by id; returns the ids that existed and the last change's sequence number."""

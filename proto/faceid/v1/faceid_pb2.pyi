@@ -341,6 +341,128 @@ class ClusterFacesResponse(_message.Message):
     loose_distance: float
     def __init__(self, clusters: _Optional[_Iterable[_Union[FaceCluster, _Mapping]]] = ..., errors: _Optional[_Iterable[_Union[IdentifyBatchResult, _Mapping]]] = ..., strict_distance: _Optional[float] = ..., loose_distance: _Optional[float] = ...) -> None: ...
 
+class StartClusteringRequest(_message.Message):
+    __slots__ = ("parent", "strict_distance", "loose_distance")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    STRICT_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    LOOSE_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    strict_distance: float
+    loose_distance: float
+    def __init__(self, parent: _Optional[str] = ..., strict_distance: _Optional[float] = ..., loose_distance: _Optional[float] = ...) -> None: ...
+
+class Clustering(_message.Message):
+    __slots__ = ("name", "state", "phase", "done", "total", "face_count", "cluster_count", "singleton_count", "strict_distance", "loose_distance", "neighbours", "error", "create_time", "update_time", "finish_time")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[Clustering.State]
+        RUNNING: _ClassVar[Clustering.State]
+        SUCCEEDED: _ClassVar[Clustering.State]
+        FAILED: _ClassVar[Clustering.State]
+    STATE_UNSPECIFIED: Clustering.State
+    RUNNING: Clustering.State
+    SUCCEEDED: Clustering.State
+    FAILED: Clustering.State
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FACE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SINGLETON_COUNT_FIELD_NUMBER: _ClassVar[int]
+    STRICT_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    LOOSE_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    FINISH_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: Clustering.State
+    phase: str
+    done: int
+    total: int
+    face_count: int
+    cluster_count: int
+    singleton_count: int
+    strict_distance: float
+    loose_distance: float
+    neighbours: int
+    error: str
+    create_time: str
+    update_time: str
+    finish_time: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[Clustering.State, str]] = ..., phase: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., face_count: _Optional[int] = ..., cluster_count: _Optional[int] = ..., singleton_count: _Optional[int] = ..., strict_distance: _Optional[float] = ..., loose_distance: _Optional[float] = ..., neighbours: _Optional[int] = ..., error: _Optional[str] = ..., create_time: _Optional[str] = ..., update_time: _Optional[str] = ..., finish_time: _Optional[str] = ...) -> None: ...
+
+class GetClusteringRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListClusteringsRequest(_message.Message):
+    __slots__ = ("parent",)
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    def __init__(self, parent: _Optional[str] = ...) -> None: ...
+
+class ListClusteringsResponse(_message.Message):
+    __slots__ = ("clusterings",)
+    CLUSTERINGS_FIELD_NUMBER: _ClassVar[int]
+    clusterings: _containers.RepeatedCompositeFieldContainer[Clustering]
+    def __init__(self, clusterings: _Optional[_Iterable[_Union[Clustering, _Mapping]]] = ...) -> None: ...
+
+class ListClustersRequest(_message.Message):
+    __slots__ = ("parent", "page_size", "page_token", "min_size")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    page_size: int
+    page_token: str
+    min_size: int
+    def __init__(self, parent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., min_size: _Optional[int] = ...) -> None: ...
+
+class GalleryCluster(_message.Message):
+    __slots__ = ("name", "rank", "face_ids", "identity_ids", "representative_face_id", "cohesion", "singleton", "identity_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    FACE_IDS_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_IDS_FIELD_NUMBER: _ClassVar[int]
+    REPRESENTATIVE_FACE_ID_FIELD_NUMBER: _ClassVar[int]
+    COHESION_FIELD_NUMBER: _ClassVar[int]
+    SINGLETON_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rank: int
+    face_ids: _containers.RepeatedScalarFieldContainer[int]
+    identity_ids: _containers.RepeatedScalarFieldContainer[str]
+    representative_face_id: int
+    cohesion: float
+    singleton: bool
+    identity_id: str
+    def __init__(self, name: _Optional[str] = ..., rank: _Optional[int] = ..., face_ids: _Optional[_Iterable[int]] = ..., identity_ids: _Optional[_Iterable[str]] = ..., representative_face_id: _Optional[int] = ..., cohesion: _Optional[float] = ..., singleton: _Optional[bool] = ..., identity_id: _Optional[str] = ...) -> None: ...
+
+class ListClustersResponse(_message.Message):
+    __slots__ = ("clusters", "next_page_token")
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    clusters: _containers.RepeatedCompositeFieldContainer[GalleryCluster]
+    next_page_token: str
+    def __init__(self, clusters: _Optional[_Iterable[_Union[GalleryCluster, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteClusteringRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteClusteringResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class VerifyRequest(_message.Message):
     __slots__ = ("parent", "probe", "identity", "other", "threshold")
     PARENT_FIELD_NUMBER: _ClassVar[int]

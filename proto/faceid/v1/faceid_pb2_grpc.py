@@ -94,6 +94,31 @@ class FaceIdStub:
                 request_serializer=faceid_dot_v1_dot_faceid__pb2.ClusterFacesRequest.SerializeToString,
                 response_deserializer=faceid_dot_v1_dot_faceid__pb2.ClusterFacesResponse.FromString,
                 _registered_method=True)
+        self.StartClustering = channel.unary_unary(
+                '/faceid.v1.FaceId/StartClustering',
+                request_serializer=faceid_dot_v1_dot_faceid__pb2.StartClusteringRequest.SerializeToString,
+                response_deserializer=faceid_dot_v1_dot_faceid__pb2.Clustering.FromString,
+                _registered_method=True)
+        self.GetClustering = channel.unary_unary(
+                '/faceid.v1.FaceId/GetClustering',
+                request_serializer=faceid_dot_v1_dot_faceid__pb2.GetClusteringRequest.SerializeToString,
+                response_deserializer=faceid_dot_v1_dot_faceid__pb2.Clustering.FromString,
+                _registered_method=True)
+        self.ListClusterings = channel.unary_unary(
+                '/faceid.v1.FaceId/ListClusterings',
+                request_serializer=faceid_dot_v1_dot_faceid__pb2.ListClusteringsRequest.SerializeToString,
+                response_deserializer=faceid_dot_v1_dot_faceid__pb2.ListClusteringsResponse.FromString,
+                _registered_method=True)
+        self.ListClusters = channel.unary_unary(
+                '/faceid.v1.FaceId/ListClusters',
+                request_serializer=faceid_dot_v1_dot_faceid__pb2.ListClustersRequest.SerializeToString,
+                response_deserializer=faceid_dot_v1_dot_faceid__pb2.ListClustersResponse.FromString,
+                _registered_method=True)
+        self.DeleteClustering = channel.unary_unary(
+                '/faceid.v1.FaceId/DeleteClustering',
+                request_serializer=faceid_dot_v1_dot_faceid__pb2.DeleteClusteringRequest.SerializeToString,
+                response_deserializer=faceid_dot_v1_dot_faceid__pb2.DeleteClusteringResponse.FromString,
+                _registered_method=True)
         self.GetIdentity = channel.unary_unary(
                 '/faceid.v1.FaceId/GetIdentity',
                 request_serializer=faceid_dot_v1_dot_faceid__pb2.GetIdentityRequest.SerializeToString,
@@ -241,6 +266,47 @@ class FaceIdServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartClustering(self, request, context):
+        """Clusters every face of a gallery in the background, with the same method as ClusterFaces over
+        each face's nearest neighbours from the gallery's own index: answers at once with the run
+        ("galleries/{gallery}/clusterings/{id}", state RUNNING); follow it with GetClustering (progress,
+        then SUCCEEDED or FAILED with the reason) and read its clusters with ListClusters. One run per
+        gallery at a time (FAILED_PRECONDITION while one runs). Runs and their clusters are kept in the
+        database until deleted and follow deletes: a deleted face leaves its cluster. A run whose server
+        stopped before it finished reads as FAILED, saying to start it again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetClustering(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListClusterings(self, request, context):
+        """A gallery's clustering runs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListClusters(self, request, context):
+        """A finished run's clusters, largest first, a page at a time; each face with the identity it is
+        enrolled under now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteClustering(self, request, context):
+        """Forgets a run and its clusters (the faces stay); a running one stops.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetIdentity(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -350,6 +416,31 @@ def add_FaceIdServicer_to_server(servicer, server):
                     servicer.ClusterFaces,
                     request_deserializer=faceid_dot_v1_dot_faceid__pb2.ClusterFacesRequest.FromString,
                     response_serializer=faceid_dot_v1_dot_faceid__pb2.ClusterFacesResponse.SerializeToString,
+            ),
+            'StartClustering': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartClustering,
+                    request_deserializer=faceid_dot_v1_dot_faceid__pb2.StartClusteringRequest.FromString,
+                    response_serializer=faceid_dot_v1_dot_faceid__pb2.Clustering.SerializeToString,
+            ),
+            'GetClustering': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClustering,
+                    request_deserializer=faceid_dot_v1_dot_faceid__pb2.GetClusteringRequest.FromString,
+                    response_serializer=faceid_dot_v1_dot_faceid__pb2.Clustering.SerializeToString,
+            ),
+            'ListClusterings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListClusterings,
+                    request_deserializer=faceid_dot_v1_dot_faceid__pb2.ListClusteringsRequest.FromString,
+                    response_serializer=faceid_dot_v1_dot_faceid__pb2.ListClusteringsResponse.SerializeToString,
+            ),
+            'ListClusters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListClusters,
+                    request_deserializer=faceid_dot_v1_dot_faceid__pb2.ListClustersRequest.FromString,
+                    response_serializer=faceid_dot_v1_dot_faceid__pb2.ListClustersResponse.SerializeToString,
+            ),
+            'DeleteClustering': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteClustering,
+                    request_deserializer=faceid_dot_v1_dot_faceid__pb2.DeleteClusteringRequest.FromString,
+                    response_serializer=faceid_dot_v1_dot_faceid__pb2.DeleteClusteringResponse.SerializeToString,
             ),
             'GetIdentity': grpc.unary_unary_rpc_method_handler(
                     servicer.GetIdentity,
@@ -711,6 +802,141 @@ class FaceId:
             '/faceid.v1.FaceId/ClusterFaces',
             faceid_dot_v1_dot_faceid__pb2.ClusterFacesRequest.SerializeToString,
             faceid_dot_v1_dot_faceid__pb2.ClusterFacesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartClustering(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faceid.v1.FaceId/StartClustering',
+            faceid_dot_v1_dot_faceid__pb2.StartClusteringRequest.SerializeToString,
+            faceid_dot_v1_dot_faceid__pb2.Clustering.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetClustering(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faceid.v1.FaceId/GetClustering',
+            faceid_dot_v1_dot_faceid__pb2.GetClusteringRequest.SerializeToString,
+            faceid_dot_v1_dot_faceid__pb2.Clustering.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListClusterings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faceid.v1.FaceId/ListClusterings',
+            faceid_dot_v1_dot_faceid__pb2.ListClusteringsRequest.SerializeToString,
+            faceid_dot_v1_dot_faceid__pb2.ListClusteringsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListClusters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faceid.v1.FaceId/ListClusters',
+            faceid_dot_v1_dot_faceid__pb2.ListClustersRequest.SerializeToString,
+            faceid_dot_v1_dot_faceid__pb2.ListClustersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteClustering(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faceid.v1.FaceId/DeleteClustering',
+            faceid_dot_v1_dot_faceid__pb2.DeleteClusteringRequest.SerializeToString,
+            faceid_dot_v1_dot_faceid__pb2.DeleteClusteringResponse.FromString,
             options,
             channel_credentials,
             insecure,
