@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -429,6 +430,73 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _follow(c: Any, gallery: str, run: Any) -> Any:
+    """Poll a clustering run to its end, a progress bar per phase on stderr."""
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def show(r: Any) -> None:
+        if r.phase in ("neighbours", "merging") and r.phase not in bars:
+            for bar in bars.values():
+                bar.close()
+            total = r.total if r.phase == "neighbours" else None
+            unit = "face" if r.phase == "neighbours" else "round"
+            bars[r.phase] = tqdm(total=total, unit=unit, desc=f"clustering {gallery}: {r.phase}")
+        bar = bars.get(r.phase)
+        if bar is not None:
+            bar.update(max(0, r.done - bar.n))
+
+    try:
+        return c.wait_clustering(gallery, run.run_id, poll=0.5, progress=show)
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        if args.run:
+            run = c.get_clustering(args.gallery, args.run)
+        else:
+            run = c.start_clustering(args.gallery, args.strict or 0.0, args.loose or 0.0)
+            print(f"clustering {run.face_count:,} faces of {args.gallery}: run {run.run_id}", file=sys.stderr)
+        try:
+            run = _follow(c, args.gallery, run) if run.state == "RUNNING" else run
+        except KeyboardInterrupt:
+            print(
+                f"\nstopped watching; run {run.run_id} goes on on the server: "
+                f"faceid cluster {args.gallery} --run {run.run_id}",
+                file=sys.stderr,
+            )
+            return 130
+        top = (
+            list(itertools.islice(c.list_clusters(args.gallery, run.run_id, min_size=2), args.show))
+            if (run.state == "SUCCEEDED")
+            else []
+        )
+    if args.json:
+        _print_json({"run": run, "largest": top})
+        return 0 if run.state == "SUCCEEDED" else 1
+    if run.state != "SUCCEEDED":
+        print(f"run {run.run_id} {run.state.lower()}: {run.error or run.phase}", file=sys.stderr)
+        return 1
+    clustered = run.face_count - run.singleton_count
+    print(
+        f"run {run.run_id}: {run.face_count:,} faces → {run.cluster_count:,} clusters of two or more faces "
+        f"({clustered:,} faces) and {run.singleton_count:,} singletons "
+        f"(distances {run.strict_distance:g}/{run.loose_distance:g})"
+    )
+    for k in top:
+        print(
+            f"  #{k.rank:<5} {len(k.face_ids):>6} faces  cohesion {k.cohesion:.3f}  "
+            f"mostly {k.identity_id or '-'}  (face {k.representative_face_id})"
+        )
+    if run.cluster_count > len(top):
+        print(f"  … all: faceid --json cluster {args.gallery} --run {run.run_id} --show {run.cluster_count}")
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     with _client(args) as c:
         if args.identity:
@@ -627,6 +695,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     _face_argument(p, "the face to identify (default: every face)")
     p.set_defaults(func=cmd_identify)
+
+    p = sub.add_parser(
+        "cluster", help="group a gallery's faces into people (a background run on the server), with progress"
+    )
+    p.add_argument("gallery")
+    p.add_argument("--run", type=int, default=0, help="follow or show this run instead of starting one")
+    p.add_argument("--strict", type=float, default=0.0, help="distance two single faces join below")
+    p.add_argument("--loose", type=float, default=0.0, help="distance large clusters join below")
+    p.add_argument("--show", type=int, default=10, help="how many of the largest clusters to list")
+    p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("verify", help="is this photo of that identity (or of the person in another photo)")
     p.add_argument("gallery")

@@ -3,6 +3,9 @@ in a call (ClusterFaces), and whole galleries in the background (StartClustering
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,7 +202,7 @@ def test_gallery_runs_refuse_what_they_cannot_do_with_a_message_that_says_what_t
     assert code_of(lambda: client.get_clustering("empty-runs", 999)) == "NOT_FOUND"
     bad = pb.GetClusteringRequest(name="galleries/empty-runs/clusterings/abc")
     with grpc.insecure_channel(server.address) as channel:
-        stub = pb_grpc.FaceIdStub(channel)
+        stub = pb_grpc.FaceIdStub(channel)  # type: ignore[no-untyped-call]
         md = [("authorization", f"Bearer {server.admin_key}")]
         with pytest.raises(grpc.RpcError) as info:
             stub.GetClustering(bad, metadata=md)
@@ -208,3 +211,29 @@ def test_gallery_runs_refuse_what_they_cannot_do_with_a_message_that_says_what_t
             stub.ListClusters(pb.ListClustersRequest(parent="galleries/empty-runs"), metadata=md)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "clusterings/{id}" in str(info.value.details())
+
+
+def test_the_command_line_clusters_a_gallery_with_progress_and_a_summary(
+    server: ServerProcess, client: FaceIdClient
+) -> None:
+    client.create_gallery("cli-runs")
+    a, b = unit(11), unit(12)
+    for i, v in enumerate([a, near(a, 1, 0.02), near(a, 2, 0.02), b, near(b, 3, 0.02), unit(13)]):
+        client.enroll("cli-runs", f"face-{i}", embedding=v.tolist())
+
+    def faceid(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "faceid.client.cli", "--server", server.address]
+        return subprocess.run(
+            [*command, "--api-key", server.admin_key, *args], capture_output=True, text=True, timeout=300
+        )
+
+    done = faceid("cluster", "cli-runs")
+    assert done.returncode == 0, done.stderr
+    assert "6 faces → 2 clusters of two or more faces (5 faces) and 1 singletons" in done.stdout
+    assert "#1" in done.stdout and "3 faces" in done.stdout
+    run_id = client.list_clusterings("cli-runs")[0].run_id
+    shown = faceid("--json", "cluster", "cli-runs", "--run", str(run_id))
+    answer = json.loads(shown.stdout)
+    assert answer["run"]["state"] == "SUCCEEDED" and [len(c["face_ids"]) for c in answer["largest"]] == [3, 2]
+    missing = faceid("cluster", "no-such-gallery")
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "NOT_FOUND" in missing.stderr
