@@ -303,6 +303,16 @@ class GalleryCluster:
     identity_id: str
 
 
+@dataclass(frozen=True)
+class ClusterAction:
+    """PromoteCluster's and MergeCluster's answer: the identity the cluster's faces are under now,
+    the faces that moved, and the identities they left that now hold no face."""
+
+    identity: Identity
+    moved_face_ids: list[int]
+    emptied_identity_ids: list[str]
+
+
 # ---- translation -----------------------------------------------------------------------------
 def _embedded(response: pb.EmbedResponse, aligned: bool) -> list[DetectedFace | list[float]]:
     """An Embed answer: the chip's embedding, or each face found with its embedding."""
@@ -414,6 +424,30 @@ def _gallery_cluster(m: pb.GalleryCluster) -> GalleryCluster:
 
 def clustering_name(gallery: str, run_id: int) -> str:
     return f"{gallery_name(gallery)}/clusterings/{run_id}"
+
+
+def cluster_name(gallery: str, run_id: int, rank: int) -> str:
+    return f"{clustering_name(gallery, run_id)}/clusters/{rank}"
+
+
+def _action(m: pb.ClusterActionResponse) -> ClusterAction:
+    return ClusterAction(_identity(m.identity), list(m.moved_face_ids), list(m.emptied_identity_ids))
+
+
+def promote_request(
+    gallery: str,
+    run_id: int,
+    rank: int,
+    identity_id: str,
+    display_name: str = "",
+    attributes: dict[str, Any] | None = None,
+) -> pb.PromoteClusterRequest:
+    return pb.PromoteClusterRequest(
+        name=cluster_name(gallery, run_id, rank),
+        identity_id=identity_id,
+        display_name=display_name,
+        attributes_json=json.dumps(attributes) if attributes else "",
+    )
 
 
 def _face_matches(m: pb.FaceMatches) -> FaceMatches:
@@ -806,6 +840,19 @@ class FaceIdClient:
             if not token:
                 return
 
+    def promote_cluster(
+        self, gallery: str, run_id: int, rank: int, identity_id: str, **metadata: Any
+    ) -> ClusterAction:
+        """A cluster's faces moved to a new identity (``display_name``, ``attributes``)."""
+        return _action(
+            self._call("PromoteCluster", promote_request(gallery, run_id, rank, identity_id, **metadata))
+        )
+
+    def merge_cluster(self, gallery: str, run_id: int, rank: int, identity_id: str) -> ClusterAction:
+        """A cluster's faces moved into an existing identity."""
+        request = pb.MergeClusterRequest(name=cluster_name(gallery, run_id, rank), identity_id=identity_id)
+        return _action(self._call("MergeCluster", request))
+
     def delete_clustering(self, gallery: str, run_id: int) -> None:
         self._call("DeleteClustering", pb.DeleteClusteringRequest(name=clustering_name(gallery, run_id)))
 
@@ -983,6 +1030,18 @@ class AsyncFaceIdClient:
             token = page.next_page_token
             if not token:
                 return
+
+    async def promote_cluster(
+        self, gallery: str, run_id: int, rank: int, identity_id: str, **metadata: Any
+    ) -> ClusterAction:
+        """:meth:`FaceIdClient.promote_cluster` for asyncio."""
+        request = promote_request(gallery, run_id, rank, identity_id, **metadata)
+        return _action(await self._call("PromoteCluster", request))
+
+    async def merge_cluster(self, gallery: str, run_id: int, rank: int, identity_id: str) -> ClusterAction:
+        """:meth:`FaceIdClient.merge_cluster` for asyncio."""
+        request = pb.MergeClusterRequest(name=cluster_name(gallery, run_id, rank), identity_id=identity_id)
+        return _action(await self._call("MergeCluster", request))
 
     async def delete_clustering(self, gallery: str, run_id: int) -> None:
         request = pb.DeleteClusteringRequest(name=clustering_name(gallery, run_id))

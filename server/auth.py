@@ -50,7 +50,7 @@ from faceid.engine.domain.errors import FaceIdError
 from faceid.engine.service.access import KeyRing
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.server.convert import Malformed
-from faceid.server.names import clustering_of, face_of, gallery_of, identity_of
+from faceid.server.names import cluster_of, clustering_of, face_of, gallery_of, identity_of
 
 log = logging.getLogger("faceid.auth")
 SERVICE = "/faceid.v1.FaceId/"
@@ -86,6 +86,10 @@ def _clustering(request: Any) -> list[str]:
     return [clustering_of(request.name)[0]]
 
 
+def _cluster(request: Any) -> list[str]:
+    return [cluster_of(request.name)[0]]
+
+
 def _clustering_parent(request: Any) -> list[str]:
     return [clustering_of(request.parent, "parent")[0]]
 
@@ -118,6 +122,8 @@ RULES: dict[str, Rule] = {
     "ListClusterings": Rule(Role.READER, _parent),
     "ListClusters": Rule(Role.READER, _clustering_parent),
     "DeleteClustering": Rule(Role.WRITER, _clustering),
+    "PromoteCluster": Rule(Role.WRITER, _cluster),
+    "MergeCluster": Rule(Role.WRITER, _cluster),
     "Verify": Rule(Role.READER, _parent),
     "GetIdentity": Rule(Role.READER, _identity),
     "ListIdentities": Rule(Role.READER, _parent),

@@ -9,7 +9,7 @@ import numpy as np
 
 from faceid.engine.domain.errors import FaceIdError, InvalidInputError
 from faceid.engine.domain.faces import Box, Detection, FaceChoice, FaceRule
-from faceid.engine.domain.records import ClusteringRun, Identity, StoredCluster
+from faceid.engine.domain.records import ClusteringRun, Identity, Moved, StoredCluster
 from faceid.engine.domain.results import (
     Clustering,
     EmbeddedFace,
@@ -242,6 +242,14 @@ def gallery_cluster_pb(gallery: str, run_id: int, c: StoredCluster) -> pb.Galler
         cohesion=c.cohesion or 0.0,
         singleton=len(c.members) == 1,
         identity_id=max(ids, key=ids.count) if ids else "",
+    )
+
+
+def cluster_action_pb(gallery: str, m: Moved) -> pb.ClusterActionResponse:
+    return pb.ClusterActionResponse(
+        identity=identity_pb(gallery, m.identity),
+        moved_face_ids=m.face_ids,
+        emptied_identity_ids=m.emptied,
     )
 
 

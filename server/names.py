@@ -45,6 +45,18 @@ def clustering_of(name: str, field: str = "name") -> tuple[str, int]:
     return parts[1], int(digits)
 
 
+def cluster_of(name: str) -> tuple[str, int, int]:
+    """(gallery, run id, rank) of "galleries/{gallery}/clusterings/{id}/clusters/{rank}"."""
+    head, sep, rank = name.rpartition("/clusters/")
+    if not sep or not (rank.isascii() and rank.isdigit() and len(rank) <= 9 and int(rank) >= 1):
+        raise InvalidInputError(
+            f"name must be 'galleries/{{gallery}}/clusterings/{{id}}/clusters/{{rank}}' (a GalleryCluster's "
+            f"name; ranks start at 1); got {name!r}"
+        )
+    gallery, run_id = clustering_of(head)
+    return gallery, run_id, int(rank)
+
+
 def clustering_name(gallery: str, run_id: int) -> str:
     return f"galleries/{gallery}/clusterings/{run_id}"
 

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from faceid.engine.domain.errors import DeadlineExceededError, FaceIdError, InvalidInputError
 from faceid.engine.domain.limits import check_batch_size, parse_attributes
+from faceid.engine.domain.records import NewIdentity
 from faceid.engine.domain.results import EnrollItem
 from faceid.engine.domain.search import SearchParams
 from faceid.engine.service import CommitGuard, Engine
@@ -27,6 +28,7 @@ from faceid.server.admission import Admission, rpc
 from faceid.server.config import ServerConfig
 from faceid.server.convert import (
     Malformed,
+    cluster_action_pb,
     clustering_pb,
     clustering_run_pb,
     detected_pb,
@@ -42,7 +44,7 @@ from faceid.server.convert import (
     probe_in,
     probe_or_error,
 )
-from faceid.server.names import clustering_of, face_of, gallery_of, identity_of
+from faceid.server.names import cluster_of, clustering_of, face_of, gallery_of, identity_of
 
 
 def _search_params(
@@ -345,6 +347,21 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
         return pb.ListClustersResponse(
             clusters=[gallery_cluster_pb(gallery, run_id, c) for c in page], next_page_token=token
         )
+
+    @rpc
+    async def PromoteCluster(
+        self, request: pb.PromoteClusterRequest, context: Any
+    ) -> pb.ClusterActionResponse:
+        gallery, run_id, rank = cluster_of(request.name)
+        new = NewIdentity(request.display_name or None, parse_attributes(request.attributes_json))
+        moved = await self.engine.cluster_to_identity(gallery, run_id, rank, request.identity_id, new)
+        return cluster_action_pb(gallery, moved)
+
+    @rpc
+    async def MergeCluster(self, request: pb.MergeClusterRequest, context: Any) -> pb.ClusterActionResponse:
+        gallery, run_id, rank = cluster_of(request.name)
+        moved = await self.engine.cluster_to_identity(gallery, run_id, rank, request.identity_id)
+        return cluster_action_pb(gallery, moved)
 
     @rpc
     async def DeleteClustering(

@@ -237,3 +237,50 @@ def test_the_command_line_clusters_a_gallery_with_progress_and_a_summary(
     assert answer["run"]["state"] == "SUCCEEDED" and [len(c["face_ids"]) for c in answer["largest"]] == [3, 2]
     missing = faceid("cluster", "no-such-gallery")
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "NOT_FOUND" in missing.stderr
+
+
+def test_a_cluster_promoted_or_merged_into_an_identity_is_identified_as_it_at_once_and_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    a, b = unit(21), unit(22)
+    people = {"a": [a, near(a, 1, 0.02), near(a, 2, 0.02)], "b": [b, near(b, 3, 0.02)]}
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        with server.client() as client:
+            client.create_gallery("inbox")
+            for name, vectors in people.items():
+                for i, v in enumerate(vectors):
+                    client.enroll("inbox", f"{name}-photo-{i}", embedding=v.tolist())
+            run = run_to_end(client, "inbox", client.start_clustering("inbox").run_id)
+            first, _ = list(client.list_clusters("inbox", run.run_id))
+            assert sorted(first.identity_ids) == ["a-photo-0", "a-photo-1", "a-photo-2"]
+            done = client.promote_cluster(
+                "inbox", run.run_id, 1, "alice", display_name="Alice", attributes={"k": 1}
+            )
+            assert done.identity.identity_id == "alice" and done.identity.display_name == "Alice"
+            assert sorted(done.moved_face_ids) == sorted(first.face_ids)
+            assert done.emptied_identity_ids == ["a-photo-0", "a-photo-1", "a-photo-2"]
+            [match] = client.identify("inbox", embedding=a.tolist(), top_k=1)[0].matches
+            assert match.identity_id == "alice" and match.display_name == "Alice"
+            again = client.promote_cluster("inbox", run.run_id, 1, "alice")  # a retry: nothing to move
+            assert again.moved_face_ids == [] and again.identity.identity_id == "alice"
+            assert (
+                code_of(lambda: client.promote_cluster("inbox", run.run_id, 2, "alice")) == "ALREADY_EXISTS"
+            )
+            assert code_of(lambda: client.merge_cluster("inbox", run.run_id, 2, "bob")) == "NOT_FOUND"
+            assert code_of(lambda: client.merge_cluster("inbox", run.run_id, 9, "alice")) == "NOT_FOUND"
+            client.enroll("inbox", "bob", embedding=near(b, 4, 0.02).tolist())
+            merged = client.merge_cluster("inbox", run.run_id, 2, "bob")
+            assert len(client.get_identity("inbox", "bob").face_ids) == 3 and len(merged.moved_face_ids) == 2
+            after = list(client.list_clusters("inbox", run.run_id))
+            assert set(after[0].identity_ids) == {"alice"} and set(after[1].identity_ids) == {"bob"}
+        assert server.stop() == 0
+        server.start()
+        with server.client() as client:
+            assert (
+                client.identify("inbox", embedding=a.tolist(), top_k=1)[0].matches[0].identity_id == "alice"
+            )
+            assert client.identify("inbox", embedding=b.tolist(), top_k=1)[0].matches[0].identity_id == "bob"
+            assert client.get_gallery("inbox").face_count == 6
+    finally:
+        server.stop()

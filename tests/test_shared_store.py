@@ -180,3 +180,22 @@ def test_a_process_no_search_reaches_still_follows_in_the_background(
     while state.index.count() < 101 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert state.index.count() == 101
+
+
+def test_faces_moved_to_another_identity_in_one_process_are_found_under_it_by_the_other(
+    pair: tuple[FaceService, FaceService],
+) -> None:
+    from faceid.engine.domain.records import NewIdentity
+
+    a, b = pair
+    a.create_gallery("g")
+    a.enroll_embeddings("g", ["tmp-1", "tmp-2"], [EmbeddingInput(unit(1)), EmbeddingInput(unit(2))])
+    assert top(b, "g", 1) == ("tmp-1", "")
+    faces = [*a.get_identity("g", "tmp-1").face_ids, *a.get_identity("g", "tmp-2").face_ids]
+    moved = a.move_faces("g", faces, "ann", NewIdentity("Ann"))
+    assert moved.created and moved.face_ids == sorted(faces) and moved.emptied == ["tmp-1", "tmp-2"]
+    assert top(a, "g", 1) == ("ann", "Ann") == top(b, "g", 2)
+    b.move_faces("g", faces[1:], "tmp-2")  # back, from the other process
+    assert top(a, "g", 2) == ("tmp-2", "") and top(b, "g", 1) == ("ann", "Ann")
+    for s in (a, b):
+        assert s.stats("g").index.count == 2 == s.stats("g").faces

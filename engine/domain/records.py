@@ -90,6 +90,27 @@ def embedding_sha256(vector: npt.ArrayLike) -> str:
     )
 
 
+@dataclass(frozen=True)
+class NewIdentity:
+    """The metadata of an identity a call creates (promoting a cluster)."""
+
+    display_name: str | None = None
+    attributes: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Moved:
+    """Faces put under one identity: the identity after it, the faces that moved (not those it
+    held already), the identities left without a face, the last change's sequence number, and
+    whether the identity was created."""
+
+    identity: Identity
+    face_ids: list[int]
+    emptied: list[str]
+    seq: int
+    created: bool
+
+
 #: The states of a clustering run.  A run whose process stopped (its heartbeat older than
 #: :data:`CLUSTERING_STALE_SECONDS`) reads as "failed", with a message saying to start it again.
 CLUSTERING_STATES = ("running", "succeeded", "failed")

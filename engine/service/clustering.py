@@ -144,16 +144,31 @@ class GalleryClustering:
         if not self.runs.delete(self.galleries.get(gallery).id, run_id):
             raise NotFoundError(f"clustering {run_id} does not exist in gallery {gallery!r}")
 
-    def clusters(
-        self, gallery: str, run_id: int, page_size: int, page_token: str = "", min_size: int = 1
-    ) -> tuple[list[StoredCluster], str]:
-        """A page of a finished run's clusters, largest first, and the next page's token."""
+    def cluster(self, gallery: str, run_id: int, rank: int) -> StoredCluster:
+        """One cluster of a finished run, its members as they are now."""
+        self._succeeded(gallery, run_id)
+        found = self.runs.cluster(run_id, rank) if rank >= 1 else None
+        if found is None:
+            raise NotFoundError(
+                f"clustering {run_id} has no cluster {rank} (or every face of it was deleted); ranks "
+                f"start at 1"
+            )
+        return found
+
+    def _succeeded(self, gallery: str, run_id: int) -> ClusteringRun:
         run = self.get(gallery, run_id)
         if run.state != "succeeded":
             raise FailedPreconditionError(
                 f"clustering {run_id} is {run.state}"
                 + (f" ({run.error})" if run.error else f" ({run.phase}): ask again when it has succeeded")
             )
+        return run
+
+    def clusters(
+        self, gallery: str, run_id: int, page_size: int, page_token: str = "", min_size: int = 1
+    ) -> tuple[list[StoredCluster], str]:
+        """A page of a finished run's clusters, largest first, and the next page's token."""
+        self._succeeded(gallery, run_id)
         limits.check_page_size(page_size)
         if min_size < 1:
             raise InvalidInputError(f"min_size must be at least 1; got {min_size}")

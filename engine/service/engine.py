@@ -47,7 +47,7 @@ from faceid.engine.domain.errors import (
     all_or_first_error,
 )
 from faceid.engine.domain.faces import Box, Detection, Face, FaceChoice, chosen_box
-from faceid.engine.domain.records import ClusteringRun, Identity, StoredCluster
+from faceid.engine.domain.records import ClusteringRun, Identity, Moved, NewIdentity, StoredCluster
 from faceid.engine.domain.results import (
     Clustering,
     Detected,
@@ -537,6 +537,19 @@ class Engine:
         return await self._run(
             self.service.clustering.clusters, gallery, run_id, page_size, page_token, min_size
         )
+
+    async def cluster_to_identity(
+        self, gallery: str, run_id: int, rank: int, external_id: str, new: NewIdentity | None = None
+    ) -> Moved:
+        """Act on a cluster in one call: its faces (as they are now) put under a new identity
+        (``new``: promote) or an existing one (merge); see :meth:`FaceService.move_faces`."""
+
+        def act() -> Moved:
+            cluster = self.service.clustering.cluster(gallery, run_id, rank)
+            faces = [m.face_id for m in cluster.members]
+            return self.service.move_faces(gallery, faces, external_id, new)
+
+        return await self._run(act)
 
     async def delete_clustering(self, gallery: str, run_id: int) -> None:
         await self._run(self.service.clustering.delete, gallery, run_id)

@@ -32,7 +32,9 @@ from faceid.engine.domain.models import DLIB_RESNET_V1, EmbeddingModel
 from faceid.engine.domain.records import (
     Gallery,
     Identity,
+    Moved,
     NewFace,
+    NewIdentity,
     SourceResult,
     StoredFace,
     embedding_sha256,
@@ -582,6 +584,34 @@ class FaceService:
         more = len(page) > page_size
         page = page[:page_size]
         return page, encode_page_token(page[-1].external_id) if more else ""
+
+    def move_faces(
+        self, gallery: str, face_ids: Sequence[int], external_id: str, new: NewIdentity | None = None
+    ) -> Moved:
+        """Put faces under one identity, a new one (``new``) or an existing one
+        (:meth:`Store.move_faces`), and follow in the index: each moved face searched under its
+        new identity from the moment the call returns."""
+        state = self.galleries.state(gallery)
+        limits.check_identity_id(external_id)
+        if new is not None:
+            limits.check_display_name(new.display_name)
+            limits.check_attributes(new.attributes)
+        with self.galleries.writing(state):
+            moved = self.store.move_faces(state.gallery.id, face_ids, external_id, new)
+            if self.config.shared:
+                self.galleries.catch_up(state)  # the moves come back from the log, in order
+            elif moved.face_ids:
+                vectors = self.store.face_embeddings(state.gallery.id, moved.face_ids)
+                state.index.remove(moved.face_ids)
+                state.index.add(
+                    moved.face_ids,
+                    np.stack([vectors[f] for f in moved.face_ids]),
+                    [moved.identity.id] * len(moved.face_ids),
+                )
+                state.applied_seq = max(state.applied_seq, moved.seq)
+            self._identity_cache.put_many({moved.identity.id: moved.identity})
+            self.galleries.after_write(state, len(moved.face_ids))
+        return moved
 
     def update_identity(
         self,

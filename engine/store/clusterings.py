@@ -214,6 +214,11 @@ class ClusterStore:
             )
             return bool(getattr(gone, "rowcount", 0))
 
+    def cluster(self, run_id: int, rank: int) -> StoredCluster | None:
+        """One cluster of a run by its rank (None: no such rank, or no member left)."""
+        found = self.clusters(run_id, 1, rank - 1)
+        return found[0] if found and found[0].rank == rank else None
+
     def clusters(
         self, run_id: int, page_size: int, after_rank: int = 0, min_size: int = 1
     ) -> list[StoredCluster]:

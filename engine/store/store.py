@@ -48,11 +48,14 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from faceid.engine.domain.errors import AlreadyExistsError, NotFoundError
 from faceid.engine.domain.records import (
     Change,
     Gallery,
     Identity,
+    Moved,
     NewFace,
+    NewIdentity,
     SourceResult,
     StoredFace,
 )
@@ -629,6 +632,82 @@ class Store:
                 return None
             self._log(s.connection(), gallery_id, "update", [ident])
         return self.get_identity(gallery_id, external_id)
+
+    def move_faces(
+        self,
+        gallery_id: int,
+        face_ids: Sequence[int],
+        external_id: str,
+        new: NewIdentity | None = None,
+    ) -> Moved:
+        """Put faces under one identity in one transaction: a new one (``new``: its metadata;
+        AlreadyExistsError when the id is taken, unless it already holds every one of the faces:
+        a retried promotion), or an existing one (NotFoundError when there is none).  Faces no
+        longer in the gallery are skipped.  Each moved face is logged as "remove" then "add", so
+        that an index replaying the log re-adds it under its new identity; identities left with
+        no face are reported, not deleted (their metadata may matter to the caller)."""
+        with self.session() as s, s.begin():
+            c = s.connection()
+            self._lock_gallery(c, gallery_id)
+            target = c.execute(
+                select(IdentityRow.id).where(
+                    IdentityRow.gallery_id == gallery_id, IdentityRow.external_id == external_id
+                )
+            ).scalar_one_or_none()
+            faces = dict(
+                c.execute(
+                    select(FaceRow.id, FaceRow.identity_id).where(
+                        FaceRow.gallery_id == gallery_id, FaceRow.id.in_(list(face_ids))
+                    )
+                ).all()
+            )
+            if new is not None and target is not None and set(faces.values()) != {target}:
+                raise AlreadyExistsError(
+                    f"identity {external_id!r} already exists: merge the cluster into it (MergeCluster), or "
+                    f"promote it under another identity id"
+                )
+            if new is None and target is None:
+                raise NotFoundError(
+                    f"identity {external_id!r} does not exist: promote the cluster to create it"
+                )
+            created = target is None
+            if target is None:
+                assert new is not None
+                now = utcnow()
+                [target] = insert_rows(
+                    c,
+                    IdentityRow,
+                    [
+                        {
+                            "gallery_id": gallery_id,
+                            "external_id": external_id,
+                            "display_name": new.display_name or "",
+                            "attributes": new.attributes or {},
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                    ],
+                )
+            moved = sorted(f for f, owner in faces.items() if owner != target)
+            seq = self._last_seq(s, gallery_id)
+            emptied: list[str] = []
+            if moved:
+                c.execute(update(FaceRow).where(FaceRow.id.in_(moved)).values(identity_id=target))
+                c.execute(update(IdentityRow).where(IdentityRow.id == target).values(updated_at=utcnow()))
+                self._log(c, gallery_id, "remove", moved)
+                seq = self._log(c, gallery_id, "add", moved)
+                left = sorted({faces[f] for f in moved})
+                still = set(c.scalars(select(FaceRow.identity_id).where(FaceRow.identity_id.in_(left))))
+                emptied = list(
+                    c.scalars(
+                        select(IdentityRow.external_id)
+                        .where(IdentityRow.id.in_([i for i in left if i not in still]))
+                        .order_by(IdentityRow.external_id)
+                    )
+                )
+        identity = self.get_identity(gallery_id, external_id)
+        assert identity is not None
+        return Moved(identity, moved, emptied, seq, created)
 
     def delete_identity(self, gallery_id: int, external_id: str) -> tuple[list[int], int] | None:
         """Delete an identity and its faces; returns the removed face ids and the last change's seq."""

@@ -453,6 +453,36 @@ class ListClustersResponse(_message.Message):
     next_page_token: str
     def __init__(self, clusters: _Optional[_Iterable[_Union[GalleryCluster, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class PromoteClusterRequest(_message.Message):
+    __slots__ = ("name", "identity_id", "display_name", "attributes_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    identity_id: str
+    display_name: str
+    attributes_json: str
+    def __init__(self, name: _Optional[str] = ..., identity_id: _Optional[str] = ..., display_name: _Optional[str] = ..., attributes_json: _Optional[str] = ...) -> None: ...
+
+class MergeClusterRequest(_message.Message):
+    __slots__ = ("name", "identity_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    identity_id: str
+    def __init__(self, name: _Optional[str] = ..., identity_id: _Optional[str] = ...) -> None: ...
+
+class ClusterActionResponse(_message.Message):
+    __slots__ = ("identity", "moved_face_ids", "emptied_identity_ids")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FACE_IDS_FIELD_NUMBER: _ClassVar[int]
+    EMPTIED_IDENTITY_IDS_FIELD_NUMBER: _ClassVar[int]
+    identity: Identity
+    moved_face_ids: _containers.RepeatedScalarFieldContainer[int]
+    emptied_identity_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, identity: _Optional[_Union[Identity, _Mapping]] = ..., moved_face_ids: _Optional[_Iterable[int]] = ..., emptied_identity_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class DeleteClusteringRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -119,6 +119,16 @@ class FaceIdStub:
                 request_serializer=faceid_dot_v1_dot_faceid__pb2.DeleteClusteringRequest.SerializeToString,
                 response_deserializer=faceid_dot_v1_dot_faceid__pb2.DeleteClusteringResponse.FromString,
                 _registered_method=True)
+        self.PromoteCluster = channel.unary_unary(
+                '/faceid.v1.FaceId/PromoteCluster',
+                request_serializer=faceid_dot_v1_dot_faceid__pb2.PromoteClusterRequest.SerializeToString,
+                response_deserializer=faceid_dot_v1_dot_faceid__pb2.ClusterActionResponse.FromString,
+                _registered_method=True)
+        self.MergeCluster = channel.unary_unary(
+                '/faceid.v1.FaceId/MergeCluster',
+                request_serializer=faceid_dot_v1_dot_faceid__pb2.MergeClusterRequest.SerializeToString,
+                response_deserializer=faceid_dot_v1_dot_faceid__pb2.ClusterActionResponse.FromString,
+                _registered_method=True)
         self.GetIdentity = channel.unary_unary(
                 '/faceid.v1.FaceId/GetIdentity',
                 request_serializer=faceid_dot_v1_dot_faceid__pb2.GetIdentityRequest.SerializeToString,
@@ -307,6 +317,23 @@ class FaceIdServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PromoteCluster(self, request, context):
+        """Acts on a cluster of a finished run in one call: its faces (those not deleted since) move to a
+        new identity (PromoteCluster; ALREADY_EXISTS when the id is taken, unless it already holds every
+        one of them: a retried call succeeds) or into an existing one (MergeCluster; NOT_FOUND when there
+        is none). The moved faces are searched under that identity as soon as the call returns; the
+        identities they leave stay, and those left without a face are listed for the caller to delete.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MergeCluster(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetIdentity(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -441,6 +468,16 @@ def add_FaceIdServicer_to_server(servicer, server):
                     servicer.DeleteClustering,
                     request_deserializer=faceid_dot_v1_dot_faceid__pb2.DeleteClusteringRequest.FromString,
                     response_serializer=faceid_dot_v1_dot_faceid__pb2.DeleteClusteringResponse.SerializeToString,
+            ),
+            'PromoteCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteCluster,
+                    request_deserializer=faceid_dot_v1_dot_faceid__pb2.PromoteClusterRequest.FromString,
+                    response_serializer=faceid_dot_v1_dot_faceid__pb2.ClusterActionResponse.SerializeToString,
+            ),
+            'MergeCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergeCluster,
+                    request_deserializer=faceid_dot_v1_dot_faceid__pb2.MergeClusterRequest.FromString,
+                    response_serializer=faceid_dot_v1_dot_faceid__pb2.ClusterActionResponse.SerializeToString,
             ),
             'GetIdentity': grpc.unary_unary_rpc_method_handler(
                     servicer.GetIdentity,
@@ -937,6 +974,60 @@ class FaceId:
             '/faceid.v1.FaceId/DeleteClustering',
             faceid_dot_v1_dot_faceid__pb2.DeleteClusteringRequest.SerializeToString,
             faceid_dot_v1_dot_faceid__pb2.DeleteClusteringResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faceid.v1.FaceId/PromoteCluster',
+            faceid_dot_v1_dot_faceid__pb2.PromoteClusterRequest.SerializeToString,
+            faceid_dot_v1_dot_faceid__pb2.ClusterActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/faceid.v1.FaceId/MergeCluster',
+            faceid_dot_v1_dot_faceid__pb2.MergeClusterRequest.SerializeToString,
+            faceid_dot_v1_dot_faceid__pb2.ClusterActionResponse.FromString,
             options,
             channel_credentials,
             insecure,
