@@ -459,7 +459,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         if args.run:
             run = c.get_clustering(args.gallery, args.run)
         else:
-            run = c.start_clustering(args.gallery, args.strict or 0.0, args.loose or 0.0)
+            run = c.start_clustering(args.gallery, args.strict or 0.0, args.loose or 0.0, args.update)
             print(f"clustering {run.face_count:,} faces of {args.gallery}: run {run.run_id}", file=sys.stderr)
         try:
             run = _follow(c, args.gallery, run) if run.state == "RUNNING" else run
@@ -704,6 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", type=float, default=0.0, help="distance two single faces join below")
     p.add_argument("--loose", type=float, default=0.0, help="distance large clusters join below")
     p.add_argument("--show", type=int, default=10, help="how many of the largest clusters to list")
+    p.add_argument(
+        "--update", type=int, default=0, help="start from this run's clusters; assign only the faces it lacks"
+    )
     p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("verify", help="is this photo of that identity (or of the person in another photo)")

@@ -288,6 +288,8 @@ class ClusteringRun:
     create_time: str
     update_time: str
     finish_time: str
+    #: For an update: the run id it started from (0: a full run).
+    update_of: int = 0
 
 
 @dataclass(frozen=True)
@@ -407,6 +409,7 @@ def _run(m: pb.Clustering) -> ClusteringRun:
         m.create_time,
         m.update_time,
         m.finish_time,
+        int(m.update_of.rsplit("/", 1)[-1]) if m.update_of else 0,
     )
 
 
@@ -424,6 +427,17 @@ def _gallery_cluster(m: pb.GalleryCluster) -> GalleryCluster:
 
 def clustering_name(gallery: str, run_id: int) -> str:
     return f"{gallery_name(gallery)}/clusterings/{run_id}"
+
+
+def start_clustering_request(
+    gallery: str, strict_distance: float = 0.0, loose_distance: float = 0.0, update_of: int = 0
+) -> pb.StartClusteringRequest:
+    return pb.StartClusteringRequest(
+        parent=gallery_name(gallery),
+        strict_distance=strict_distance,
+        loose_distance=loose_distance,
+        update_of=clustering_name(gallery, update_of) if update_of else "",
+    )
 
 
 def cluster_name(gallery: str, run_id: int, rank: int) -> str:
@@ -782,12 +796,11 @@ class FaceIdClient:
         return _clustering(self._call("ClusterFaces", cluster_faces_request(gallery, probes, **options)))
 
     def start_clustering(
-        self, gallery: str, strict_distance: float = 0.0, loose_distance: float = 0.0
+        self, gallery: str, strict_distance: float = 0.0, loose_distance: float = 0.0, update_of: int = 0
     ) -> ClusteringRun:
-        """Start clustering every face of ``gallery`` in the background; the run, "RUNNING"."""
-        request = pb.StartClusteringRequest(
-            parent=gallery_name(gallery), strict_distance=strict_distance, loose_distance=loose_distance
-        )
+        """Start clustering every face of ``gallery`` in the background (or, ``update_of`` a run
+        id, only the faces that run has not seen, from its clusters); the run, "RUNNING"."""
+        request = start_clustering_request(gallery, strict_distance, loose_distance, update_of)
         return _run(self._call("StartClustering", request))
 
     def get_clustering(self, gallery: str, run_id: int) -> ClusteringRun:
@@ -1000,12 +1013,10 @@ class AsyncFaceIdClient:
         return _clustering(await self._call("ClusterFaces", request))
 
     async def start_clustering(
-        self, gallery: str, strict_distance: float = 0.0, loose_distance: float = 0.0
+        self, gallery: str, strict_distance: float = 0.0, loose_distance: float = 0.0, update_of: int = 0
     ) -> ClusteringRun:
         """:meth:`FaceIdClient.start_clustering` for asyncio."""
-        request = pb.StartClusteringRequest(
-            parent=gallery_name(gallery), strict_distance=strict_distance, loose_distance=loose_distance
-        )
+        request = start_clustering_request(gallery, strict_distance, loose_distance, update_of)
         return _run(await self._call("StartClustering", request))
 
     async def get_clustering(self, gallery: str, run_id: int) -> ClusteringRun:

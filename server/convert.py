@@ -228,6 +228,7 @@ def clustering_run_pb(gallery: str, r: ClusteringRun) -> pb.Clustering:
         create_time=r.created_at.isoformat(),
         update_time=r.updated_at.isoformat(),
         finish_time=r.finished_at.isoformat() if r.finished_at else "",
+        update_of=clustering_name(gallery, r.based_on) if r.based_on else "",
     )
 
 

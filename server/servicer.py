@@ -320,8 +320,15 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
     @rpc
     async def StartClustering(self, request: pb.StartClusteringRequest, context: Any) -> pb.Clustering:
         gallery = gallery_of(request.parent, "parent")
+        base = None
+        if request.update_of:
+            of_gallery, base = clustering_of(request.update_of, "update_of")
+            if of_gallery != gallery:
+                raise InvalidInputError(
+                    f"update_of must be a clustering of gallery {gallery!r}; got {request.update_of!r}"
+                )
         run = await self.engine.start_clustering(
-            gallery, request.strict_distance or None, request.loose_distance or None
+            gallery, request.strict_distance or None, request.loose_distance or None, base
         )
         return clustering_run_pb(gallery, run)
 

@@ -284,3 +284,33 @@ def test_a_cluster_promoted_or_merged_into_an_identity_is_identified_as_it_at_on
             assert client.get_gallery("inbox").face_count == 6
     finally:
         server.stop()
+
+
+def test_an_update_run_assigns_faces_enrolled_since_to_the_earlier_clusters_without_redoing_them(
+    client: FaceIdClient,
+) -> None:
+    client.create_gallery("growing")
+    a, b = unit(31), unit(32)
+    for i, v in enumerate([a, near(a, 1, 0.02), b, near(b, 2, 0.02)]):
+        client.enroll("growing", f"old-{i}", embedding=v.tolist())
+    first = run_to_end(client, "growing", client.start_clustering("growing", strict_distance=0.3).run_id)
+    for i, v in enumerate([near(a, 3, 0.02), near(a, 4, 0.02), unit(33)]):
+        client.enroll("growing", f"new-{i}", embedding=v.tolist())
+    seen: list[ClusteringRun] = []
+    started = client.start_clustering("growing", update_of=first.run_id)
+    assert started.update_of == first.run_id and started.strict_distance == pytest.approx(0.3)
+    update = client.wait_clustering("growing", started.run_id, poll=0.05, timeout=120, progress=seen.append)
+    assert update.state == "SUCCEEDED", update.error
+    assert (
+        max(r.total for r in seen if r.phase == "neighbours") <= 3
+        if any(r.phase == "neighbours" for r in seen)
+        else True
+    )
+    clusters = list(client.list_clusters("growing", update.run_id))
+    assert [sorted(c.identity_ids) for c in clusters] == [
+        ["new-0", "new-1", "old-0", "old-1"],
+        ["old-2", "old-3"],
+        ["new-2"],
+    ]
+    assert (update.cluster_count, update.singleton_count) == (2, 1)
+    assert code_of(lambda: client.start_clustering("growing", update_of=999)) == "NOT_FOUND"

@@ -138,3 +138,26 @@ def test_no_cluster_of_real_lfw_photos_mixes_two_people_and_most_photos_join_the
     assert all(len(p) == 1 for p in people_in.values()), people_in
     largest = [max(np.bincount(labels[[i for i in range(len(names)) if names[i] == n]])) for n in set(names)]
     assert sum(largest) >= 0.9 * len(names)  # measured: 91 of 100 (a few profile and blurred photos apart)
+
+
+def test_starting_from_an_earlier_clustering_keeps_its_clusters_whole_and_assigns_the_new_faces() -> None:
+    x, person = people(4, 6, 0.1, seed=3)  # 4 people, 6 faces each
+    old = np.flatnonzero(np.arange(len(x)) % 6 < 4)  # the first 4 faces of each person: clustered before
+    earlier = average_linkage(x[old], complete_graph(len(old)), Linkage.from_distances(0.6, 0.6))
+    start = np.arange(len(x), dtype=np.int64)
+    start[old] = old[earlier]
+    nothing = np.zeros((0, 2), np.int64)
+    assert partition(average_linkage(x, nothing, Linkage.from_distances(0.6, 0.6), start=start)) == partition(
+        start
+    )
+    new = np.setdiff1d(np.arange(len(x)), old)
+    proposals = np.array([(i, j) for i in new for j in range(len(x)) if i != j])
+    labels = average_linkage(x, neighbour_pairs_of(proposals), Linkage.from_distances(0.6, 0.6), start=start)
+    for c in np.unique(start[old]):  # the earlier clusters stay whole
+        assert len(np.unique(labels[start == c])) == 1
+    assert partition(labels) == partition(np.array(person))  # and each new face joined its person
+
+
+def neighbour_pairs_of(pairs: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    lo, hi = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
+    return np.unique(np.stack([lo, hi], axis=1), axis=0)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -65,14 +66,19 @@ class Linkage:
         return cls(1.0 - strict * strict / 2.0, 1.0 - loose * loose / 2.0)
 
 
-def neighbour_pairs(neighbours: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """The undirected edges ``(m, 2)``, ``lo < hi``, of a ``(n, k)`` neighbour table of row
-    numbers (``-1``: no neighbour; a row listed as its own neighbour is dropped), each once."""
-    n, k = neighbours.shape
-    rows = np.repeat(np.arange(n, dtype=np.int64), k)
-    cols = neighbours.reshape(-1).astype(np.int64)
-    keep = (cols >= 0) & (cols != rows)
-    lo, hi = np.minimum(rows[keep], cols[keep]), np.maximum(rows[keep], cols[keep])
+def neighbour_pairs(
+    neighbours: npt.NDArray[np.int64], rows: npt.NDArray[np.int64] | None = None
+) -> npt.NDArray[np.int64]:
+    """The undirected edges ``(m, 2)``, ``lo < hi``, each once, of a neighbour table of row
+    numbers whose line ``i`` holds the neighbours of row ``rows[i]`` (default: of row ``i``);
+    ``-1`` is no neighbour, and a row listed as its own neighbour is dropped."""
+    k = neighbours.shape[1]
+    owners = np.arange(len(neighbours), dtype=np.int64) if rows is None else rows.astype(np.int64)
+    a = np.repeat(owners, k)
+    b = neighbours.reshape(-1).astype(np.int64)
+    keep = (b >= 0) & (b != a)
+    n = int(max(a.max(initial=0), b.max(initial=0))) + 1
+    lo, hi = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
     keys = np.unique(lo * n + hi)
     return np.stack([keys // n, keys % n], axis=1)
 
@@ -82,18 +88,25 @@ def average_linkage(
     pairs: npt.NDArray[np.int64],
     linkage: Linkage,
     progress: Progress | None = None,
+    start: npt.NDArray[np.int64] | None = None,
 ) -> npt.NDArray[np.int64]:
     """Cluster labels, one per row of ``vectors`` (unit rows): average linkage with the
     size-dependent threshold of ``linkage``, merges proposed by ``pairs`` (row numbers, e.g. from
     :func:`neighbour_pairs`).  A cluster's label is the smallest row number among its members;
-    a face no proposal joined keeps its own row number (a singleton)."""
+    a face no proposal joined keeps its own row number (a singleton).
+
+    ``start`` (a label per row) begins from an earlier clustering instead of from single faces:
+    its clusters stay whole and may grow or merge by the proposals given — how faces enrolled
+    after a run are assigned without redoing it (only their proposals need be given)."""
     n = len(vectors)
-    label = np.arange(n, dtype=np.int64)
-    sums = vectors.astype(np.float64)
-    sizes = np.ones(n)
-    a, b = pairs[:, 0].copy(), pairs[:, 1].copy()
+    label = np.arange(n, dtype=np.int64) if start is None else _canonical(start)
+    sums = np.zeros((n, vectors.shape[1]))
+    np.add.at(sums, label, vectors.astype(np.float64))
+    sizes = np.bincount(label, minlength=n).astype(np.float64)
+    clusters = int(np.count_nonzero(sizes))
+    a, b = _distinct(n, label[pairs[:, 0]], label[pairs[:, 1]])
     scores = _scores(sums, sizes, a, b)
-    rounds, clusters = 0, n
+    rounds = 0
     while len(a):
         rounds += 1
         eligible = np.flatnonzero(scores >= linkage.required(sizes[a], sizes[b]))
@@ -105,22 +118,36 @@ def average_linkage(
         clusters -= len(keep)
         sums[keep] += sums[gone]
         sizes[keep] += sizes[gone]
+        sizes[gone] = 0
         remap = np.arange(n, dtype=np.int64)
         remap[gone] = keep
         label = remap[label]
         changed = np.zeros(n, bool)
         changed[keep] = True
-        a, b = remap[a], remap[b]
-        lo, hi = np.minimum(a, b), np.maximum(a, b)
-        live = lo != hi
-        lo, hi, scores = lo[live], hi[live], scores[live]
-        keys, first = np.unique(lo * n + hi, return_index=True)
-        a, b, scores = keys // n, keys % n, scores[first]
+        kept = _distinct(n, remap[a], remap[b], scores)
+        a, b, scores = kept[0], kept[1], kept[2]
         stale = np.flatnonzero(changed[a] | changed[b])
         scores[stale] = _scores(sums, sizes, a[stale], b[stale])
         if progress is not None:
             progress(rounds, len(a), clusters)
     return label
+
+
+def _canonical(start: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Labels renamed to the smallest row of each cluster."""
+    _, first, inverse = np.unique(start, return_index=True, return_inverse=True)
+    return first[inverse].astype(np.int64)
+
+
+def _distinct(
+    n: int, a: npt.NDArray[np.int64], b: npt.NDArray[np.int64], *carried: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[Any], ...]:
+    """Proposals between two different clusters, each once, ``a < b`` (and the values carried
+    along, the first of each repeated proposal's)."""
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    live = lo != hi
+    keys, first = np.unique(lo[live] * n + hi[live], return_index=True)
+    return (keys // n, keys % n, *(c[live][first] for c in carried))
 
 
 def _scores(

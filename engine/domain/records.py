@@ -129,6 +129,7 @@ class ClusteringRun:
     done: int
     total: int
     neighbours: int
+    based_on: int | None
     strict_distance: float
     loose_distance: float
     clusters: int

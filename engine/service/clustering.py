@@ -118,15 +118,22 @@ class GalleryClustering:
             if cut:
                 log.warning("%d clustering run(s) were cut off by the last stop: marked failed", cut)
 
-    def start(self, gallery: str, strict: float | None, loose: float | None) -> ClusteringRun:
-        """A new run of ``gallery``'s faces, "running" (:meth:`run` does the work)."""
+    def start(
+        self, gallery: str, strict: float | None, loose: float | None, update_of: int | None = None
+    ) -> ClusteringRun:
+        """A new run of ``gallery``'s faces, "running" (:meth:`run` does the work).  With
+        ``update_of`` (a succeeded run), an update: it starts from that run's clusters and only
+        the faces not in them are searched and assigned; its distances by default."""
         state = self.galleries.current(gallery)
+        if update_of is not None:
+            base = self._succeeded(gallery, update_of)
+            strict, loose = strict or base.strict_distance, loose or base.loose_distance
         distances = Distances.of(self.config, strict, loose)
         faces = self.store.count_faces(state.gallery.id)
         if faces < 1:
             raise FailedPreconditionError(f"gallery {gallery!r} has no faces to cluster: enrol some first")
         return self.runs.start(
-            state.gallery.id, self.config.neighbours, distances.strict, distances.loose, faces
+            state.gallery.id, self.config.neighbours, distances.strict, distances.loose, faces, update_of
         )
 
     def get(self, gallery: str, run_id: int) -> ClusteringRun:
@@ -202,21 +209,23 @@ class GalleryClustering:
         ids = np.concatenate([p[0] for p in parts])
         vectors = np.concatenate([p[1] for p in parts])
         del parts
-        n = len(ids)
-        k = min(run.neighbours + 1, n)
-        table = np.full((n, k), -1, np.int64)
-        for start in range(0, n, self.BATCH):
-            self._step(run.id, "neighbours", start, n)
-            _, found = state.index.search(vectors[start : start + self.BATCH], k)
-            table[start : start + len(found)] = rows_of(ids, found)
+        start, search = self._start(run, ids)
+        k = min(run.neighbours + 1, len(ids))
+        table = np.full((len(search), k), -1, np.int64)
+        for at in range(0, len(search), self.BATCH):
+            self._step(run.id, "neighbours", at, len(search))
+            rows = search[at : at + self.BATCH]
+            _, found = state.index.search(vectors[rows], k)
+            table[at : at + len(rows)] = rows_of(ids, found)
         self._step(run.id, "merging", 0, 0)
         labels = average_linkage(
             vectors,
-            neighbour_pairs(table),
+            neighbour_pairs(table, search),
             Linkage.from_distances(run.strict_distance, run.loose_distance),
             lambda round_, _proposals, _clusters: self._step(run.id, "merging", round_, 0),
+            start,
         )
-        self._step(run.id, "saving", 0, 0)
+        self._step(run.id, "saving", len(search), len(search))  # what a finished run shows: faces searched
         return self.runs.finish(
             run.id,
             run.gallery_id,
@@ -225,6 +234,20 @@ class GalleryClustering:
                 for g in groups(vectors, labels)
             ],
         )
+
+    def _start(
+        self, run: ClusteringRun, ids: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int64] | None, npt.NDArray[np.int64]]:
+        """Where the merging starts (None: from single faces; an update: each face of the earlier
+        run in its cluster) and the rows whose neighbours are searched (an update: the others)."""
+        if run.based_on is None:
+            return None, np.arange(len(ids))
+        rank_of = self.runs.memberships(run.based_on)
+        ranks = np.array([rank_of.get(int(f), 0) for f in ids], np.int64)
+        start = np.arange(len(ids), dtype=np.int64)
+        held = np.flatnonzero(ranks > 0)
+        start[held] = -ranks[held]  # any label shared by a cluster's members, apart from row numbers
+        return start, np.flatnonzero(ranks == 0)
 
     def _step(self, run_id: int, phase: str, done: int, total: int) -> None:
         """Progress, which is also the heartbeat; the point where a stopping server's run gives up."""

@@ -517,11 +517,18 @@ class Engine:
 
     # ---- clustering a gallery (background runs) ----------------------------------------------
     async def start_clustering(
-        self, gallery: str, strict_distance: float | None = None, loose_distance: float | None = None
+        self,
+        gallery: str,
+        strict_distance: float | None = None,
+        loose_distance: float | None = None,
+        update_of: int | None = None,
     ) -> ClusteringRun:
-        """Start clustering every face of a gallery (:class:`GalleryClustering`): the run comes
-        back at once, "running"; it works in the background thread of this process."""
-        run = await self._run(self.service.clustering.start, gallery, strict_distance, loose_distance)
+        """Start clustering every face of a gallery, or (``update_of``) the faces a run has not
+        seen (:class:`GalleryClustering`): the run comes back at once, "running"; it works in the
+        background thread of this process."""
+        run = await self._run(
+            self.service.clustering.start, gallery, strict_distance, loose_distance, update_of
+        )
         self.jobs.submit(self.service.clustering.run, gallery, run)
         return run
 

@@ -55,6 +55,7 @@ def _run(row: ClusteringRow) -> ClusteringRun:
         row.done,
         row.total,
         row.neighbours,
+        row.based_on,
         row.strict_distance,
         row.loose_distance,
         row.clusters,
@@ -76,7 +77,13 @@ class ClusterStore:
         return self._sessions()
 
     def start(
-        self, gallery_id: int, neighbours: int, strict: float, loose: float, total: int
+        self,
+        gallery_id: int,
+        neighbours: int,
+        strict: float,
+        loose: float,
+        total: int,
+        based_on: int | None = None,
     ) -> ClusteringRun:
         """A new run, "running"; refused while another run of the gallery is (one whose process
         stopped does not count: it is marked failed)."""
@@ -102,6 +109,7 @@ class ClusterStore:
                 done=0,
                 total=total,
                 neighbours=neighbours,
+                based_on=based_on,
                 strict_distance=strict,
                 loose_distance=loose,
                 clusters=0,
@@ -213,6 +221,16 @@ class ClusterStore:
                 )
             )
             return bool(getattr(gone, "rowcount", 0))
+
+    def memberships(self, run_id: int) -> dict[int, int]:
+        """Face id → rank of every face a run's clusters hold now."""
+        with self._session() as s:
+            rows = s.execute(
+                select(ClusterFaceRow.face_id, ClusterRow.rank)
+                .join(ClusterRow, ClusterRow.id == ClusterFaceRow.cluster_id)
+                .where(ClusterRow.clustering_id == run_id)
+            )
+            return dict(rows.all())
 
     def cluster(self, run_id: int, rank: int) -> StoredCluster | None:
         """One cluster of a run by its rank (None: no such rank, or no member left)."""

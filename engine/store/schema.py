@@ -137,6 +137,8 @@ class ClusteringRow(Base):
     done: Mapped[int] = mapped_column(BigInteger, default=0)
     total: Mapped[int] = mapped_column(BigInteger, default=0)
     neighbours: Mapped[int] = mapped_column(Integer)
+    #: The run this one started from (an update: only faces not in it were searched); None: all.
+    based_on: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     strict_distance: Mapped[float] = mapped_column(Float)
     loose_distance: Mapped[float] = mapped_column(Float)
     clusters: Mapped[int] = mapped_column(BigInteger, default=0)  # of two or more faces

@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("done", sa.BigInteger(), nullable=False),
         sa.Column("total", sa.BigInteger(), nullable=False),
         sa.Column("neighbours", sa.Integer(), nullable=False),
+        sa.Column("based_on", sa.BigInteger(), nullable=True),
         sa.Column("strict_distance", sa.Float(), nullable=False),
         sa.Column("loose_distance", sa.Float(), nullable=False),
         sa.Column("clusters", sa.BigInteger(), nullable=False),
