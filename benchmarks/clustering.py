@@ -353,6 +353,76 @@ def scale(n: int, per: int, neighbours: int, batch: int = 8192) -> dict[str, Any
     return out
 
 
+def server_peak_mib(pid: int) -> float:
+    """The server process's peak resident memory (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def gallery_run(n: int, per: int, data: Path) -> dict[str, Any]:
+    """``n`` synthetic faces enrolled into a spawned server (EnrollBatch; identity ``g{i}-{j}``:
+    face ``j`` of generated person ``i``, each face its own identity, as an archive of unlabelled
+    photos holds them), then StartClustering through gRPC, followed to its end: the seconds of
+    each phase as the client saw them, the server's peak memory, the quality against the people."""
+    from faceid.benchmarks.synthetic import FaceDistribution
+    from faceid.client.client import enroll_request
+
+    x, identity = FaceDistribution.load().sample(n // per, per, seed=11)
+    print(f"gallery run: {len(x):,} synthetic faces, {per} per identity, through the API")
+    server = spawn(data / "scale")
+    out: dict[str, Any] = {"faces": len(x), "per_identity": per}
+    try:
+        with FaceIdClient(server.address, timeout=600, api_key=server.admin_key) as client:
+            client.create_gallery("scale")
+            progress = Progress(len(x), "enrol")
+            t0 = time.perf_counter()
+            for start in range(0, len(x), 5000):
+                requests = [
+                    enroll_request("scale", f"g{identity[i]}-{i % per}", embedding=x[i].tolist())
+                    for i in range(start, min(len(x), start + 5000))
+                ]
+                client.enroll_batch(requests)
+                progress.update(len(requests))
+            out["enrol_seconds"] = time.perf_counter() - t0
+            while client.get_gallery("scale").index_training:
+                time.sleep(2)
+            out["index_kind"] = client.get_gallery("scale").index_kind
+            t0 = time.perf_counter()
+            phases: dict[str, float] = {}
+
+            def seen(r: Any) -> None:
+                phases.setdefault(r.phase, time.perf_counter() - t0)
+
+            run = client.wait_clustering(
+                "scale", client.start_clustering("scale").run_id, poll=1.0, progress=seen
+            )
+            out["run_seconds"] = time.perf_counter() - t0
+            out["phase_started_s"] = phases
+            out["server_peak_memory_mib"] = server_peak_mib(server.proc.pid)
+            if run.state != "SUCCEEDED":
+                raise RuntimeError(f"the run {run.state}: {run.error}")
+            person = {f"g{identity[i]}-{i % per}": int(identity[i]) for i in range(len(x))}
+            truth, labels = [], []
+            for c in client.list_clusters("scale", run.run_id, page_size=1000):
+                truth += [person[e] for e in c.identity_ids]
+                labels += [c.rank] * len(c.identity_ids)
+            out.update(scores(truth, np.asarray(labels, np.int64)))
+            out["identities"] = int(identity.max() + 1)
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(120)
+    print(
+        f"gallery run: enrolled in {out['enrol_seconds']:.0f} s; StartClustering to SUCCEEDED in "
+        f"{out['run_seconds']:.0f} s (phases began at "
+        f"{', '.join(f'{k} {v:.0f} s' for k, v in phases.items())}); "
+        f"server peak memory {out['server_peak_memory_mib']:,.0f} MiB"
+    )
+    print_row("StartClustering (API)", "defaults", {**out, "seconds": out["run_seconds"]})
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -360,12 +430,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lfw", action="store_true", help="compare the methods on LFW through the API")
     parser.add_argument("--limit", type=int, default=0, help="only the first N LFW photos (0: all)")
     parser.add_argument("--scale", type=int, default=0, help="cluster N synthetic faces (0: skip)")
+    parser.add_argument("--gallery", type=int, default=0, help="cluster N synthetic faces as a gallery run")
     parser.add_argument("--per", type=int, default=5, help="faces per synthetic identity")
     parser.add_argument("--neighbours", type=int, default=ClusterConfig().neighbours)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--name", default="clustering")
     args = parser.parse_args(argv)
-    print(f"clustering: lfw {args.lfw}, scale {args.scale:,}, neighbours {args.neighbours}")
+    print(
+        f"clustering: lfw {args.lfw}, scale {args.scale:,}, gallery {args.gallery:,}, "
+        f"{args.per} per identity, "
+        f"neighbours {args.neighbours}"
+    )
     print(f"machine: {machine()}")
     payload: dict[str, Any] = {"benchmark": "clustering", "neighbours": args.neighbours}
     if args.lfw:
@@ -374,6 +449,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plot(payload["lfw"], args.out / f"{args.name}_lfw.png")
     if args.scale:
         payload["scale"] = scale(args.scale, args.per, args.neighbours)
+    if args.gallery:
+        payload["gallery"] = gallery_run(
+            args.gallery, args.per, Path(tempfile.mkdtemp(prefix="faceid-cluster-"))
+        )
     payload["machine"] = machine()
     write_json(args.out / f"{args.name}.json", payload)
     return payload
