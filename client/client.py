@@ -1023,6 +1023,34 @@ class AsyncFaceIdClient:
         request = pb.GetClusteringRequest(name=clustering_name(gallery, run_id))
         return _run(await self._call("GetClustering", request))
 
+    async def wait_clustering(
+        self,
+        gallery: str,
+        run_id: int,
+        poll: float = 1.0,
+        timeout: float | None = None,
+        progress: Callable[[ClusteringRun], None] | None = None,
+    ) -> ClusteringRun:
+        """:meth:`FaceIdClient.wait_clustering` for asyncio."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            run = await self.get_clustering(gallery, run_id)
+            if progress is not None:
+                progress(run)
+            if run.state != "RUNNING":
+                return run
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"clustering {run_id} still runs ({run.phase}, {run.done:,} of {run.total:,})"
+                )
+            await asyncio.sleep(poll)
+
+    async def list_clusterings(self, gallery: str) -> list[ClusteringRun]:
+        response = await self._call(
+            "ListClusterings", pb.ListClusteringsRequest(parent=gallery_name(gallery))
+        )
+        return [_run(r) for r in response.clusterings]
+
     async def list_clusters(
         self, gallery: str, run_id: int, min_size: int = 1, page_size: int = 100
     ) -> AsyncIterator[GalleryCluster]:

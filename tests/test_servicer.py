@@ -119,6 +119,18 @@ def test_the_asyncio_client_has_every_call_of_the_blocking_one(
             assert updated.display_name == "P one"
             await client.delete_face("g", results[2].faces[0].face_id)
             assert [g.face_count for g in await client.list_galleries()] == [2]
+            clustered = await client.cluster_faces("g", [np.roll(vector, i).tolist() for i in range(2)])
+            assert [c.singleton for c in clustered.clusters] == [True, True]
+            run = await client.start_clustering("g")
+            done = await client.wait_clustering("g", run.run_id, poll=0.05, timeout=60)
+            assert done.state == "SUCCEEDED" and [r.run_id for r in await client.list_clusterings("g")] == [
+                run.run_id
+            ]
+            assert [c.rank async for c in client.list_clusters("g", run.run_id)] == [1, 2]
+            promoted = await client.promote_cluster("g", run.run_id, 1, "first")
+            merged = await client.merge_cluster("g", run.run_id, 2, "first")
+            assert len(promoted.moved_face_ids) == len(merged.moved_face_ids) == 1
+            await client.delete_clustering("g", run.run_id)
             await client.delete_gallery("g")
             assert await client.list_galleries() == []
 
