@@ -580,6 +580,11 @@ def identify_request(
 ProbeArg = bytes | Sequence[float]
 
 
+def _probes(probes: Sequence[ProbeArg], face: FaceArg) -> list[pb.Probe]:
+    """Photo bytes or embeddings as probes; ``face`` applies to every photo."""
+    return [_probe(p, None, face=face) if isinstance(p, bytes) else _probe(None, p) for p in probes]
+
+
 def identify_batch_request(
     gallery: str,
     probes: Sequence[ProbeArg],
@@ -593,7 +598,7 @@ def identify_batch_request(
     """An IdentifyBatch request; ``face`` applies to every photo probe."""
     return pb.IdentifyBatchRequest(
         parent=gallery_name(gallery),
-        probes=[_probe(p, None, face=face) if isinstance(p, bytes) else _probe(None, p) for p in probes],
+        probes=_probes(probes, face),
         top_k=top_k,
         threshold=threshold,
         min_similarity=min_similarity,
@@ -612,7 +617,7 @@ def cluster_faces_request(
     """A ClusterFaces request; ``face`` applies to every photo probe (None: every face found)."""
     return pb.ClusterFacesRequest(
         parent=gallery_name(gallery),
-        probes=[_probe(p, None, face=face) if isinstance(p, bytes) else _probe(None, p) for p in probes],
+        probes=_probes(probes, face),
         strict_distance=strict_distance,
         loose_distance=loose_distance,
     )
