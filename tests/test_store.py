@@ -240,6 +240,7 @@ def test_a_clustering_run_keeps_its_clusters_and_deleted_faces_leave_them(store:
     done = runs.finish(
         run.id, g.id, [(ids[0:4], ids[1], 0.9), (ids[4:6], ids[4], 0.8), ([ids[6]], ids[6], None)]
     )
+    assert done is not None
     assert (done.state, done.clusters, done.singletons) == ("succeeded", 2, 0)
     page = runs.clusters(run.id, 10)
     assert [[m.face_id for m in c.members] for c in page] == [ids[0:4], ids[4:6]]
@@ -254,7 +255,8 @@ def test_a_clustering_run_keeps_its_clusters_and_deleted_faces_leave_them(store:
     store.delete_identity(g.id, "p0")
     assert [[m.face_id for m in c.members] for c in runs.clusters(run.id, 10)] == [[ids[2]], [ids[4]]]
     assert runs.delete(g.id, run.id) and runs.get(g.id, run.id) is None
-
+    assert runs.finish(run.id, g.id, []) is None  # a run deleted while it worked stores nothing
+    assert not runs.heartbeat(run.id, "merging", 1, 0)  # and its next step learns it
 
 def test_a_run_left_running_by_a_stopped_server_is_marked_failed_and_another_may_start(store: Store) -> None:
     from faceid.engine.store import ClusterStore

@@ -95,6 +95,10 @@ class ServerStoppingError(Exception):
     """The server is stopping: a running clustering gives up at its next step."""
 
 
+class RunGoneError(Exception):
+    """The run was deleted (or marked failed) while it worked: it stops at its next step."""
+
+
 class GalleryClustering:
     """Clustering runs of whole galleries: started by a call, run in the background
     (:meth:`run`), their progress and clusters in the store (:class:`ClusterStore`).
@@ -191,9 +195,11 @@ class GalleryClustering:
         """Do the run: the neighbour graph, the merges, the clusters stored.  Any failure is
         written to the run (the caller sees it in GetClustering), never lost."""
         try:
-            return self._run(gallery, run)
+            return self._run(gallery, run) or run
         except ServerStoppingError:
             self.runs.fail(run.id, STOPPED)
+        except RunGoneError:
+            log.info("clustering %s of %s stopped: it was deleted while it ran", run.id, gallery)
         except FaceIdError as exc:  # the gallery was deleted meanwhile, …
             self.runs.fail(run.id, str(exc))
         except Exception as exc:
@@ -201,7 +207,7 @@ class GalleryClustering:
             self.runs.fail(run.id, f"the clustering failed on the server ({type(exc).__name__}: {exc})")
         return self.runs.get(run.gallery_id, run.id) or run
 
-    def _run(self, gallery: str, run: ClusteringRun) -> ClusteringRun:
+    def _run(self, gallery: str, run: ClusteringRun) -> ClusteringRun | None:
         state = self.galleries.current(gallery)
         parts = list(self.store.iter_embeddings(state.gallery.id, state.gallery.dim))
         if not parts:
@@ -253,7 +259,8 @@ class GalleryClustering:
         """Progress, which is also the heartbeat; the point where a stopping server's run gives up."""
         if self.stop.is_set():
             raise ServerStoppingError
-        self.runs.heartbeat(run_id, phase, done, total)
+        if not self.runs.heartbeat(run_id, phase, done, total):
+            raise RunGoneError
 
 
 def rows_of(ids: npt.NDArray[np.int64], found: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:

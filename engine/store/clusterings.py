@@ -133,14 +133,16 @@ class ClusterStore:
             )
             return int(getattr(done, "rowcount", 0) or 0)
 
-    def heartbeat(self, run_id: int, phase: str, done: int, total: int) -> None:
-        """The run's progress, which also says that its process is alive."""
+    def heartbeat(self, run_id: int, phase: str, done: int, total: int) -> bool:
+        """The run's progress, which also says that its process is alive; False when the run is
+        no longer running (deleted, or marked failed)."""
         with self._session() as s, s.begin():
-            s.execute(
+            result = s.execute(
                 update(ClusteringRow)
                 .where(ClusteringRow.id == run_id, ClusteringRow.state == "running")
                 .values(phase=phase, done=done, total=total, updated_at=utcnow())
             )
+            return bool(getattr(result, "rowcount", 0))
 
     def fail(self, run_id: int, message: str) -> None:
         with self._session() as s, s.begin():
@@ -150,12 +152,15 @@ class ClusterStore:
                 .values(state="failed", error=message[:1024], updated_at=utcnow(), finished_at=utcnow())
             )
 
-    def finish(self, run_id: int, gallery_id: int, found: Sequence[Found]) -> ClusteringRun:
-        """Store the run's clusters (largest first: rank 1, 2, …) and mark it succeeded.  Faces
-        deleted while it ran are left out; a group left empty is dropped."""
+    def finish(self, run_id: int, gallery_id: int, found: Sequence[Found]) -> ClusteringRun | None:
+        """Store the run's clusters (largest first: rank 1, 2, …) and mark it succeeded; None when
+        the run was deleted meanwhile.  Faces deleted while it ran are left out; a group left
+        empty is dropped."""
         with self._session() as s, s.begin():
             c = s.connection()
             lock_gallery(c, gallery_id)  # no face is deleted between the check and the insert
+            if s.get(ClusteringRow, run_id) is None:
+                return None
             alive = _existing(c, gallery_id, [f for members, _, _ in found for f in members])
             kept = [(m, r, h) for m, r, h in ((_alive(m, alive), r, h) for m, r, h in found) if m]
             keys = (
