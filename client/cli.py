@@ -437,11 +437,11 @@ def _follow(c: Any, gallery: str, run: Any) -> Any:
     bars: dict[str, Any] = {}
 
     def show(r: Any) -> None:
-        if r.phase in ("neighbours", "merging") and r.phase not in bars:
+        if r.phase in ("reading", "neighbours", "merging") and r.phase not in bars:
             for bar in bars.values():
                 bar.close()
-            total = r.total if r.phase == "neighbours" else None
-            unit = "face" if r.phase == "neighbours" else "round"
+            total = r.total if r.phase != "merging" else None
+            unit = "face" if r.phase != "merging" else "round"
             bars[r.phase] = tqdm(total=total, unit=unit, desc=f"clustering {gallery}: {r.phase}")
         bar = bars.get(r.phase)
         if bar is not None:

@@ -258,6 +258,7 @@ def test_a_clustering_run_keeps_its_clusters_and_deleted_faces_leave_them(store:
     assert runs.finish(run.id, g.id, []) is None  # a run deleted while it worked stores nothing
     assert not runs.heartbeat(run.id, "merging", 1, 0)  # and its next step learns it
 
+
 def test_a_run_left_running_by_a_stopped_server_is_marked_failed_and_another_may_start(store: Store) -> None:
     from faceid.engine.store import ClusterStore
 

@@ -106,6 +106,8 @@ def average_linkage(
     clusters = int(np.count_nonzero(sizes))
     a, b = _distinct(n, label[pairs[:, 0]], label[pairs[:, 1]])
     scores = _scores(sums, sizes, a, b)
+    if progress is not None:
+        progress(0, len(a), clusters)
     rounds = 0
     while len(a):
         rounds += 1

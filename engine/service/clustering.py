@@ -209,7 +209,10 @@ class GalleryClustering:
 
     def _run(self, gallery: str, run: ClusteringRun) -> ClusteringRun | None:
         state = self.galleries.current(gallery)
-        parts = list(self.store.iter_embeddings(state.gallery.id, state.gallery.dim))
+        parts = []
+        for part in self.store.iter_embeddings(state.gallery.id, state.gallery.dim):
+            parts.append(part)
+            self._step(run.id, "reading", sum(len(p[0]) for p in parts), run.faces)
         if not parts:
             return self.runs.finish(run.id, run.gallery_id, [])
         ids = np.concatenate([p[0] for p in parts])
