@@ -459,7 +459,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         if args.run:
             run = c.get_clustering(args.gallery, args.run)
         else:
-            run = c.start_clustering(args.gallery, args.strict or 0.0, args.loose or 0.0, args.update)
+            run = c.start_clustering(
+                args.gallery, args.strict or 0.0, args.loose or 0.0, args.update, args.identity_prefix
+            )
             print(f"clustering {run.face_count:,} faces of {args.gallery}: run {run.run_id}", file=sys.stderr)
         try:
             run = _follow(c, args.gallery, run) if run.state == "RUNNING" else run
@@ -706,6 +708,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=10, help="how many of the largest clusters to list")
     p.add_argument(
         "--update", type=int, default=0, help="start from this run's clusters; assign only the faces it lacks"
+    )
+    p.add_argument(
+        "--identity-prefix",
+        default="",
+        help="only faces of identities whose id starts with this (e.g. unknown-)",
     )
     p.set_defaults(func=cmd_cluster)
 

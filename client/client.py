@@ -290,6 +290,8 @@ class ClusteringRun:
     finish_time: str
     #: For an update: the run id it started from (0: a full run).
     update_of: int = 0
+    #: The run's scope: the faces of identities whose id starts with it ("": every face).
+    identity_prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -410,6 +412,7 @@ def _run(m: pb.Clustering) -> ClusteringRun:
         m.update_time,
         m.finish_time,
         int(m.update_of.rsplit("/", 1)[-1]) if m.update_of else 0,
+        m.identity_prefix,
     )
 
 
@@ -430,13 +433,18 @@ def clustering_name(gallery: str, run_id: int) -> str:
 
 
 def start_clustering_request(
-    gallery: str, strict_distance: float = 0.0, loose_distance: float = 0.0, update_of: int = 0
+    gallery: str,
+    strict_distance: float = 0.0,
+    loose_distance: float = 0.0,
+    update_of: int = 0,
+    identity_prefix: str = "",
 ) -> pb.StartClusteringRequest:
     return pb.StartClusteringRequest(
         parent=gallery_name(gallery),
         strict_distance=strict_distance,
         loose_distance=loose_distance,
         update_of=clustering_name(gallery, update_of) if update_of else "",
+        identity_prefix=identity_prefix,
     )
 
 
@@ -801,11 +809,19 @@ class FaceIdClient:
         return _clustering(self._call("ClusterFaces", cluster_faces_request(gallery, probes, **options)))
 
     def start_clustering(
-        self, gallery: str, strict_distance: float = 0.0, loose_distance: float = 0.0, update_of: int = 0
+        self,
+        gallery: str,
+        strict_distance: float = 0.0,
+        loose_distance: float = 0.0,
+        update_of: int = 0,
+        identity_prefix: str = "",
     ) -> ClusteringRun:
         """Start clustering every face of ``gallery`` in the background (or, ``update_of`` a run
-        id, only the faces that run has not seen, from its clusters); the run, "RUNNING"."""
-        request = start_clustering_request(gallery, strict_distance, loose_distance, update_of)
+        id, only the faces that run has not seen, from its clusters; ``identity_prefix``: only the
+        faces of identities whose id starts with it); the run, "RUNNING"."""
+        request = start_clustering_request(
+            gallery, strict_distance, loose_distance, update_of, identity_prefix
+        )
         return _run(self._call("StartClustering", request))
 
     def get_clustering(self, gallery: str, run_id: int) -> ClusteringRun:
@@ -1018,10 +1034,17 @@ class AsyncFaceIdClient:
         return _clustering(await self._call("ClusterFaces", request))
 
     async def start_clustering(
-        self, gallery: str, strict_distance: float = 0.0, loose_distance: float = 0.0, update_of: int = 0
+        self,
+        gallery: str,
+        strict_distance: float = 0.0,
+        loose_distance: float = 0.0,
+        update_of: int = 0,
+        identity_prefix: str = "",
     ) -> ClusteringRun:
         """:meth:`FaceIdClient.start_clustering` for asyncio."""
-        request = start_clustering_request(gallery, strict_distance, loose_distance, update_of)
+        request = start_clustering_request(
+            gallery, strict_distance, loose_distance, update_of, identity_prefix
+        )
         return _run(await self._call("StartClustering", request))
 
     async def get_clustering(self, gallery: str, run_id: int) -> ClusteringRun:

@@ -229,6 +229,7 @@ def clustering_run_pb(gallery: str, r: ClusteringRun) -> pb.Clustering:
         update_time=r.updated_at.isoformat(),
         finish_time=r.finished_at.isoformat() if r.finished_at else "",
         update_of=clustering_name(gallery, r.based_on) if r.based_on else "",
+        identity_prefix=r.identity_prefix,
     )
 
 

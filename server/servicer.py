@@ -328,7 +328,11 @@ class FaceIdServicer(pb_grpc.FaceIdServicer):
                     f"update_of must be a clustering of gallery {gallery!r}; got {request.update_of!r}"
                 )
         run = await self.engine.start_clustering(
-            gallery, request.strict_distance or None, request.loose_distance or None, base
+            gallery,
+            request.strict_distance or None,
+            request.loose_distance or None,
+            base,
+            request.identity_prefix,
         )
         return clustering_run_pb(gallery, run)
 

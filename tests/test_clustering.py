@@ -308,3 +308,19 @@ def test_an_update_run_assigns_faces_enrolled_since_to_the_earlier_clusters_with
     ]
     assert (update.cluster_count, update.singleton_count) == (2, 1)
     assert code_of(lambda: client.start_clustering("growing", update_of=999)) == "NOT_FOUND"
+
+
+def test_a_run_scoped_by_an_identity_prefix_clusters_only_the_unlabelled_faces(client: FaceIdClient) -> None:
+    client.create_gallery("scoped")
+    a, b = unit(41), unit(42)
+    client.enroll("scoped", "alice", embedding=a.tolist())
+    client.enroll("scoped", "alice", embedding=near(a, 1, 0.02).tolist())
+    unlabelled = [near(a, 2, 0.02), b, near(b, 3, 0.02), unit(43)]
+    for i, v in enumerate(unlabelled):
+        client.enroll("scoped", f"unknown-{i}", embedding=v.tolist())
+    run = client.start_clustering("scoped", identity_prefix="unknown-")
+    assert run.face_count == 4 and run.identity_prefix == "unknown-"
+    done = run_to_end(client, "scoped", run.run_id)
+    clusters = [sorted(c.identity_ids) for c in client.list_clusters("scoped", done.run_id)]
+    assert clusters == [["unknown-1", "unknown-2"], ["unknown-0"], ["unknown-3"]]
+    assert code_of(lambda: client.start_clustering("scoped", identity_prefix="unk%")) == "FAILED_PRECONDITION"

@@ -111,6 +111,14 @@ def check_identify_batch(count: int, field: str = "probes") -> None:
         )
 
 
+def check_identity_prefix(prefix: str) -> None:
+    """A clustering run's scope: a prefix of identity ids, as long as an identity id may be."""
+    if len(prefix) > MAX_IDENTITY_ID:
+        raise InvalidInputError(
+            f"identity_prefix may hold at most {MAX_IDENTITY_ID} characters; got {len(prefix)}"
+        )
+
+
 def check_cluster_faces(count: int, most: int, least: int = 1) -> None:
     """The probes one ClusterFaces call sends (``least`` 1), or the faces they gave (0: every photo
     may have been without a face)."""

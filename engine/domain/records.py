@@ -132,6 +132,7 @@ class ClusteringRun:
     total: int
     neighbours: int
     based_on: int | None
+    identity_prefix: str
     strict_distance: float
     loose_distance: float
     clusters: int

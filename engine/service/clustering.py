@@ -123,21 +123,39 @@ class GalleryClustering:
                 log.warning("%d clustering run(s) were cut off by the last stop: marked failed", cut)
 
     def start(
-        self, gallery: str, strict: float | None, loose: float | None, update_of: int | None = None
+        self,
+        gallery: str,
+        strict: float | None,
+        loose: float | None,
+        update_of: int | None = None,
+        identity_prefix: str = "",
     ) -> ClusteringRun:
         """A new run of ``gallery``'s faces, "running" (:meth:`run` does the work).  With
         ``update_of`` (a succeeded run), an update: it starts from that run's clusters and only
-        the faces not in them are searched and assigned; its distances by default."""
+        the faces not in them are searched and assigned; its distances and scope by default.
+        With ``identity_prefix``, only the faces of identities whose id starts with it (the
+        unlabelled ones, when they are enrolled under a prefix such as "unknown-")."""
         state = self.galleries.current(gallery)
         if update_of is not None:
             base = self._succeeded(gallery, update_of)
             strict, loose = strict or base.strict_distance, loose or base.loose_distance
+            identity_prefix = identity_prefix or base.identity_prefix
         distances = Distances.of(self.config, strict, loose)
-        faces = self.store.count_faces(state.gallery.id)
+        limits.check_identity_prefix(identity_prefix)
+        faces = self.store.count_faces(state.gallery.id, identity_prefix)
         if faces < 1:
-            raise FailedPreconditionError(f"gallery {gallery!r} has no faces to cluster: enrol some first")
+            scope = f" under identities starting with {identity_prefix!r}" if identity_prefix else ""
+            raise FailedPreconditionError(
+                f"gallery {gallery!r} has no faces{scope} to cluster: enrol some first"
+            )
         return self.runs.start(
-            state.gallery.id, self.config.neighbours, distances.strict, distances.loose, faces, update_of
+            state.gallery.id,
+            self.config.neighbours,
+            distances.strict,
+            distances.loose,
+            faces,
+            update_of,
+            identity_prefix,
         )
 
     def get(self, gallery: str, run_id: int) -> ClusteringRun:
@@ -210,7 +228,9 @@ class GalleryClustering:
     def _run(self, gallery: str, run: ClusteringRun) -> ClusteringRun | None:
         state = self.galleries.current(gallery)
         parts = []
-        for part in self.store.iter_embeddings(state.gallery.id, state.gallery.dim):
+        for part in self.store.iter_embeddings(
+            state.gallery.id, state.gallery.dim, identity_prefix=run.identity_prefix
+        ):
             parts.append(part)
             self._step(run.id, "reading", sum(len(p[0]) for p in parts), run.faces)
         if not parts:

@@ -522,12 +522,18 @@ class Engine:
         strict_distance: float | None = None,
         loose_distance: float | None = None,
         update_of: int | None = None,
+        identity_prefix: str = "",
     ) -> ClusteringRun:
         """Start clustering every face of a gallery, or (``update_of``) the faces a run has not
         seen (:class:`GalleryClustering`): the run comes back at once, "running"; it works in the
         background thread of this process."""
         run = await self._run(
-            self.service.clustering.start, gallery, strict_distance, loose_distance, update_of
+            self.service.clustering.start,
+            gallery,
+            strict_distance,
+            loose_distance,
+            update_of,
+            identity_prefix,
         )
         self.jobs.submit(self.service.clustering.run, gallery, run)
         return run

@@ -56,6 +56,7 @@ def _run(row: ClusteringRow) -> ClusteringRun:
         row.total,
         row.neighbours,
         row.based_on,
+        row.identity_prefix,
         row.strict_distance,
         row.loose_distance,
         row.clusters,
@@ -84,6 +85,7 @@ class ClusterStore:
         loose: float,
         total: int,
         based_on: int | None = None,
+        identity_prefix: str = "",
     ) -> ClusteringRun:
         """A new run, "running"; refused while another run of the gallery is (one whose process
         stopped does not count: it is marked failed)."""
@@ -110,6 +112,7 @@ class ClusterStore:
                 total=total,
                 neighbours=neighbours,
                 based_on=based_on,
+                identity_prefix=identity_prefix,
                 strict_distance=strict,
                 loose_distance=loose,
                 clusters=0,

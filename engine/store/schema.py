@@ -139,6 +139,8 @@ class ClusteringRow(Base):
     neighbours: Mapped[int] = mapped_column(Integer)
     #: The run this one started from (an update: only faces not in it were searched); None: all.
     based_on: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: Only the faces of identities whose id starts with this ("": every face).
+    identity_prefix: Mapped[str] = mapped_column(String(256), default="")
     strict_distance: Mapped[float] = mapped_column(Float)
     loose_distance: Mapped[float] = mapped_column(Float)
     clusters: Mapped[int] = mapped_column(BigInteger, default=0)  # of two or more faces

@@ -178,6 +178,16 @@ def insert_rows(c: Connection, model: type[Base], rows: list[dict[str, Any]]) ->
     return keys
 
 
+def _prefixed(identity_prefix: str) -> list[Any]:
+    """The condition that a face's identity id starts with ``identity_prefix`` (none for "")."""
+    if not identity_prefix:
+        return []
+    owners = select(IdentityRow.id).where(
+        IdentityRow.external_id.startswith(identity_prefix, autoescape=True)
+    )
+    return [FaceRow.identity_id.in_(owners)]
+
+
 def lock_gallery(c: Connection, gallery_id: int) -> None:
     """Serialize the gallery's writers in the database, before the transaction reads anything,
     so that (1) its change log's order is the order its changes were committed in: a process
@@ -529,15 +539,17 @@ class Store:
         return out
 
     def iter_embeddings(
-        self, gallery_id: int, dim: int, chunk: int = 50_000
+        self, gallery_id: int, dim: int, chunk: int = 50_000, identity_prefix: str = ""
     ) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.int64]]]:
-        """Every face of a gallery in id order, ``chunk`` at a time: ids, embeddings, identity ids."""
+        """Every face of a gallery (with ``identity_prefix``: of the identities whose id starts
+        with it) in id order, ``chunk`` at a time: ids, embeddings, identity ids."""
         after = -1
+        scope = _prefixed(identity_prefix)
         while True:
             with self.session() as s:
                 rows = s.execute(
                     select(FaceRow.id, FaceRow.embedding, FaceRow.identity_id)
-                    .where(FaceRow.gallery_id == gallery_id, FaceRow.id > after)
+                    .where(FaceRow.gallery_id == gallery_id, FaceRow.id > after, *scope)
                     .order_by(FaceRow.id)
                     .limit(chunk)
                 ).all()
@@ -752,12 +764,11 @@ class Store:
             )
             return [Change(*r) for r in rows]
 
-    def count_faces(self, gallery_id: int) -> int:
+    def count_faces(self, gallery_id: int, identity_prefix: str = "") -> int:
+        """The gallery's faces (with ``identity_prefix``: under the identities whose id starts with it)."""
+        query = select(func.count()).select_from(FaceRow).where(FaceRow.gallery_id == gallery_id)
         with self.session() as s:
-            return int(
-                s.scalar(select(func.count()).select_from(FaceRow).where(FaceRow.gallery_id == gallery_id))
-                or 0
-            )
+            return int(s.scalar(query.where(*_prefixed(identity_prefix))) or 0)
 
     def count_identities(self, gallery_id: int) -> int:
         with self.session() as s:

@@ -342,19 +342,21 @@ class ClusterFacesResponse(_message.Message):
     def __init__(self, clusters: _Optional[_Iterable[_Union[FaceCluster, _Mapping]]] = ..., errors: _Optional[_Iterable[_Union[IdentifyBatchResult, _Mapping]]] = ..., strict_distance: _Optional[float] = ..., loose_distance: _Optional[float] = ...) -> None: ...
 
 class StartClusteringRequest(_message.Message):
-    __slots__ = ("parent", "strict_distance", "loose_distance", "update_of")
+    __slots__ = ("parent", "strict_distance", "loose_distance", "update_of", "identity_prefix")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     STRICT_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     LOOSE_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     UPDATE_OF_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_PREFIX_FIELD_NUMBER: _ClassVar[int]
     parent: str
     strict_distance: float
     loose_distance: float
     update_of: str
-    def __init__(self, parent: _Optional[str] = ..., strict_distance: _Optional[float] = ..., loose_distance: _Optional[float] = ..., update_of: _Optional[str] = ...) -> None: ...
+    identity_prefix: str
+    def __init__(self, parent: _Optional[str] = ..., strict_distance: _Optional[float] = ..., loose_distance: _Optional[float] = ..., update_of: _Optional[str] = ..., identity_prefix: _Optional[str] = ...) -> None: ...
 
 class Clustering(_message.Message):
-    __slots__ = ("name", "state", "phase", "done", "total", "face_count", "cluster_count", "singleton_count", "strict_distance", "loose_distance", "neighbours", "error", "create_time", "update_time", "finish_time", "update_of")
+    __slots__ = ("name", "state", "phase", "done", "total", "face_count", "cluster_count", "singleton_count", "strict_distance", "loose_distance", "neighbours", "error", "create_time", "update_time", "finish_time", "update_of", "identity_prefix")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Clustering.State]
@@ -381,6 +383,7 @@ class Clustering(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     FINISH_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_OF_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_PREFIX_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: Clustering.State
     phase: str
@@ -397,7 +400,8 @@ class Clustering(_message.Message):
     update_time: str
     finish_time: str
     update_of: str
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[Clustering.State, str]] = ..., phase: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., face_count: _Optional[int] = ..., cluster_count: _Optional[int] = ..., singleton_count: _Optional[int] = ..., strict_distance: _Optional[float] = ..., loose_distance: _Optional[float] = ..., neighbours: _Optional[int] = ..., error: _Optional[str] = ..., create_time: _Optional[str] = ..., update_time: _Optional[str] = ..., finish_time: _Optional[str] = ..., update_of: _Optional[str] = ...) -> None: ...
+    identity_prefix: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[Clustering.State, str]] = ..., phase: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., face_count: _Optional[int] = ..., cluster_count: _Optional[int] = ..., singleton_count: _Optional[int] = ..., strict_distance: _Optional[float] = ..., loose_distance: _Optional[float] = ..., neighbours: _Optional[int] = ..., error: _Optional[str] = ..., create_time: _Optional[str] = ..., update_time: _Optional[str] = ..., finish_time: _Optional[str] = ..., update_of: _Optional[str] = ..., identity_prefix: _Optional[str] = ...) -> None: ...
 
 class GetClusteringRequest(_message.Message):
     __slots__ = ("name",)

@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("total", sa.BigInteger(), nullable=False),
         sa.Column("neighbours", sa.Integer(), nullable=False),
         sa.Column("based_on", sa.BigInteger(), nullable=True),
+        sa.Column("identity_prefix", sa.String(length=256), nullable=False),
         sa.Column("strict_distance", sa.Float(), nullable=False),
         sa.Column("loose_distance", sa.Float(), nullable=False),
         sa.Column("clusters", sa.BigInteger(), nullable=False),
