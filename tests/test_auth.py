@@ -95,6 +95,8 @@ def test_roles_nest_reader_writer_admin(server: ServerProcess) -> None:
         assert code_of(lambda: r.delete_identity("alpha", "alpha-person")) == "PERMISSION_DENIED"
         stream = [enroll_request("alpha", "y", embedding=unit(3))]
         assert code_of(lambda: list(r.bulk_enroll(stream))) == "PERMISSION_DENIED"
+        assert r.cluster_faces("alpha", [unit(1), unit(2)]).clusters  # reading: a reader's
+        assert code_of(lambda: r.start_clustering("alpha")) == "PERMISSION_DENIED"  # a writer's
     with client(server, writer) as w:
         w.enroll("alpha", "writer-made", embedding=unit(4))
         w.delete_identity("alpha", "writer-made")
@@ -123,6 +125,13 @@ def test_a_key_of_one_gallery_learns_nothing_about_another(server: ServerProcess
             lambda: c.delete_gallery("beta"),
             lambda: c.create_gallery("beta2"),
             lambda: c.enroll("beta", "intruder", embedding=unit(5)),
+            lambda: c.cluster_faces("beta", [unit(1)]),
+            lambda: c.start_clustering("beta"),
+            lambda: c.get_clustering("beta", 1),
+            lambda: list(c.list_clusters("beta", 1)),
+            lambda: c.promote_cluster("beta", 1, 1, "intruder"),
+            lambda: c.merge_cluster("beta", 1, 1, "beta-person"),
+            lambda: c.delete_clustering("beta", 1),
         ):
             assert code_of(call) == "PERMISSION_DENIED"
         stream = [enroll_request("beta", "intruder", embedding=unit(6))]
