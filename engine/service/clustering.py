@@ -4,7 +4,7 @@
 A set sent in one call (ClusterFaces, up to :attr:`ClusterConfig.max_faces` faces) takes its
 neighbours exactly (:meth:`IndexBackend.neighbours`); each face is then searched against the
 gallery (one batched search, top 1) for the identity it matches.  LFW's 13,233 embeddings in one
-call: 3.5 s through gRPC on the 2-core machine.  A whole gallery is a background run
+call: 3.5–4.5 s through gRPC on the 2-core machine.  A whole gallery is a background run
 (:class:`GalleryClustering`): a million faces in 496 s (BENCHMARKS.md "Clustering").
 """
 
