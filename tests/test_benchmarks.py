@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from faceid.benchmarks import (
@@ -234,3 +235,28 @@ def test_identify_batch_compares_the_call_with_the_index_in_process(tmp_path: Pa
     assert result["recall_at_1"][128] >= 0.99 and result["same_top_as_identify"] == 1.0
     assert result["grpc_qps"][128] > 0 and result["in_process_qps"][128] > 0
     assert (tmp_path / "identify_batch.json").is_file()
+
+
+def test_the_clustering_benchmark_scores_every_method_on_lfw_and_runs_at_scale_in_process_and_through_the_api(
+    faces: Path, tmp_path: Path
+) -> None:
+    from faceid.benchmarks import clustering
+
+    payload = clustering.main(
+        ["--lfw", "--limit", "300", "--scale", "3000", "--gallery", "2000", "--out", str(tmp_path)]
+    )
+    lfw = payload["lfw"]
+    assert lfw["photos"] == 300 and lfw["api"]["clusters"] > 0
+    assert {
+        "connected components",
+        "chinese whispers",
+        "average linkage",
+        "size-aware average linkage",
+    } <= set(lfw["methods"])
+    assert payload["scale"]["faces"] == 3000 and payload["gallery"]["faces"] == 2000
+    assert 0 < payload["gallery"]["bcubed_f"] <= 1
+    assert (tmp_path / "clustering_lfw.png").stat().st_size > 0
+    # the scores themselves: a perfect clustering scores 1, everything in one cluster has precision 1/n
+    truth = ["a", "a", "b", "b"]
+    assert clustering.pairwise(truth, np.array([0, 0, 1, 1])) == (1.0, 1.0, 1.0)
+    assert clustering.bcubed(truth, np.array([0, 0, 0, 0]))[:2] == (0.5, 1.0)
