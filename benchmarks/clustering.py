@@ -46,6 +46,7 @@ from faceid.benchmarks.detector_verification import embed_all
 from faceid.client.client import FaceIdClient
 from faceid.engine.cluster.linkage import Linkage, average_linkage, neighbour_pairs
 from faceid.engine.config import ClusterConfig, IndexConfig
+from faceid.engine.index import FaissBackend, FaissGalleryIndex
 from faceid.server.app import spawn
 
 Labels = npt.NDArray[np.int64]
@@ -53,21 +54,21 @@ Labels = npt.NDArray[np.int64]
 
 # ---- scores -----------------------------------------------------------------------------------
 def _contingency(truth: Sequence[Any], found: Labels) -> tuple[Labels, Labels, Labels]:
-    """Sizes of (person ∩ cluster) cells, of persons, of clusters."""
+    """For each item: the size of its (person ∩ cluster) cell, of its person, of its cluster."""
     _, person = np.unique(np.asarray(truth), return_inverse=True)
     _, cluster = np.unique(found, return_inverse=True)
-    _, cells = np.unique(person.astype(np.int64) * (cluster.max() + 1) + cluster, return_counts=True)
-    return cells, np.bincount(person), np.bincount(cluster)
-
-
-def _pairs(sizes: Labels) -> float:
-    return float((sizes * (sizes - 1) // 2).sum())
+    _, cell_of, cells = np.unique(
+        person.astype(np.int64) * (cluster.max() + 1) + cluster, return_inverse=True, return_counts=True
+    )
+    return cells[cell_of], np.bincount(person)[person], np.bincount(cluster)[cluster]
 
 
 def pairwise(truth: Sequence[Any], found: Labels) -> tuple[float, float, float]:
-    """Precision, recall and F over pairs of items: same person and same cluster."""
-    cells, persons, clusters = _contingency(truth, found)
-    together, same, joined = _pairs(cells), _pairs(persons), _pairs(clusters)
+    """Precision, recall and F over pairs of items: same person and same cluster.  Each item is
+    in ``size − 1`` pairs of its cell (person, cluster); summed over items that counts each pair twice,
+    on every side alike."""
+    cell, person, cluster = _contingency(truth, found)
+    together, same, joined = float((cell - 1).sum()), float((person - 1).sum()), float((cluster - 1).sum())
     p = together / joined if joined else 1.0
     r = together / same if same else 1.0
     return p, r, 2 * p * r / (p + r) if p + r else 0.0
@@ -75,13 +76,9 @@ def pairwise(truth: Sequence[Any], found: Labels) -> tuple[float, float, float]:
 
 def bcubed(truth: Sequence[Any], found: Labels) -> tuple[float, float, float]:
     """BCubed precision, recall and F (Amigó et al. 2009), averaged over items."""
-    _, person = np.unique(np.asarray(truth), return_inverse=True)
-    _, cluster = np.unique(found, return_inverse=True)
-    key = person.astype(np.int64) * (cluster.max() + 1) + cluster
-    _, cell_of, cells = np.unique(key, return_inverse=True, return_counts=True)
-    shared = cells[cell_of]
-    p = float(np.mean(shared / np.bincount(cluster)[cluster]))
-    r = float(np.mean(shared / np.bincount(person)[person]))
+    cell, person, cluster = _contingency(truth, found)
+    p = float(np.mean(cell / cluster))
+    r = float(np.mean(cell / person))
     return p, r, 2 * p * r / (p + r)
 
 
@@ -195,17 +192,6 @@ def sweeps(x: npt.NDArray[np.float32], pairs: npt.NDArray[np.int64]) -> dict[str
     return out
 
 
-def exact_neighbours(x: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.int64]:
-    """Each row's ``k`` nearest rows (itself included), exact, in blocks."""
-    out = np.empty((len(x), k), np.int64)
-    for start in range(0, len(x), 2048):
-        sims = x[start : start + 2048] @ x.T
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        order = np.take_along_axis(sims, top, axis=1).argsort(axis=1)[:, ::-1]
-        out[start : start + 2048] = np.take_along_axis(top, order, axis=1)
-    return out
-
-
 # ---- LFW through the API --------------------------------------------------------------------------
 def lfw(neighbours: int, limit: int, data: Path) -> dict[str, Any]:
     root = faces_dir() / "lfw" / "images"
@@ -255,7 +241,8 @@ def lfw(neighbours: int, limit: int, data: Path) -> dict[str, Any]:
         results["api"],
     )
     xs = x[found].astype(np.float32)
-    pairs = neighbour_pairs(exact_neighbours(xs, neighbours + 1))
+    _, nearest = FaissBackend(IndexConfig()).neighbours(xs, neighbours + 1)  # as ClusterFaces takes them
+    pairs = neighbour_pairs(nearest)
     for method, points in sweeps(xs, pairs).items():
         rows_out: list[dict[str, Any]] = []
         for label, run in points:
@@ -316,7 +303,6 @@ def peak_mib() -> float:
 def scale(n: int, per: int, neighbours: int, batch: int = 8192) -> dict[str, Any]:
     """The engine's method on ``n`` synthetic faces: the index, the neighbour graph, the merges."""
     from faceid.benchmarks.synthetic import FaceDistribution
-    from faceid.engine.index import FaissGalleryIndex
 
     x, identity = FaceDistribution.load().sample(n // per, per, seed=7)
     print(f"scale: {len(x):,} synthetic faces, {per} per identity, {neighbours} neighbours")

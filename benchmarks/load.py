@@ -47,6 +47,7 @@ from faceid.benchmarks.synthetic import FITTED, FaceDistribution
 from faceid.client.client import (
     call_metadata,
     channel_options,
+    code_name,
     enroll_request,
     identify_batch_request,
     identify_request,
@@ -245,15 +246,8 @@ async def call_with_pushback(
         trailers = dict(exc.trailing_metadata() or ())
         pushback = trailers.get("grpc-retry-pushback-ms", "")
         return str(exc.code().name), int(pushback) / 1000 if str(pushback).isdigit() else 0.0, Counter()
-    probes = Counter(
-        grpc.StatusCode.OK.name if not r.error_code else _code_name(r.error_code)
-        for r in getattr(response, "results", ())
-    )
+    probes = Counter(code_name(r.error_code) for r in getattr(response, "results", ()))
     return "OK", 0.0, probes
-
-
-def _code_name(value: int) -> str:
-    return next((c.name for c in grpc.StatusCode if c.value[0] == value), str(value))
 
 
 async def _worker_loop(

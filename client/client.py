@@ -123,6 +123,11 @@ def _connect(
 _CODE_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
 
 
+def code_name(value: int) -> str:
+    """The name of a google.rpc.Code value, as a batch result's ``error_code`` carries it."""
+    return _CODE_NAMES.get(value, "UNKNOWN") if value else "OK"
+
+
 class FaceIdClientError(Exception):
     """A call failed: ``code`` is the status name (``"NOT_FOUND"``, …), ``message`` the server's words."""
 
@@ -363,12 +368,12 @@ def _enrolled(m: pb.EnrolledFace) -> EnrolledFace:
 
 
 def _bulk_result(m: pb.BulkEnrollResult) -> BulkResult:
-    code = _CODE_NAMES.get(m.error_code, "UNKNOWN") if m.error_code else ""
+    code = code_name(m.error_code) if m.error_code else ""
     return BulkResult(m.index, [_enrolled(f) for f in m.faces], code, m.error_message)
 
 
 def _batch_matches(m: pb.IdentifyBatchResult) -> BatchMatches:
-    code = _CODE_NAMES.get(m.error_code, "UNKNOWN") if m.error_code else ""
+    code = code_name(m.error_code) if m.error_code else ""
     return BatchMatches(m.index, [_face_matches(f) for f in m.faces], code, m.error_message)
 
 

@@ -234,16 +234,15 @@ def clustering_run_pb(gallery: str, r: ClusteringRun) -> pb.Clustering:
 
 
 def gallery_cluster_pb(gallery: str, run_id: int, c: StoredCluster) -> pb.GalleryCluster:
-    ids = [m.external_id for m in c.members]
     return pb.GalleryCluster(
         name=f"{clustering_name(gallery, run_id)}/clusters/{c.rank}",
         rank=c.rank,
         face_ids=[m.face_id for m in c.members],
-        identity_ids=ids,
+        identity_ids=[m.external_id for m in c.members],
         representative_face_id=c.representative_face_id,
         cohesion=c.cohesion or 0.0,
         singleton=len(c.members) == 1,
-        identity_id=max(ids, key=ids.count) if ids else "",
+        identity_id=c.identity,
     )
 
 

@@ -4,6 +4,7 @@ hashes that make enrolment idempotent."""
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -161,3 +162,9 @@ class StoredCluster:
     members: list[ClusterMember]
     representative_face_id: int
     cohesion: float | None
+
+    @property
+    def identity(self) -> str:
+        """The identity most members are enrolled under (ties: the first member's); "" for none."""
+        votes = Counter(m.external_id for m in self.members)
+        return votes.most_common(1)[0][0] if votes else ""

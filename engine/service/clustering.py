@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -44,15 +44,20 @@ class Distances:
 
     @classmethod
     def of(cls, config: ClusterConfig, strict: float | None, loose: float | None) -> Distances:
-        """The caller's distances (None or 0: the configured default), or the error that refuses them."""
-        out = cls(strict or config.strict_distance, loose or config.loose_distance)
-        if not 0 < out.strict <= out.loose < 2:
-            raise InvalidInputError(
-                f"give 0 < strict_distance ≤ loose_distance < 2 (distances between unit embeddings; 0 "
-                f"takes the defaults, {config.strict_distance} and {config.loose_distance}); got "
-                f"{out.strict:g} and {out.loose:g}"
+        """The caller's distances (None or 0: the configured default), checked by the settings'
+        own rule, or the error that refuses them."""
+        try:
+            checked = replace(
+                config,
+                strict_distance=strict or config.strict_distance,
+                loose_distance=loose or config.loose_distance,
             )
-        return out
+        except ValueError as exc:
+            raise InvalidInputError(
+                f"{exc} (distances between unit embeddings; 0 takes the defaults, "
+                f"{config.strict_distance} and {config.loose_distance})"
+            ) from None
+        return cls(checked.strict_distance, checked.loose_distance)
 
     @property
     def linkage(self) -> Linkage:
@@ -229,12 +234,13 @@ class GalleryClustering:
 
     def _run(self, gallery: str, run: ClusteringRun) -> ClusteringRun | None:
         state = self.galleries.current(gallery)
-        parts = []
+        parts, read = [], 0
         for part in self.store.iter_embeddings(
             state.gallery.id, state.gallery.dim, identity_prefix=run.identity_prefix
         ):
             parts.append(part)
-            self._step(run.id, "reading", sum(len(p[0]) for p in parts), run.faces)
+            read += len(part[0])
+            self._step(run.id, "reading", read, run.faces)
         if not parts:
             return self.runs.finish(run.id, run.gallery_id, [])
         ids = np.concatenate([p[0] for p in parts])

@@ -701,9 +701,10 @@ class Store:
                     ],
                 )
             moved = sorted(f for f, owner in faces.items() if owner != target)
-            seq = self._last_seq(s, gallery_id)
             emptied: list[str] = []
-            if moved:
+            if not moved:
+                seq = self._last_seq(s, gallery_id)
+            else:
                 c.execute(update(FaceRow).where(FaceRow.id.in_(moved)).values(identity_id=target))
                 c.execute(update(IdentityRow).where(IdentityRow.id == target).values(updated_at=utcnow()))
                 self._log(c, gallery_id, "remove", moved)
