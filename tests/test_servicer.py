@@ -27,8 +27,10 @@ from .conftest import encode
 
 
 @asynccontextmanager
-async def serving(data_dir: Path, pipeline: FacePipeline) -> AsyncIterator[tuple[Server, AsyncFaceIdClient]]:
-    config = ServerConfig.load(None, {}, port=0, data_dir=data_dir)
+async def serving(
+    data_dir: Path, pipeline: FacePipeline, settings: dict[str, Any] | None = None
+) -> AsyncIterator[tuple[Server, AsyncFaceIdClient]]:
+    config = ServerConfig.load(None, settings or {}, port=0, data_dir=data_dir)
     server = Server(config, Engine(config.engine, pipeline=pipeline))
     await server.start()
     assert server.first_key is not None
@@ -297,7 +299,8 @@ def test_a_bad_embedding_fails_alone_and_not_the_calls_it_shares_a_search_batch_
     good = [1.0] + [0.0] * 127
 
     async def run() -> None:
-        async with serving(tmp_path / "data", pipeline) as (server, client):
+        # A batch window, so that the calls share batches however the machine schedules them.
+        async with serving(tmp_path / "data", pipeline, {"batch_window_ms": 50}) as (server, client):
             await client.create_gallery("g")
             await client.enroll("g", "ann", embedding=good)
             bad: dict[str, Any] = {"embedding": [1.0] * 5}
