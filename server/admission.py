@@ -17,6 +17,8 @@ from faceid.server.config import MIB, ServerConfig
 from faceid.server.status import status_of
 
 T = TypeVar("T")
+#: Told of each refused call: (reason, the retry delay asked, ms).
+Refused = Callable[[str, float], None]
 
 
 class Backoff:
@@ -54,27 +56,32 @@ class Admission:
     """Unary calls being served and their bytes (photos, mostly), bounded by ``max_concurrent_rpcs``
     and ``max_inflight_bytes``.  Counted on the event loop, not only by gRPC's own limiter."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, refused: Refused | None = None) -> None:
+        """``refused(reason, pushback_ms)`` hears of each refusal (the server's metrics)."""
         self.config = config
         self.inflight_calls = 0
         self.inflight_bytes = 0
         self.backoff = Backoff(config.overload_pushback_ms, config.overload_pushback_max_ms)
+        self._refused = refused
 
-    def refusal(self, size: int) -> str:
-        """Why a call of ``size`` bytes must be refused now ("" when it may go ahead)."""
+    def refusal(self, size: int) -> tuple[str, str]:
+        """Why a call of ``size`` bytes must be refused now: (reason, message), reason "calls" or
+        "bytes"; ("", "") when it may go ahead."""
         if self.inflight_calls >= self.config.max_concurrent_rpcs:
-            return (
+            return "calls", (
                 f"the server is at its limit of {self.inflight_calls} calls in progress; retry with backoff"
             )
         if self.inflight_bytes and self.inflight_bytes + size > self.config.max_inflight_bytes:
-            return (
+            return "bytes", (
                 f"the server holds {self.inflight_bytes / MIB:.0f} MiB of requests in progress; retry later"
             )
-        return ""
+        return "", ""
 
-    def pushback(self) -> tuple[tuple[str, str], ...]:
-        """Trailing metadata for a refused call: when to retry (jittered ±50 %)."""
+    def pushback(self, reason: str) -> tuple[tuple[str, str], ...]:
+        """Trailing metadata for a call refused for ``reason``: when to retry (jittered ±50 %)."""
         ms = round(self.backoff.refused() * random.uniform(0.5, 1.5))
+        if self._refused is not None:
+            self._refused(reason, ms)
         return (("grpc-retry-pushback-ms", str(ms)),)
 
 
@@ -89,9 +96,9 @@ def rpc(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     async def wrapper(self: Admitted, request: Any, context: grpc.aio.ServicerContext) -> T:
         size = request.ByteSize()
         admission = self.admission
-        refusal = admission.refusal(size)
+        reason, refusal = admission.refusal(size)
         if refusal:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal, admission.pushback())
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal, admission.pushback(reason))
         admission.inflight_bytes += size
         admission.inflight_calls += 1
         try:

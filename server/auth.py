@@ -222,12 +222,21 @@ def _parse(parse: Callable[[bytes], Any], raw: bytes, method: str) -> Any:
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """The gate (module docstring): key and role from the headers, then the request read with a
-    time limit and parsed, then its galleries.  ``keys`` None: no authentication (``--no-auth``)."""
+    time limit and parsed, then its galleries.  ``keys`` None: no authentication (``--no-auth``).
+    ``starting``: while the server opens its galleries, why it cannot serve yet ("" once it can);
+    every call meanwhile ends at once with UNAVAILABLE and that message, before any key check
+    (it tells nothing about the data)."""
 
-    def __init__(self, keys: KeyRing | None, limits: GateLimits | None = None) -> None:
+    def __init__(
+        self,
+        keys: KeyRing | None,
+        limits: GateLimits | None = None,
+        starting: Callable[[], str] | None = None,
+    ) -> None:
         self.keys = keys
         self.limits = limits or GateLimits()
         self.quiet = QuietLog(log)
+        self.starting = starting
 
     async def intercept_service(
         self,
@@ -238,6 +247,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or not details.method.startswith(SERVICE):
             return handler
         method = details.method[len(SERVICE) :]
+        if self.starting is not None and (not_yet := self.starting()):
+            return _refuse(grpc.StatusCode.UNAVAILABLE, not_yet, handler)
         rule = RULES.get(method)
         if rule is None:
             return _refuse(grpc.StatusCode.PERMISSION_DENIED, f"{method} has no access rule", handler)

@@ -63,8 +63,17 @@ class ServerConfig:
     #: Keepalive: ping an idle connection every this many ms; drop it when no answer in the timeout.
     keepalive_time_ms: int = 60_000
     keepalive_timeout_ms: int = 20_000
-    #: On SIGTERM: stop accepting, let calls in progress finish for this long, snapshot, exit.
+    #: On SIGTERM: first ``drain_seconds`` with health checks answering NOT_SERVING while calls
+    #: are still served (so that load balancers that watch health move traffic away before the
+    #: port closes; 0: close at once), then stop accepting, let calls in progress finish for
+    #: ``grace_seconds``, snapshot, exit.
+    drain_seconds: float = 0.0
     grace_seconds: float = 10.0
+    #: Prometheus metrics (server/metrics.py): ``HOST:PORT`` serves ``/metrics`` there over plain
+    #: HTTP with no key (it names the galleries: keep it on loopback or a private network); ""
+    #: (the default): off.  Port 0: a free one, printed at start.  With ``processes`` N, process i
+    #: serves on PORT+i.
+    metrics: str = ""
     log_level: str = "INFO"
     #: API keys are required unless this is turned off (``--no-auth``; logged as a warning).
     auth: bool = True
@@ -110,12 +119,28 @@ class ServerConfig:
             raise ValueError("keepalive_time_ms and keepalive_timeout_ms must be positive")
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds must not be negative; got {self.grace_seconds}")
+        if self.drain_seconds < 0:
+            raise ValueError(f"drain_seconds must not be negative; got {self.drain_seconds}")
+        if self.metrics:
+            self.metrics_address(0)  # raises ValueError saying what to give
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ValueError(
                 f"log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL; got {self.log_level!r}"
             )
         if not self.host:
             raise ValueError("host must name an address to listen on (127.0.0.1, ::1, 0.0.0.0, a host name)")
+
+    def metrics_address(self, process: int) -> tuple[str, int]:
+        """Where process ``process`` (0 for the first) serves its metrics: (host, port)."""
+        host, sep, port = self.metrics.rpartition(":")
+        host = host.strip("[]")  # [::1]:9464
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(
+                f"metrics must be HOST:PORT, e.g. 127.0.0.1:9464 (port 0: a free one); got {self.metrics!r}"
+            )
+        if int(port) and int(port) + self.processes - 1 > 65535:
+            raise ValueError(f"metrics port {port} + {self.processes} processes goes past 65535")
+        return host, int(port) + process if int(port) else 0
 
     @property
     def tls(self) -> bool:

@@ -24,7 +24,7 @@ from faceid.engine.domain.search import SearchParams
 from faceid.engine.service import CommitGuard, Engine
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
-from faceid.server.admission import Admission, rpc
+from faceid.server.admission import Admission, Refused, rpc
 from faceid.server.config import ServerConfig
 from faceid.server.convert import (
     Malformed,
@@ -89,10 +89,11 @@ def _runs(requests: list[pb.EnrollRequest | Malformed]) -> list[list[pb.EnrollRe
 class FaceIdServicer(pb_grpc.FaceIdServicer):
     """``faceid.v1.FaceId`` over an :class:`Engine`."""
 
-    def __init__(self, engine: Engine, config: ServerConfig) -> None:
+    def __init__(self, engine: Engine, config: ServerConfig, refused: Refused | None = None) -> None:
+        """``refused``: told of each call the admission sheds (the server's metrics)."""
         self.engine = engine
         self.config = config
-        self.admission = Admission(config)
+        self.admission = Admission(config, refused)
 
     # ---- galleries -------------------------------------------------------------------------------
     @rpc

@@ -33,6 +33,7 @@ async def serving(
     config = ServerConfig.load(None, settings or {}, port=0, data_dir=data_dir)
     server = Server(config, Engine(config.engine, pipeline=pipeline))
     await server.start()
+    await server.open()
     assert server.first_key is not None
     try:
         async with AsyncFaceIdClient(f"127.0.0.1:{server.port}", api_key=server.first_key.token) as client:
@@ -153,6 +154,7 @@ def test_the_detector_is_chosen_by_a_setting_and_serves_the_detect_call(
         assert config.engine.pipeline.detect.detector == "hog"
         server = Server(config)
         await server.start()
+        await server.open()
         try:
             assert server.first_key is not None
             async with AsyncFaceIdClient(f"127.0.0.1:{server.port}", api_key=server.first_key.token) as c:

@@ -100,6 +100,24 @@ class GalleryStats:
     applied_seq: int
 
 
+@dataclass(frozen=True)
+class GalleryReading:
+    """What a gallery holds in one process now, for monitoring (no face data: counts and state)."""
+
+    name: str
+    #: Faces the index holds, and identities in the store (read at most every ``identities_ttl``).
+    faces: int
+    identities: int
+    index: IndexStats
+    #: Changes applied here since the snapshot on disk was written (lost to a rebuild on a crash:
+    #: replayed from the change log instead).
+    unsaved_changes: int
+    #: Seconds since the gallery's snapshot file was written; None when there is none yet.
+    snapshot_age: float | None
+    #: Changes other processes logged that this one has not applied yet (a shared store; 0 alone).
+    changes_behind: int
+
+
 def similarity(distance: float) -> float:
     return 1.0 - distance * distance / 2.0
 

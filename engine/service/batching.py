@@ -17,6 +17,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from faceid.engine.service.telemetry import Telemetry, Unobserved
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -25,6 +27,8 @@ Result = TypeVar("Result")
 class _Pending(Generic[Item, Result]):
     items: Sequence[Item]
     future: asyncio.Future[list[Result]]
+    #: When it was submitted (the event loop's clock).
+    since: float
 
 
 @dataclass
@@ -45,8 +49,13 @@ class MicroBatcher(Generic[Item, Result]):
         window: float = 0.0,
         max_items: int = 256,
         max_inflight: int = 2,
+        name: str = "",
+        telemetry: Telemetry | None = None,
     ) -> None:
+        """``name`` and ``telemetry``: each batch is reported as ``telemetry.batch(name, ...)``."""
         self._run = run
+        self.name = name
+        self._telemetry: Telemetry = telemetry or Unobserved()
         self._executor = executor
         self.window = window
         self.max_items = max_items
@@ -60,7 +69,7 @@ class MicroBatcher(Generic[Item, Result]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Result]] = loop.create_future()
         queue = self._queues.setdefault(key, _Queue())
-        queue.pending.append(_Pending(items, future))
+        queue.pending.append(_Pending(items, future, loop.time()))
         queue.count += len(items)
         if queue.count >= self.max_items:
             self._flush(key)
@@ -89,6 +98,8 @@ class MicroBatcher(Generic[Item, Result]):
         items = [item for p in live for item in p.items]
         self.items += len(items)
         loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._telemetry.batch(self.name, len(items), [now - p.since for p in live])
         task = loop.run_in_executor(self._executor, self._run, key, items)
         task.add_done_callback(lambda done: self._done(key, done, live))
 

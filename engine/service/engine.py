@@ -28,6 +28,7 @@ import functools
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -56,6 +57,7 @@ from faceid.engine.domain.results import (
     EnrolledFace,
     EnrollItem,
     FaceMatches,
+    GalleryReading,
     GalleryStats,
     Identification,
     Match,
@@ -66,6 +68,7 @@ from faceid.engine.domain.search import SearchParams
 from faceid.engine.service.access import KeyRing, key_ring
 from faceid.engine.service.batching import MicroBatcher
 from faceid.engine.service.service import FaceService, Proceed
+from faceid.engine.service.telemetry import Telemetry, Unobserved
 from faceid.engine.store import DatabaseError, is_unavailable
 from faceid.engine.vision.detect import Raw, Scan
 from faceid.engine.vision.image import RGBImage
@@ -92,12 +95,23 @@ def _database_reached(fn: Callable[..., T], *args: Any) -> T:
         raise UnavailableError("the database is unavailable; retry later") from None
 
 
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():  # its awaiter was cancelled
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
 class Engine:
     """Every use case of the engine as an ``async`` method; one per process and store.
 
     ``service`` and ``pipeline`` may be given (tests share one pipeline); by default the service
     opens the store and indexes of ``config``, and the pipeline (its models) loads on first use,
-    in a worker thread: a deployment that sends only embeddings never loads it.
+    in a worker thread: a deployment that sends only embeddings never loads it.  Without ``load``
+    the galleries' indexes are opened by :meth:`open` (a server binds its port first and says
+    NOT_SERVING meanwhile).  ``telemetry`` hears of every batch and stage (:mod:`.telemetry`).
     """
 
     def __init__(
@@ -105,21 +119,29 @@ class Engine:
         config: EngineConfig,
         service: FaceService | None = None,
         pipeline: FacePipeline | None = None,
+        *,
+        load: bool = True,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.config = config
-        self.service = service or FaceService(config)
+        self.service = service or FaceService(config, load=load)
         self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="faceid-worker")
         self._pipeline = pipeline
         self._pipeline_lock = threading.Lock()
+        self.telemetry: Telemetry = telemetry or Unobserved()
         window = config.batch_window_ms / 1000
-        self.search_batcher: MicroBatcher[tuple[EmbeddingInput, int], list[Match] | FaceIdError] = (
-            MicroBatcher(self._search_batch, self.executor, window, config.max_batch, config.batch_inflight)
+
+        def batcher(run: Callable[[Hashable, list[Any]], list[Any]], name: str, most: int) -> Any:
+            return MicroBatcher(run, self.executor, window, most, config.batch_inflight, name, self.telemetry)
+
+        self.search_batcher: MicroBatcher[tuple[EmbeddingInput, int], list[Match] | FaceIdError] = batcher(
+            self._search_batch, "search", config.max_batch
         )
-        self.embed_batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
-            self._embed_batch, self.executor, window, config.max_batch, config.batch_inflight
+        self.embed_batcher: MicroBatcher[np.ndarray, np.ndarray] = batcher(
+            self._embed_batch, "embed", config.max_batch
         )
-        self.detect_batcher: MicroBatcher[Scan, Raw] = MicroBatcher(
-            self._detect_batch, self.executor, window, config.pipeline.detect.batch, config.batch_inflight
+        self.detect_batcher: MicroBatcher[Scan, Raw] = batcher(
+            self._detect_batch, "detect", config.pipeline.detect.batch
         )
         #: Background clustering runs, one at a time (a run uses every core it can get).
         self.jobs = ThreadPoolExecutor(1, thread_name_prefix="faceid-cluster")
@@ -128,6 +150,42 @@ class Engine:
     def model_id(self) -> str:
         """The embedding model's id, ``name/version``."""
         return self.service.model.id
+
+    @property
+    def ready(self) -> bool:
+        """Every gallery is open: calls can be served (see :meth:`open`)."""
+        return self.service.galleries.ready.is_set()
+
+    def opening(self) -> tuple[int, int]:
+        """(galleries open, galleries to open) while :meth:`open` runs."""
+        galleries = self.service.galleries
+        return galleries.opened, galleries.to_open
+
+    async def open(self) -> None:
+        """Open every gallery's index (an engine made without ``load``), in a daemon thread of its
+        own: a stop during the start need not wait for a gallery still loading (or for a database
+        that does not answer) before the process can exit (:meth:`stop_opening`)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def run() -> None:
+            try:
+                self.service.galleries.open()
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_settle, done, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, done, None)
+
+        threading.Thread(target=run, name="faceid-open", daemon=True).start()
+        await done
+
+    def stop_opening(self) -> None:
+        """Make :meth:`open` give up before its next gallery."""
+        self.service.galleries.stop_opening()
+
+    def readings(self) -> list[GalleryReading]:
+        """What each open gallery holds now, for monitoring (blocking: a few indexed queries)."""
+        return self.service.readings()
 
     def key_ring(self) -> KeyRing:
         """The API keys of this engine's store, in memory (:class:`KeyRing`)."""
@@ -174,23 +232,39 @@ class Engine:
         gallery, threshold, params = cast(SearchKey, key)
         top = max(k for _, k in items)
         embeddings = [e for e, _ in items]
+        started = time.perf_counter()
         results = _database_reached(self.service.identify_each, gallery, embeddings, top, threshold, params)
+        self.telemetry.stage("search", len(items), time.perf_counter() - started)
         return [r if isinstance(r, FaceIdError) else r[:k] for r, (_, k) in zip(results, items, strict=True)]
 
     async def _search(self, key: SearchKey, probes: list[tuple[EmbeddingInput, int]]) -> list[list[Match]]:
         """The matches of each probe, through the search batch; the first bad probe's error."""
         return all_or_first_error(await self.search_batcher.submit(key, probes))
 
+    def _timed(self, stage: str, items: int, fn: Callable[[], T]) -> T:
+        """``fn()``, its time reported as ``stage`` (:mod:`.telemetry`)."""
+        started = time.perf_counter()
+        result = fn()
+        self.telemetry.stage(stage, items, time.perf_counter() - started)
+        return result
+
     def _embed_batch(self, _key: Hashable, chips: list[np.ndarray]) -> list[np.ndarray]:
-        return list(self.pipeline.embedder.embed(np.stack(chips)))
+        embedder = self.pipeline.embedder  # loaded (the first time) before the clock starts
+        return self._timed("embed", len(chips), lambda: list(embedder.embed(np.stack(chips))))
 
     def _detect_batch(self, _key: Hashable, scans: list[Scan]) -> list[Raw]:
-        return self.pipeline.detector.cnn(scans)
+        detector = self.pipeline.detector
+        return self._timed("detect_cnn", len(scans), lambda: detector.cnn(scans))
 
     # ---- the photo stages --------------------------------------------------------------------
     async def _decode(self, photo: bytes) -> RGBImage:
         """The upright RGB pixels of a photo, in a worker (which also loads the models at first)."""
-        return await self._run(lambda: self.pipeline.decode(photo))
+
+        def decode() -> RGBImage:
+            pipeline = self.pipeline  # loaded (the first time) before the clock starts
+            return self._timed("decode", 1, lambda: pipeline.decode(photo))
+
+        return await self._run(decode)
 
     async def _find_boxes(self, image: RGBImage) -> list[tuple[Box, float]]:
         """Boxes and scores of the faces in ``image``, largest first: the detector's attempts
@@ -209,8 +283,9 @@ class Engine:
         return []
 
     def _hog(self, image: RGBImage, upsample: int) -> tuple[Scan, Raw]:
-        scan = self.pipeline.detector.scan(image, upsample)
-        return scan, self.pipeline.detector.hog(scan)
+        detector = self.pipeline.detector
+        scan = detector.scan(image, upsample)
+        return scan, self._timed("detect_hog", 1, lambda: detector.hog(scan))
 
     async def _chosen_boxes(self, image: RGBImage, choice: FaceChoice | None) -> list[tuple[Box, float]]:
         """Every face's box (no ``choice``), or the one box ``choice`` picks (none when no face is

@@ -92,13 +92,32 @@ class Galleries:
         self._registry_lock = threading.RLock()  # delete looks a gallery up under it
         #: An erasure pass is due (the erasure thread waits for it).
         self._erase_due = threading.Event()
-        for gallery in self.store.list_galleries():
-            self._galleries[gallery.name] = self._open_index(gallery)
-        self._warm_identity_cache()
         self._closing = threading.Event()
+        self._eraser: threading.Thread | None = None
+        #: Galleries whose indexes are open, of how many (:meth:`open`'s progress).
+        self.opened, self.to_open = 0, 0
+        #: Set once :meth:`open` has finished: every gallery is open and can be served.
+        self.ready = threading.Event()
+
+    def open(self) -> None:
+        """Open every gallery's index (its snapshot and the changes after it, or a rebuild from
+        the store), warm the identity cache, then start the background threads (following other
+        processes, erasure).  The slow part of a start: a server calls it after binding its port,
+        answering health checks with NOT_SERVING meanwhile; ``opened``/``to_open`` say how far it is."""
+        if self.ready.is_set():  # opened already (a service made with its galleries loaded)
+            return
+        config = self.config
+        galleries = self.store.list_galleries()
+        self.to_open = len(galleries)
+        log.info("opening %d galleries", len(galleries))
+        for gallery in galleries:
+            if self._closing.is_set():  # stopped while starting: the rest stays unopened
+                return
+            self._galleries[gallery.name] = self._open_index(gallery)
+            self.opened += 1
+        self._warm_identity_cache()
         if config.shared:
             threading.Thread(target=self._follow, name="faceid-follow", daemon=True).start()
-        self._eraser: threading.Thread | None = None
         if config.erasure_seconds > 0:
             # Before serving: a crash may have left erased rows in SQLite's log, erased vectors in
             # a snapshot (the replayed removes), or the snapshot of a deleted gallery.
@@ -110,11 +129,18 @@ class Galleries:
                 self._erase_due.set()
             self._eraser = threading.Thread(target=self._erase_loop, name="faceid-erasure", daemon=True)
             self._eraser.start()
+        self.ready.set()
 
     def _follow(self) -> None:
-        """Shared store: catch every gallery up now and then (searches and writes also do)."""
+        """Shared store: catch every gallery up now and then (searches and writes also do), and
+        open those other processes created, so that the first call here does not wait for it."""
         while not self._closing.wait(self.config.sync_seconds):
-            for name in list(self._galleries):
+            try:
+                names = set(self._galleries) | {g.name for g in self.store.list_galleries()}
+            except Exception:  # the database is down, say: the next round tries again
+                log.exception("listing the galleries to follow failed")
+                names = set(self._galleries)
+            for name in sorted(names):
                 try:
                     self.current(name)
                 except NotFoundError:
@@ -412,6 +438,10 @@ class Galleries:
                 log.info("removing %s: its gallery was deleted", path.name)
                 path.unlink(missing_ok=True)
 
+    def stop_opening(self) -> None:
+        """Make a running :meth:`open` give up before its next gallery (a stop during a start)."""
+        self._closing.set()
+
     def close(self) -> None:
         """Snapshot every gallery and release the database.  With a shared store that is every
         gallery in it, also those only other processes served (opened here to be written)."""
@@ -419,6 +449,9 @@ class Galleries:
         self._erase_due.set()  # wakes the erasure thread, to end
         if self._eraser is not None:
             self._eraser.join(60)
+        if not self.ready.is_set():  # stopped while opening: nothing was written, nothing to save
+            self.store.engine.dispose()
+            return
         names = list(self._galleries)
         if self.config.shared and self.config.snapshots:
             names = [g.name for g in self.store.list_galleries()]
@@ -445,6 +478,26 @@ class Galleries:
                     state.snapshotting = False
 
             threading.Thread(target=run, name="faceid-snapshot", daemon=True).start()
+
+    # ---- monitoring ---------------------------------------------------------------------------
+    def open_states(self) -> list[GalleryState]:
+        """The galleries open in this process now (no database work)."""
+        return [state for state in list(self._galleries.values()) if not state.dropped]
+
+    def snapshot_age(self, state: GalleryState) -> float | None:
+        """Seconds since the gallery's snapshot file was written (by whichever process writes
+        them); None when it has none."""
+        try:
+            return max(0.0, time.time() - self._snapshot_path(state.gallery).stat().st_mtime)
+        except FileNotFoundError:
+            return None
+
+    def behind(self, state: GalleryState) -> int:
+        """Changes logged in the store that this process has not applied (0 without a shared
+        store: a process alone applies each change as it commits it)."""
+        if not self.config.shared:
+            return 0
+        return max(0, self.store.last_seq(state.gallery.id) - state.applied_seq)
 
     # ---- galleries ----------------------------------------------------------------------------
     def state(self, name: str) -> GalleryState:

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, cast
@@ -45,6 +46,7 @@ from faceid.engine.domain.results import (
     EmbeddingInput,
     EnrolledFace,
     EnrollItem,
+    GalleryReading,
     GalleryStats,
     Match,
     Verification,
@@ -98,7 +100,9 @@ def _distinct(
 class FaceService:
     """Enrolment, identify and verify over the galleries; thread-safe; one per process and store."""
 
-    def __init__(self, config: EngineConfig, backend: IndexBackend | None = None) -> None:
+    def __init__(self, config: EngineConfig, backend: IndexBackend | None = None, load: bool = True) -> None:
+        """Open the store (migrated to the current schema) and, with ``load``, every gallery's
+        index; without it, :meth:`Galleries.open` (``self.galleries.open()``) does that later."""
         self.config = config
         self.model: EmbeddingModel = DLIB_RESNET_V1
         config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -111,10 +115,14 @@ class FaceService:
         self.store.on_commit(self._before_commit)
         self.store.migrate()
         self._identity_cache = IdentityCache(config.identity_cache)
+        #: gallery row id → (monotonic time, identities counted then): :meth:`readings`.
+        self._identity_counts: dict[int, tuple[float, int]] = {}
         self.galleries = Galleries(
             config, self.store, backend or FaissBackend(config.index), self._identity_cache, self.model
         )
         self.clustering = GalleryClustering(config.cluster, self.store, self.galleries, config.snapshots)
+        if load:
+            self.galleries.open()
 
     def _before_commit(self) -> None:
         check: Proceed | None = getattr(self._commit_check, "proceed", None)
@@ -657,6 +665,37 @@ class FaceService:
             self.galleries.erased(state, True)
 
     # ---- stats --------------------------------------------------------------------------------
+    def readings(self) -> list[GalleryReading]:
+        """Each open gallery's counts and index state, for monitoring: the index's own figures,
+        one indexed query per gallery for how far behind the store it is (a shared store), and
+        its identities counted at most every ``IDENTITIES_TTL`` seconds (a count of a 10M-row
+        table is not free; a scrape every few seconds must not become the database's load)."""
+        found = []
+        for state in self.galleries.open_states():
+            index = state.index.stats()
+            found.append(
+                GalleryReading(
+                    state.gallery.name,
+                    index.count,
+                    self._identity_count(state.gallery.id),
+                    index,
+                    state.since_snapshot,
+                    self.galleries.snapshot_age(state),
+                    self.galleries.behind(state),
+                )
+            )
+        return found
+
+    IDENTITIES_TTL = 10.0
+
+    def _identity_count(self, gallery_id: int) -> int:
+        now = time.monotonic()
+        cached = self._identity_counts.get(gallery_id)
+        if cached is None or now - cached[0] > self.IDENTITIES_TTL:
+            cached = (now, self.store.count_identities(gallery_id))
+            self._identity_counts[gallery_id] = cached
+        return cached[1]
+
     def stats(self, gallery: str) -> GalleryStats:
         state = self.galleries.current(gallery)
         return GalleryStats(
