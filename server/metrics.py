@@ -1,6 +1,6 @@
 """Prometheus metrics of one server process (``prometheus-client``, the one module that imports it).
 
-Off by default; ``--metrics HOST:PORT`` serves ``/metrics`` over plain HTTP on its own port
+Off by default; ``--set metrics=HOST:PORT`` serves ``/metrics`` over plain HTTP on its own port
 (loopback is the safe choice: the page has no key and names the galleries; it holds no face data).
 With ``--processes N`` each process serves its own page, on PORT, PORT+1, … PORT+N-1 (each is
 scraped as its own target; sum over them, e.g. ``sum without (instance)``): the counters are
@@ -338,7 +338,9 @@ def _timed_handler(
             began, error = time.perf_counter(), None
             try:
                 responses = behavior(request, context)
-                if hasattr(responses, "__aiter__"):
+                if inspect.isawaitable(responses):  # writes its answers itself (health's Watch)
+                    await responses
+                elif hasattr(responses, "__aiter__"):
                     async for response in responses:
                         yield response
                 else:
