@@ -30,7 +30,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
@@ -40,7 +40,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from faceid.engine.domain.access import ALL_GALLERIES, NewKey, Role
-from faceid.engine.service import Engine
+from faceid.engine.service import Engine, OpeningStoppedError
 from faceid.engine.service.access import StoreClaim
 from faceid.proto.faceid.v1 import faceid_pb2, faceid_pb2_grpc
 from faceid.server.auth import AuthInterceptor, GateLimits
@@ -175,8 +175,11 @@ class Server:
             self.engine.close()
             raise StartupError(_port_taken(config)) from exc
         self.endpoint: HttpEndpoint | None = None
+        if self.metrics is not None:
+            self._serve_metrics(self.metrics)
         #: The admin key made on a first start (no key was ever created): printed once by ``serve``.
-        #: Made last, once the port is bound, so that a start that fails does not swallow it.
+        #: Made last, once the port and the metrics port are bound, so that a start that fails
+        #: does not swallow it.
         self.first_key: NewKey | None = None
         if config.auth and not self.keys.keys.any_created():
             self.first_key = self.keys.keys.create(Role.ADMIN, [ALL_GALLERIES], "first admin key")
@@ -206,8 +209,6 @@ class Server:
             log.warning("serving on %s without TLS: keys and photos cross the network", self.config.host)
         for name in HEALTH_NAMES:
             await _set(self.health, name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self.metrics is not None:
-            self._serve_metrics(self.metrics)
         await self.grpc.start()
         if self.config.auth:
             self._refresher = asyncio.create_task(self._refresh_keys())
@@ -238,11 +239,19 @@ class Server:
             )
         )
 
-    async def open(self) -> None:
-        """Open every gallery's index (in a thread), then turn SERVING."""
+    async def open(self, group: Callable[[], Awaitable[None]] | None = None) -> bool:
+        """Open every gallery's index (in a thread), then turn SERVING; False when a stop came
+        first (it stays NOT_SERVING).  ``group``: awaited between the two, e.g. until every
+        process of the server has opened its galleries (``--processes N``: none turns SERVING
+        alone, so no connection the port hands out lands on a process still opening)."""
         began = time.monotonic()
         self._opening = asyncio.create_task(self.engine.open())
-        await self._opening
+        try:
+            await asyncio.shield(self._opening)  # a cancelled start leaves it to stop()
+        except OpeningStoppedError:
+            return False
+        if group is not None:
+            await group()
         self._serving = True
         self.ready_time = time.time()
         for name in HEALTH_NAMES:
@@ -258,6 +267,7 @@ class Server:
             self.ready_time - process_start_time(),
             json.dumps({k: str(v) for k, v in asdict(self.config).items()}),
         )
+        return True
 
     async def stop(self) -> None:
         """Drain (NOT_SERVING while still serving, ``drain_seconds``), stop accepting calls, let
@@ -276,6 +286,7 @@ class Server:
             self.engine.stop_opening()  # it gives up before its next gallery
             done, _ = await asyncio.wait([self._opening], timeout=STOP_OPENING_SECONDS)
             opened = bool(done)
+        served = self.engine.ready
         if opened:
             await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
         else:  # a gallery still loading, or a database that does not answer: nothing to save
@@ -284,7 +295,9 @@ class Server:
             self.endpoint.close()
         if self.owner is not None:
             self.owner.release()
-        log.info("faceid stopped; index snapshots written")
+        log.info(
+            "faceid stopped%s", "; index snapshots written" if served and opened and self.process == 0 else ""
+        )
 
     async def _refresh_keys(self) -> None:
         """Reload the keys now and then, so that ``faceid keys`` changes reach a running server."""
@@ -438,12 +451,16 @@ Heard = Callable[[Bound | Ready], None]
 
 
 async def serve(
-    config: ServerConfig, first: bool = True, process: int = 0, heard: Heard | None = None
+    config: ServerConfig,
+    first: bool = True,
+    process: int = 0,
+    heard: Heard | None = None,
+    group: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully.  ``heard`` is told when the port is
-    bound (:class:`Bound`) and when the server is ready (:class:`Ready`); by default both are
+    bound (:class:`Bound`) and when the galleries are open (:class:`Ready`); by default both are
     printed (:func:`announce_bound`, :func:`announce_ready`).  ``first`` and ``process`` as for
-    :class:`Server`."""
+    :class:`Server`; ``group`` as for :meth:`Server.open`."""
     server = Server(config, first=first, process=process)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -457,32 +474,46 @@ async def serve(
         announce_bound(config, [bound])
     else:
         heard(bound)
-    opening = asyncio.create_task(server.open())
+
+    async def opened() -> None:  # told before waiting for the group: the supervisor waits for all
+        if heard is not None:
+            heard(Ready(process))
+        if group is not None:
+            await group()
+
+    opening = asyncio.create_task(server.open(opened))
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait([opening, stopped], return_when=asyncio.FIRST_COMPLETED)
-    if opening.done():
-        if error := opening.exception():
-            await server.stop()
-            raise StartupError(
-                f"the galleries could not be opened ({type(error).__name__}: {error}); "
-                "check that the database is reachable, then start again"
-            ) from error
+    if not opening.done():
+        opening.cancel()  # stopped first (the galleries' own opening is shielded: stop ends it)
+    elif error := opening.exception():
+        await server.stop()
+        raise StartupError(
+            f"the galleries could not be opened ({type(error).__name__}: {error}); the log says "
+            "more; if it names the database, check that it is reachable, then start again"
+        ) from error
+    elif opening.result():
         # The libraries, models and caches loaded so far live as long as the process: move them out
         # of the cycle collector's sight, or each full collection stops the server for ~0.1-0.5 s.
         gc.collect()
         gc.freeze()
         if heard is None:
             announce_ready(config, [bound])
-        else:
-            heard(Ready(process))
         await stopped
     await server.stop()
 
 
-def _process_main(config: ServerConfig, process: int, heard: Any) -> None:
+def _process_main(config: ServerConfig, process: int, heard: Any, group_open: Any) -> None:
+    """One process of ``--processes N``: it tells the supervisor through ``heard`` and turns
+    SERVING once ``group_open`` (an event the supervisor sets when every process is open) is set."""
     configure_logging(config.log_level)
+
+    async def group() -> None:
+        while not await asyncio.to_thread(group_open.wait, 0.5):
+            pass
+
     try:
-        asyncio.run(serve(config, process == 0, process, heard.put))
+        asyncio.run(serve(config, process == 0, process, heard.put, group))
     except StartupError as exc:
         log.error("%s", exc)
         sys.exit(1)
@@ -577,9 +608,16 @@ def serve_processes(config: ServerConfig) -> int:
 
 
 def _supervise(config: ServerConfig) -> int:
-    """``serve_processes`` for several processes, the data directory locked and the port free."""
+    """``serve_processes`` for several processes, the data directory locked and the port free.
+
+    Each process starts once the one before has bound the port (the first migrates the store,
+    makes the first admin key, binds the port, perhaps port 0); they open their galleries side by
+    side and all turn SERVING together, once the last is open (``group_open``).  A SIGINT or
+    SIGTERM at any point stops them all with status 0; a process that dies, at any point, stops
+    the others with status 1."""
     ctx = mp.get_context("spawn")  # no fork: gRPC and faiss threads do not survive one
     heard: Any = ctx.Queue()
+    group_open = ctx.Event()
     procs: list[Any] = []
     stopping = False
 
@@ -591,49 +629,36 @@ def _supervise(config: ServerConfig) -> int:
                 p.terminate()  # SIGTERM: a graceful stop
 
     old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    news = _Heard(heard, procs, lambda: stopping)
     try:
-        # Each process starts once the one before has bound the port (the first migrates the store,
-        # makes the first admin key, binds the port, perhaps port 0); they open their galleries
-        # side by side.
-        news = _Heard(heard)
         port = config.port
         for i in range(config.processes):
+            if stopping:
+                return 0
             proc = ctx.Process(
-                target=_process_main, args=(replace(config, port=port), i, heard), name=f"faceid-{i}"
+                target=_process_main,
+                args=(replace(config, port=port), i, heard, group_open),
+                name=f"faceid-{i}",
             )
             proc.start()
             procs.append(proc)
-            bound = news.wait(Bound, i, proc)
+            bound = news.wait(Bound, i)
             if bound is None:
-                log.error("server process %d did not start (exit status %s)", i, proc.exitcode)
-                stop()
-                return 1
+                return news.ended("did not start")
             port = bound.port
         announce_bound(config, [news.said[Bound, i] for i in range(config.processes)])
-        for i, proc in enumerate(procs):
-            if news.wait(Ready, i, proc) is None:
-                log.error("server process %d did not open its galleries (exit status %s)", i, proc.exitcode)
-                stop()
-                return 1
+        for i in range(config.processes):
+            if news.wait(Ready, i) is None:
+                return news.ended("did not open its galleries")
+        group_open.set()
         announce_ready(config, [news.said[Bound, i] for i in range(config.processes)])
-        status = 0
-        while not stopping:
-            ended = mp_connection.wait([p.sentinel for p in procs])
-            if not stopping:
-                dead = next(p for p in procs if p.sentinel in ended)
-                dead.join()
-                log.error(
-                    "server process %s exited (status %s); stopping the others", dead.name, dead.exitcode
-                )
-                status = 1
-                stop()
-        return status
+        mp_connection.wait([p.sentinel for p in procs])  # until one ends, or a signal stops them
+        return 0 if stopping else news.ended("exited")
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        for p in procs:  # also after an error here: no process outlives the supervisor
-            if p.is_alive():
-                p.terminate()
+        stop()  # also after an error here: no process outlives the supervisor
+        for p in procs:
             p.join(config.grace_seconds + config.drain_seconds + 60)
             if p.is_alive():
                 p.kill()
@@ -643,19 +668,34 @@ def _supervise(config: ServerConfig) -> int:
 class _Heard:
     """What the server processes said so far (they speak in any order)."""
 
-    def __init__(self, queue: Any) -> None:
+    def __init__(self, queue: Any, procs: list[Any], stopping: Callable[[], bool]) -> None:
         self.queue = queue
+        self.procs = procs
+        self.stopping = stopping
         self.said: dict[tuple[type, int], Any] = {}
 
-    def wait(self, kind: type[T], process: int, proc: Any) -> T | None:
-        """Process ``process``'s message of ``kind``, or None when it exits first (opening a large
-        gallery may take minutes: no time limit while it lives)."""
+    def wait(self, kind: type[T], process: int) -> T | None:
+        """Process ``process``'s message of ``kind``, or None when any process exits first or a
+        stop comes (opening a large gallery may take minutes: no time limit while they live)."""
         while (kind, process) not in self.said:
             try:
-                said = self.queue.get(timeout=1.0)
+                said = self.queue.get(timeout=0.5)
             except queue.Empty:
-                if not proc.is_alive():
+                if self.stopping() or not all(p.is_alive() for p in self.procs):
                     return None
                 continue
             self.said[type(said), said.process] = said
         return cast(T, self.said[kind, process])
+
+    def ended(self, what: str) -> int:
+        """The exit status when a wait came back empty, or the processes were waited on: 0 for a
+        stop asked for, else 1 with the process that ended in the log."""
+        if self.stopping():
+            return 0
+        dead = next((p for p in self.procs if not p.is_alive()), None)
+        if dead is not None:
+            dead.join()
+            log.error(
+                "server process %s %s (exit status %s); stopping the others", dead.name, what, dead.exitcode
+            )
+        return 1

@@ -33,6 +33,7 @@ KINDS = {
         "test_detect",
         "test_dlib_format",
         "test_embedder",
+        "test_identity_cache",
         "test_image",
         "test_index",
         "test_index_gpu",

@@ -8,7 +8,11 @@ waits for (as it would behind a slow or busy database).
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,13 +67,13 @@ def enrolled_store(data_dir: Path, url: str) -> str:
 
 
 class FacesLocked:
-    """The faces table locked by another session until ``release``."""
+    """A table (the faces table unless told) locked by another session until ``release``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, table: str = "faces") -> None:
         self.engine = sa.create_engine(url)
         self.connection = self.engine.connect()
         self.transaction = self.connection.begin()
-        self.connection.execute(sa.text("LOCK TABLE faces IN ACCESS EXCLUSIVE MODE"))
+        self.connection.execute(sa.text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
 
     def release(self) -> None:
         self.transaction.rollback()
@@ -119,6 +123,134 @@ def test_health_says_not_serving_while_the_galleries_open_then_serving(tmp_path:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(60) == 0
+
+
+def test_the_server_serves_without_waiting_for_its_identity_cache_to_warm(
+    tmp_path: Path, postgres: str
+) -> None:
+    """The cache is a head start, read in the background: with the identities table locked the
+    server still turns SERVING (at 1M identities the warm-up took 12 s of the start)."""
+    key = enrolled_store(tmp_path / "data", postgres)
+    lock = FacesLocked(postgres, "identities")
+    server = ServerProcess(tmp_path / "data", "--database-url", postgres, "--log-level", "INFO")
+    try:
+        server.start()  # returns once it says "listening on": SERVING
+        assert health(server.address) == SERVING
+        lock.release()
+        server.admin_key = key
+        with server.client() as client:
+            [match] = client.identify("g", embedding=unit(2), top_k=1)[0].matches
+        assert match.identity_id == "p2"
+    finally:
+        lock.release() if not lock.connection.closed else None
+        assert server.stop() == 0
+    assert "identity cache warmed: 3 identities" in server.log()
+
+
+def test_a_stop_during_the_start_never_turns_serving_even_when_the_galleries_open_meanwhile(
+    tmp_path: Path, postgres: str
+) -> None:
+    enrolled_store(tmp_path / "data", postgres)
+    lock = FacesLocked(postgres)
+    try:
+        proc, address, _ = spawn(
+            tmp_path / "data", "--database-url", postgres, "--log-level", "INFO", ready=False
+        )
+        assert health(address) == NOT_SERVING
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.5)  # the stop has reached the opening: it gives up before serving
+    finally:
+        lock.release()  # and the gallery it was opening opens now
+    assert proc.wait(60) == 0
+    assert proc.stdout is not None and "listening on" not in proc.stdout.read()
+    logged = (tmp_path / "data" / "server.log").read_text()
+    assert "serving on" not in logged and "snapshots written" not in logged
+
+
+def test_a_first_start_that_cannot_serve_its_metrics_keeps_the_admin_key_for_the_next_start(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        failed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "faceid.client.cli",
+                "serve",
+                "--port",
+                "0",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--set",
+                f"metrics=127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert failed.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in failed.stderr and "admin key" not in failed.stdout
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        assert server.admin_key.startswith("faceid_")  # no key was made by the start that failed
+        with server.client() as client:
+            client.create_gallery("g")
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_stop_during_the_start_of_several_processes_exits_0_at_once(tmp_path: Path, postgres: str) -> None:
+    enrolled_store(tmp_path / "data", postgres)
+    lock = FacesLocked(postgres)
+    try:
+        proc, address, _ = spawn(
+            tmp_path / "data", "--database-url", postgres, "--processes", "2", ready=False
+        )
+        assert health(address) == NOT_SERVING
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert time.monotonic() - began < 30
+    finally:
+        lock.release()
+
+
+def test_a_process_that_dies_during_the_start_ends_the_whole_server_with_status_1(
+    tmp_path: Path, postgres: str
+) -> None:
+    """The supervisor watches every process while it waits for one (here the first, held by the lock)."""
+    enrolled_store(tmp_path / "data", postgres)
+    lock = FacesLocked(postgres)
+    try:
+        proc, address, _ = spawn(
+            tmp_path / "data", "--database-url", postgres, "--processes", "2", ready=False
+        )
+        assert health(address) == NOT_SERVING
+        children = sorted(_children(proc.pid))
+        assert len(children) >= 2
+        os.kill(children[-1], signal.SIGKILL)  # the last started: the second server process
+        began = time.monotonic()
+        assert proc.wait(60) == 1
+        assert time.monotonic() - began < 30
+    finally:
+        lock.release()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux's /proc), but multiprocessing's resource tracker."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and "resource_tracker" not in Path(stat.parent, "cmdline").read_text():
+            found.append(int(stat.parent.name))
+    return found
 
 
 def test_a_stop_during_the_start_exits_at_once_and_the_next_start_has_everything(

@@ -2,7 +2,8 @@
 over :class:`FaceService` (galleries, enrolment, identify, verify on embeddings)."""
 
 from faceid.engine.service.engine import Engine
+from faceid.engine.service.galleries import OpeningStoppedError
 from faceid.engine.service.guard import CommitGuard
 from faceid.engine.service.service import FaceService, Proceed
 
-__all__ = ["CommitGuard", "Engine", "FaceService", "Proceed"]
+__all__ = ["CommitGuard", "Engine", "FaceService", "OpeningStoppedError", "Proceed"]

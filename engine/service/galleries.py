@@ -39,10 +39,14 @@ from faceid.engine.domain.errors import AlreadyExistsError, NotFoundError, Unava
 from faceid.engine.domain.models import EmbeddingModel
 from faceid.engine.domain.records import Change, Gallery
 from faceid.engine.index import GalleryIndex, IndexBackend, SnapshotError
-from faceid.engine.service.identity_cache import IdentityCache
+from faceid.engine.service.identity_cache import IdentityCache, pack_stored
 from faceid.engine.store import DatabaseError, IntegrityError, Store, is_unavailable
 
 log = logging.getLogger("faceid.service")
+
+
+class OpeningStoppedError(Exception):
+    """:meth:`Galleries.open` gave up: the server is stopping (:meth:`Galleries.stop_opening`)."""
 
 
 @dataclass
@@ -101,9 +105,11 @@ class Galleries:
 
     def open(self) -> None:
         """Open every gallery's index (its snapshot and the changes after it, or a rebuild from
-        the store), warm the identity cache, then start the background threads (following other
-        processes, erasure).  The slow part of a start: a server calls it after binding its port,
-        answering health checks with NOT_SERVING meanwhile; ``opened``/``to_open`` say how far it is."""
+        the store), start the background threads (following other processes, erasure), set
+        ``ready``, then warm the identity cache in the background.  The slow part of a start: a
+        server calls it after binding its port, answering health checks with NOT_SERVING
+        meanwhile; ``opened``/``to_open`` say how far it is.  Raises :class:`OpeningStoppedError` when
+        :meth:`stop_opening` came first (``ready`` stays unset: the server must not turn SERVING)."""
         if self.ready.is_set():  # opened already (a service made with its galleries loaded)
             return
         config = self.config
@@ -112,10 +118,11 @@ class Galleries:
         log.info("opening %d galleries", len(galleries))
         for gallery in galleries:
             if self._closing.is_set():  # stopped while starting: the rest stays unopened
-                return
+                raise OpeningStoppedError(
+                    f"stopped while opening the galleries ({self.opened} of {self.to_open} open)"
+                )
             self._galleries[gallery.name] = self._open_index(gallery)
             self.opened += 1
-        self._warm_identity_cache()
         if config.shared:
             threading.Thread(target=self._follow, name="faceid-follow", daemon=True).start()
         if config.erasure_seconds > 0:
@@ -129,7 +136,10 @@ class Galleries:
                 self._erase_due.set()
             self._eraser = threading.Thread(target=self._erase_loop, name="faceid-erasure", daemon=True)
             self._eraser.start()
+        if self._closing.is_set():
+            raise OpeningStoppedError("stopped while opening the galleries (all open)")
         self.ready.set()
+        threading.Thread(target=self._warm_identity_cache, name="faceid-warm", daemon=True).start()
 
     def _follow(self) -> None:
         """Shared store: catch every gallery up now and then (searches and writes also do), and
@@ -253,24 +263,35 @@ class Galleries:
             self._identity_cache.clear()
 
     def _warm_identity_cache(self) -> None:
-        """Fill the identity cache at start.  Only a head start: a gallery whose rows cannot be
-        read stops its own warm-up, in the log, and its identities are read when a search needs
-        them; no stored row can keep the server from starting (stored attributes that cannot be
-        decoded already read as empty, see ``limits.read_stored_json``)."""
-        room = self._identity_cache.capacity
-        for state in self._galleries.values():
+        """Fill the identity cache, in the background once the server serves (a thread started
+        by :meth:`open`): only a head start, so it never holds up a start.  At 1M identities it
+        took 12 s before SERVING (JSON decoding and timestamps per row); now it reads text, and a
+        search that misses meanwhile reads its rows itself.  Rows are put with the cache's epoch
+        taken before each read, so one that a write changed meanwhile is not kept.  A gallery
+        whose rows cannot be read stops its own warm-up, in the log; no stored row can stop it
+        (attributes that cannot be decoded read as empty, see ``limits.read_stored_json``)."""
+        cache, started, kept = self._identity_cache, time.monotonic(), 0
+        for state in list(self._galleries.values()):
             try:
-                for rows in self.store.iter_identities(state.gallery.id):
-                    if room <= 0:
-                        return
-                    self._identity_cache.put_many({r.id: r for r in rows[:room]})
-                    room -= len(rows)
+                for rows in self.store.iter_identity_names(state.gallery.id):
+                    if self._closing.is_set() or len(cache) >= cache.capacity:
+                        break
+                    epoch = cache.epoch()
+                    kept += cache.put_packed(
+                        ((r[0], pack_stored(r[1], r[2], r[3])) for r in rows), epoch, fill=True
+                    )
             except (DatabaseError, ValueError, TypeError, RecursionError):
                 log.exception(
                     "gallery %s: warming the identity cache stopped at a row that could not be read; "
                     "its identities are read from the database when needed",
                     state.gallery.name,
                 )
+        log.info(
+            "identity cache %s: %d identities in %.1f s",
+            "warm-up stopped (closing)" if self._closing.is_set() else "warmed",
+            kept,
+            time.monotonic() - started,
+        )
 
     def _rebuild(self, gallery: Gallery) -> GalleryIndex:
         return self.backend.build(gallery.dim, self.store.iter_embeddings(gallery.id, gallery.dim))

@@ -396,9 +396,9 @@ class FaceService:
         return [
             [
                 Match(
-                    ident[2],  # external_id
-                    ident[3],  # display_name
-                    json.loads(ident[4]) if ident[4] else {},  # attributes
+                    ident[0],  # external_id
+                    ident[1],  # display_name
+                    json.loads(ident[2]) if ident[2] else {},  # attributes
                     fid,
                     d,
                     similarity(d),
@@ -414,8 +414,9 @@ class FaceService:
         """Identity rows (packed) by row id: from the cache, the rest in one query."""
         found, missing = self._identity_cache.get_many(ids)
         if missing:
+            epoch = self._identity_cache.epoch()
             fetched = self.store.identities_by_id(gallery_id, sorted(missing))
-            self._identity_cache.put_many(fetched)
+            self._identity_cache.put_many(fetched, epoch)
             found.update((i, pack(r)) for i, r in fetched.items())
         return found
 
