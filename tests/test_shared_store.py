@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from faceid.engine.config import EngineConfig, IndexConfig
 from faceid.engine.domain.errors import NotFoundError
@@ -199,3 +200,34 @@ def test_faces_moved_to_another_identity_in_one_process_are_found_under_it_by_th
     assert top(a, "g", 2) == ("tmp-2", "") and top(b, "g", 1) == ("ann", "Ann")
     for s in (a, b):
         assert s.stats("g").index.count == 2 == s.stats("g").faces
+
+
+def test_a_gallery_another_process_deletes_while_this_one_opens_is_not_served_here(
+    config: EngineConfig,
+) -> None:
+    """The delete lands between this process listing the galleries and opening their indexes
+    (made to, by a hook on its own database connection): its "drop" is older than anything this
+    process will replay, so the open itself must notice."""
+    shared = replace(config, shared=True, index=IndexConfig(background=False, train_min=2000))
+    a = FaceService(shared)
+    a.create_gallery("g")
+    a.enroll_embeddings("g", ["ann"], [EmbeddingInput(unit(1))])
+    b = FaceService(replace(shared, snapshots=False), load=False)
+    deleted: list[bool] = []
+
+    def delete_once(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if not deleted and "FROM galleries" in statement:
+            deleted.append(True)
+            a.delete_gallery("g")  # right after b has listed it
+
+    sa.event.listen(b.store.engine, "after_cursor_execute", delete_once)
+    try:
+        b.galleries.open()
+        assert deleted
+        sa.event.remove(b.store.engine, "after_cursor_execute", delete_once)
+        with pytest.raises(NotFoundError):
+            top(b, "g", 1)
+        assert b.galleries.open_states() == []
+    finally:
+        b.close()
+        a.close()

@@ -190,6 +190,11 @@ class Galleries:
         if erased:
             state.erased = True
             self._erase_due.set()
+        if self.config.shared:
+            # Deleted by another process since it was listed: its "drop" came before ``last`` and
+            # will not be replayed, so ask (a drop after ``last`` reaches it as any change does).
+            found = self.store.get_gallery(gallery.name)
+            state.dropped = found is None or found.id != gallery.id
         return state
 
     def _replay(self, gallery: Gallery, index: GalleryIndex, seq: int) -> list[Change]:
@@ -542,7 +547,8 @@ class Galleries:
         with self._registry_lock:
             if name not in self._galleries:
                 self._galleries[name] = self._open_index(gallery)
-            return self._galleries[name]
+            state = self._galleries[name]
+            return None if state.dropped else state
 
     def get(self, name: str) -> Gallery:
         """The gallery's record (NotFoundError when there is none); no database work."""
