@@ -14,6 +14,7 @@ from faceid.benchmarks import (
     identify_batch,
     lfw_verification,
     photo_throughput,
+    startup,
 )
 
 
@@ -260,3 +261,13 @@ def test_the_clustering_benchmark_scores_every_method_on_lfw_and_runs_at_scale_i
     truth = ["a", "a", "b", "b"]
     assert clustering.pairwise(truth, np.array([0, 0, 1, 1])) == (1.0, 1.0, 1.0)
     assert clustering.bcubed(truth, np.array([0, 0, 0, 0]))[:2] == (0.5, 1.0)
+
+
+def test_the_startup_benchmark_builds_a_gallery_restarts_it_and_times_serving(tmp_path: Path) -> None:
+    args = ["--gallery-size", "3000", "--data-dir", str(tmp_path / "data"), "--rounds", "1"]
+    payload = startup.main([*args, "--vectors", "uniform", "--batch", "1000", "--out", str(tmp_path / "out")])
+    [round_] = payload["results"]
+    assert payload["build"]["faces_per_s"] > 0 and payload["snapshot_bytes"] > 0
+    assert 0 < round_["port_s"] <= round_["serving_s"] <= round_["identify_ok_s"]
+    assert payload["empty"]["serving_s"] > 0
+    assert (tmp_path / "out" / "startup_3000.json").exists()
