@@ -285,11 +285,15 @@ class Galleries:
                     kept += cache.put_packed(
                         ((r[0], pack_stored(r[1], r[2], r[3])) for r in rows), epoch, fill=True
                     )
-            except (DatabaseError, ValueError, TypeError, RecursionError):
-                log.exception(
-                    "gallery %s: warming the identity cache stopped at a row that could not be read; "
-                    "its identities are read from the database when needed",
+            except (DatabaseError, ValueError, TypeError, RecursionError) as exc:
+                if self._closing.is_set():  # the store was closed under it
+                    return
+                log.warning(
+                    "gallery %s: warming the identity cache stopped (%s: %s); its identities are "
+                    "read from the database when a search needs them",
                     state.gallery.name,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
                 )
         log.info(
             "identity cache %s: %d identities in %.1f s",
