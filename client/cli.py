@@ -15,10 +15,13 @@
     faceid keys list | revoke KEY_ID
     faceid bench [--spawn] [--workload …] [--concurrency …]       the load generator (benchmarks/load.py)
 
-Output is for people; --json prints JSON for scripts.  The server address is
---server or $FACEID_SERVER (default 127.0.0.1:50051); the API key is --api-key or
-$FACEID_API_KEY; --ca-file (and --cert-file/--key-file for mutual TLS) make the
-connection TLS.
+Output is for people; --json (before or after the command) prints JSON for scripts, and an
+error as one JSON line on stderr.  The server address is --server or $FACEID_SERVER (default
+127.0.0.1:50051); the API key is --api-key or $FACEID_API_KEY; --ca-file (and
+--cert-file/--key-file for mutual TLS) make the connection TLS.
+
+No traceback reaches a person: every failure is one line on stderr, saying what happened and
+what to do, and one of these exit statuses (FACEID_DEBUG=1 adds the traceback):
 """
 
 from __future__ import annotations
@@ -38,6 +41,39 @@ from typing import Any
 SERVER_PACKAGES = {"torch", "dlib", "PIL", "faiss", "sqlalchemy", "alembic", "face_recognition_models"}
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
+#: Exit statuses, by what went wrong (printed in ``faceid --help``; README "The command line").
+EXIT_STATUSES = {
+    0: "done",
+    1: "failed (any other error: the message says why)",
+    2: "wrong command line or settings (the message says which)",
+    3: "not found (a gallery, an identity, a face, a file)",
+    4: "no or wrong API key, or the key may not do that (--api-key or $FACEID_API_KEY)",
+    5: "the server cannot be reached, is starting, or did not answer in time (--server, --timeout)",
+    6: "the server refused the input (a photo with no face, a bad name, …)",
+    7: "already exists, or changed meanwhile (try again)",
+    8: "the server is busy or a limit was reached (try again later)",
+    70: "internal error (a bug: please report it with the command)",
+    130: "interrupted (Ctrl-C)",
+    141: "the output was closed (e.g. piped into head)",
+}
+#: gRPC status names to exit statuses (those not listed: 1).
+EXIT_FOR_CODE = {
+    "NOT_FOUND": 3,
+    "UNAUTHENTICATED": 4,
+    "PERMISSION_DENIED": 4,
+    "UNAVAILABLE": 5,
+    "DEADLINE_EXCEEDED": 5,
+    "INVALID_ARGUMENT": 6,
+    "FAILED_PRECONDITION": 6,
+    "OUT_OF_RANGE": 6,
+    "ALREADY_EXISTS": 7,
+    "ABORTED": 7,
+    "RESOURCE_EXHAUSTED": 8,
+    "INTERNAL": 70,
+    "UNKNOWN": 70,
+    "DATA_LOSS": 70,
+}
+
 
 def _print_json(value: Any) -> None:
     def default(o: Any) -> Any:
@@ -56,6 +92,14 @@ def _client(args: argparse.Namespace) -> Any:
     tls = args.ca_file or args.cert_file
     credentials = tls_credentials(args.ca_file, args.cert_file, args.key_file) if tls else None
     return FaceIdClient(args.server, timeout=args.timeout, credentials=credentials, api_key=args.api_key)
+
+
+class CommandError(Exception):
+    """A command's failure as a person reads it: one line, and its exit status (EXIT_STATUSES)."""
+
+    def __init__(self, message: str, status: int = 1, code: str = "") -> None:
+        super().__init__(message)
+        self.message, self.status, self.code = message, status, code
 
 
 # ---- serve -----------------------------------------------------------------------------------
@@ -81,12 +125,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         return serve_processes(config)
     except StartupError as exc:
-        print(f"faceid: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(str(exc)) from None
 
 
 def _load_config(command: str, file: Path | None, **overrides: Any) -> Any:
-    """The server's settings, or one line saying which setting is wrong and exit status 2."""
+    """The server's settings, or a :class:`CommandError` saying which setting is wrong (status 2)."""
     import tomllib
 
     from faceid.server.config import ServerConfig
@@ -94,14 +137,9 @@ def _load_config(command: str, file: Path | None, **overrides: Any) -> Any:
     try:
         return ServerConfig.load(file, **overrides)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise SystemExit(_fail(command, str(exc))) from None
+        raise CommandError(str(exc), 2) from None
     except OSError as exc:
-        raise SystemExit(_fail(command, f"cannot read the settings file {file}: {exc.strerror}")) from None
-
-
-def _fail(command: str, message: str) -> int:
-    print(f"faceid {command}: {message}", file=sys.stderr)
-    return 2
+        raise CommandError(f"cannot read the settings file {file}: {exc.strerror}", 2) from None
 
 
 def _settings(pairs: list[str]) -> dict[str, str]:
@@ -110,8 +148,7 @@ def _settings(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            example = "e.g. index.nprobe_min=32"
-            raise SystemExit(_fail("serve", f"--set takes NAME=VALUE ({example}), not {pair!r}"))
+            raise CommandError(f"--set takes NAME=VALUE (e.g. index.nprobe_min=32), not {pair!r}", 2)
         found[name.strip()] = value.strip()
     return found
 
@@ -152,13 +189,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # ---- keys ------------------------------------------------------------------------------------
 def cmd_keys(args: argparse.Namespace) -> int:
-    """API keys, read and written on the server's database directly (works with the server up or down)."""
+    """API keys, read and written on the server's database directly (works with the server up or
+    down).  ``create`` makes the database where there is none yet (a key made before the first
+    start); ``list`` and ``revoke`` say so instead."""
     from faceid.engine.domain.access import ALL_GALLERIES, Role, describe, parse_scope
     from faceid.engine.domain.errors import InvalidInputError
     from faceid.engine.service.access import key_store
+    from faceid.engine.store import DatabaseError
 
     server = _load_config("keys", args.config, data_dir=args.data_dir, database_url=args.database_url)
-    keys = key_store(server.engine)
+    if not server.engine.database_url:
+        _check_data_dir(server.data_dir, create=args.action == "create")
+    try:
+        keys = key_store(server.engine)
+    except DatabaseError as exc:
+        where = server.engine.database_url or str(server.data_dir / "faceid.db")
+        raise CommandError(
+            f"cannot open the server's database at {where} ({_first_line(exc)}); check --data-dir or "
+            "--database-url, and that this user may read and write it"
+        ) from None
     try:
         if args.action == "create":
             galleries = [ALL_GALLERIES] if args.all_galleries else parse_scope(args.gallery or [])
@@ -186,16 +235,40 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     f"{k.key_id}  {k.role.name.lower():<6}  {','.join(k.galleries):<24} {state:<18} "
                     f"{k.description}"
                 )
-    except Exception as exc:
-        from faceid.engine.domain.errors import FaceIdError
-
-        if isinstance(exc, FaceIdError):
-            print(f"faceid keys: {exc}", file=sys.stderr)
-            return 1
-        raise
+    except DatabaseError as exc:
+        raise CommandError(
+            f"the server's database failed ({_first_line(exc)}); try again, or check it"
+        ) from None
     finally:
         keys.close()
     return 0
+
+
+def _check_data_dir(data_dir: Path, create: bool) -> None:
+    """A data directory ``faceid keys`` can use: its database there (or, to create a key, a
+    directory it may make); else a :class:`CommandError` saying what to do."""
+    database = data_dir / "faceid.db"
+    if database.exists():
+        if not os.access(database, os.R_OK | os.W_OK) or not os.access(data_dir, os.W_OK | os.X_OK):
+            raise CommandError(f"{database}: permission denied; run as the user the server runs as", 4)
+        return
+    if not create:
+        raise CommandError(
+            f"no server database in {data_dir}: give the server's --data-dir (or --database-url); "
+            "a new one is made by `faceid serve` or `faceid keys create`",
+            3,
+        )
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise CommandError(f"{data_dir}: permission denied; run as the user the server runs as", 4)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ---- galleries and stats ---------------------------------------------------------------------
@@ -260,11 +333,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     elif path.is_dir():
         items = list(photos_by_identity(path))
     else:
-        print(f"{path}: no such file or folder", file=sys.stderr)
-        return 2
+        raise CommandError(f"{path}: no such file or folder", 3)
     if not items:
-        print(f"{path}: no photos found (expected IDENTITY/photo.jpg inside)", file=sys.stderr)
-        return 2
+        raise CommandError(f"{path}: no photos found (expected IDENTITY/photo.jpg inside)", 3)
     requests = (
         enroll_request(args.gallery, identity, photo.read_bytes(), all_faces=args.all_faces, face=args.face)
         for identity, photo in items
@@ -280,7 +351,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         progress = tqdm(total=len(items), unit="photo", desc=f"enrolling into {args.gallery}")
-    with _client(args) as c:
+    with _client(args) as c, _interrupted_enrolment(items, counts, progress):
         for result in c.bulk_enroll(requests):
             identity, photo = items[result.index]
             shown = f"{identity}/{photo.name}" if path.is_dir() else str(photo)
@@ -332,6 +403,22 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         for s in skipped:
             print(f"  {s['photo']}: {s['reason']}")
     return 0
+
+
+@contextlib.contextmanager
+def _interrupted_enrolment(items: list[Any], counts: dict[str, list[int]], progress: Any) -> Iterator[None]:
+    """Ctrl-C during an enrolment: one line saying how far it got and how to finish (status 130)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.close()
+        done = counts["enrolled"][0] + counts["already enrolled"][0]
+        raise CommandError(
+            f"interrupted after {done} of {len(items)} photos; run the same command again to enrol the "
+            "rest (photos already enrolled are recognised, none is enrolled twice)",
+            130,
+        ) from None
 
 
 # ---- identify / verify -----------------------------------------------------------------------
@@ -420,14 +507,24 @@ def cmd_identify(args: argparse.Namespace) -> int:
         print("no face found in the photo")
     for i, f in enumerate(faces):
         b = f.box
-        print(f"face {i} at ({b.left:.0f}, {b.top:.0f})–({b.right:.0f}, {b.bottom:.0f}):")
+        where = f" at ({b.left:.0f}, {b.top:.0f})–({b.right:.0f}, {b.bottom:.0f})" if b else ""
+        print(f"face {i}{where}: {_verdict(f)}")
         for m in f.matches:
             mark = "MATCH" if m.is_match else "     "
             name = f" ({m.display_name})" if m.display_name else ""
             print(f"  {mark} {m.identity_id}{name}  distance {m.distance:.3f}  similarity {m.similarity:.3f}")
-        if not f.matches:
-            print("  (the gallery is empty)")
     return 0
+
+
+def _verdict(f: Any) -> str:
+    """What a face's matches say, in words: who it is, or plainly that nobody enrolled is a match."""
+    if not f.matches:
+        return "no match: the gallery is empty"
+    best = f.matches[0]
+    threshold = f" the threshold {f.threshold:.3f}" if f.threshold else " the threshold"
+    if best.is_match:
+        return f"{best.identity_id} (distance {best.distance:.3f}, below{threshold})"
+    return f"no match: the nearest is {best.identity_id} at distance {best.distance:.3f}, above{threshold}"
 
 
 def _follow(c: Any, gallery: str, run: Any) -> Any:
@@ -617,17 +714,15 @@ def _face_argument(p: argparse.ArgumentParser, what: str = "the face the photo i
 
 
 def build_parser() -> argparse.ArgumentParser:
+    statuses = "\n".join(f"  {status:>3}  {meaning}" for status, meaning in EXIT_STATUSES.items())
     parser = argparse.ArgumentParser(
-        prog="faceid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="faceid",
+        description=__doc__,
+        epilog=f"exit statuses:\n{statuses}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--server", default=os.environ.get("FACEID_SERVER", "127.0.0.1:50051"))
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
-    parser.add_argument("--json", action="store_true", help="JSON output for scripts")
-    parser.add_argument("--api-key", default=os.environ.get("FACEID_API_KEY"), help="or $FACEID_API_KEY")
-    parser.add_argument("--ca-file", default=os.environ.get("FACEID_CA_FILE"), help="TLS: CA to trust")
-    parser.add_argument("--cert-file", default=os.environ.get("FACEID_CERT_FILE"), help="mutual TLS")
-    parser.add_argument("--key-file", default=os.environ.get("FACEID_KEY_FILE"), help="mutual TLS")
-    sub = parser.add_subparsers(dest="command", required=True)
+    _connection_options(parser, defaults=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("serve", help="run the server")
     p.add_argument("--config", type=Path, default=None, help="TOML file with a [server] table")
@@ -739,7 +834,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("photos", nargs="+", type=Path)
     p.add_argument("--upsample", type=int, default=1)
     p.set_defaults(func=cmd_faces)
+    for command in sub.choices.values():
+        _connection_options(command, defaults=False)
     return parser
+
+
+def _connection_options(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """--json, --server, --api-key and the rest: on the top parser with their defaults, and on each
+    command's parser too without (SUPPRESS: one not given after the command leaves the value
+    given before it, or the default), so that they work on either side of the command."""
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    env = os.environ.get
+    p.add_argument(
+        "--server", default=default(env("FACEID_SERVER", "127.0.0.1:50051")), help="or $FACEID_SERVER"
+    )
+    p.add_argument("--timeout", type=float, default=default(60.0), help="seconds per call")
+    p.add_argument("--json", action="store_true", default=default(False), help="JSON output for scripts")
+    p.add_argument("--api-key", default=default(env("FACEID_API_KEY")), help="or $FACEID_API_KEY")
+    p.add_argument("--ca-file", default=default(env("FACEID_CA_FILE")), help="TLS: CA to trust")
+    p.add_argument("--cert-file", default=default(env("FACEID_CERT_FILE")), help="mutual TLS")
+    p.add_argument("--key-file", default=default(env("FACEID_KEY_FILE")), help="mutual TLS")
+
+
+class _Parser(argparse.ArgumentParser):
+    """A command's parser: a usage error is the one line argparse writes plus how to get help."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: {message} (see: {self.prog} --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -753,26 +877,80 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.command} {args.action} needs a name")
     try:
         result: int = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
         return result
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in SERVER_PACKAGES:
-            print(
-                f"faceid {args.command} runs the engine, which needs {exc.name}: this installation has the "
-                "client only; install the server with: pip install 'faceid[cpu]' (or 'faceid[gpu]')",
-                file=sys.stderr,
-            )
-            return 2
-        raise
-    except Exception as exc:
-        from faceid.client.client import FaceIdClientError
+    except BaseException as exc:
+        if isinstance(exc, SystemExit) or os.environ.get("FACEID_DEBUG"):
+            raise
+        failure = _failure(args, exc)
+        if failure.status == 141:  # nobody reads stdout any more: leave it quietly
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+        if args.json:
+            line = {"error": failure.message, "code": failure.code or None, "exit": failure.status}
+            print(json.dumps(line), file=sys.stderr)
+        else:
+            print(f"faceid {args.command}: {failure.message}", file=sys.stderr)
+        return failure.status
 
-        if isinstance(exc, FaceIdClientError):
-            print(f"faceid: {exc.code}: {exc.message}", file=sys.stderr)
-            return 1
-        if isinstance(exc, (OSError, ValueError)):  # a file that cannot be read, an input that is not one
-            print(f"faceid {args.command}: {exc}", file=sys.stderr)
-            return 2
-        raise
+
+def _failure(args: argparse.Namespace, exc: BaseException) -> CommandError:
+    """Any exception a command lets out, as one line for a person and an exit status."""
+    from faceid.client.client import FaceIdClientError
+
+    if isinstance(exc, CommandError):
+        return exc
+    if isinstance(exc, FaceIdClientError):
+        return CommandError(
+            _server_said(args, exc.code, exc.message), EXIT_FOR_CODE.get(exc.code, 1), exc.code
+        )
+    if isinstance(exc, KeyboardInterrupt):
+        return CommandError("interrupted", 130)
+    if isinstance(exc, BrokenPipeError):
+        return CommandError("", 141)
+    if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.split(".")[0] in SERVER_PACKAGES:
+        return CommandError(
+            f"this command runs the engine, which needs {exc.name}: this installation has the client "
+            "only; install the server with: pip install 'faceid[cpu]' (or 'faceid[gpu]')",
+            2,
+        )
+    if isinstance(exc, FileNotFoundError):
+        return CommandError(f"{exc.filename}: no such file or folder", 3)
+    if isinstance(exc, PermissionError):
+        return CommandError(f"{exc.filename}: permission denied", 4)
+    if isinstance(exc, OSError):
+        return CommandError(f"{exc.filename or 'input/output'}: {exc.strerror or exc}")
+    from faceid.engine.domain import errors
+
+    if isinstance(exc, errors.NotFoundError):
+        return CommandError(str(exc), 3)
+    if isinstance(exc, errors.AlreadyExistsError):
+        return CommandError(str(exc), 7)
+    if isinstance(exc, errors.FaceIdError | ValueError):  # an input of the command line, a file's contents
+        return CommandError(str(exc), 2)
+    return CommandError(
+        f"internal error ({type(exc).__name__}: {_first_line(exc)}); please report it with the command "
+        "you ran (FACEID_DEBUG=1 shows the traceback)",
+        70,
+    )
+
+
+def _server_said(args: argparse.Namespace, code: str, message: str) -> str:
+    """The server's message, with what to change on this side where the code says it."""
+    if code == "UNAVAILABLE" and "starting" not in message:
+        return (
+            f"cannot reach the server at {args.server} ({message}); is it running? Give its address "
+            "with --server or $FACEID_SERVER"
+        )
+    if code == "DEADLINE_EXCEEDED":
+        return (
+            f"no answer from the server at {args.server} within {args.timeout:g} s ({message}); is it "
+            "running and reachable? (--server; --timeout for long calls)"
+        )
+    if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") and "--api-key" not in message:
+        return f"{message} (the key: --api-key or $FACEID_API_KEY; `faceid keys create` makes one)"
+    return f"{code}: {message}"
 
 
 if __name__ == "__main__":

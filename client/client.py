@@ -190,6 +190,8 @@ class FaceMatches:
     box: Box | None
     detection_score: float
     matches: list[Match]
+    #: The distance threshold the server applied (``is_match`` is distance below it).
+    threshold: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -372,9 +374,9 @@ def _bulk_result(m: pb.BulkEnrollResult) -> BulkResult:
     return BulkResult(m.index, [_enrolled(f) for f in m.faces], code, m.error_message)
 
 
-def _batch_matches(m: pb.IdentifyBatchResult) -> BatchMatches:
+def _batch_matches(m: pb.IdentifyBatchResult, threshold: float = 0.0) -> BatchMatches:
     code = code_name(m.error_code) if m.error_code else ""
-    return BatchMatches(m.index, [_face_matches(f) for f in m.faces], code, m.error_message)
+    return BatchMatches(m.index, [_face_matches(f, threshold) for f in m.faces], code, m.error_message)
 
 
 def _clustering(m: pb.ClusterFacesResponse) -> Clustering:
@@ -477,7 +479,7 @@ def promote_request(
     )
 
 
-def _face_matches(m: pb.FaceMatches) -> FaceMatches:
+def _face_matches(m: pb.FaceMatches, threshold: float = 0.0) -> FaceMatches:
     return FaceMatches(
         _box(m.box, m.HasField("box")),
         m.detection_score,
@@ -493,6 +495,7 @@ def _face_matches(m: pb.FaceMatches) -> FaceMatches:
             )
             for x in m.matches
         ],
+        threshold,
     )
 
 
@@ -791,7 +794,7 @@ class FaceIdClient:
         **options: Any,
     ) -> list[FaceMatches]:
         response = self._call("Identify", identify_request(gallery, photo, embedding, top_k, **options))
-        return [_face_matches(f) for f in response.faces]
+        return [_face_matches(f, response.threshold) for f in response.faces]
 
     def identify_batch(
         self, gallery: str, probes: Sequence[ProbeArg], top_k: int = 5, **options: Any
@@ -799,14 +802,14 @@ class FaceIdClient:
         """Up to 1,024 probes (photo bytes or embeddings) in one call; one result per probe, in
         order, a bad probe failing alone (its ``error_code``)."""
         response = self._call("IdentifyBatch", identify_batch_request(gallery, probes, top_k, **options))
-        return [_batch_matches(r) for r in response.results]
+        return [_batch_matches(r, response.threshold) for r in response.results]
 
     def search_faces(
         self, gallery: str, face_ids: Sequence[int], top_k: int = 5, **options: Any
     ) -> list[BatchMatches]:
         """Enrolled faces as probes, each without itself: up to 1,024 face ids, one result each."""
         response = self._call("SearchFaces", search_faces_request(gallery, face_ids, top_k, **options))
-        return [_batch_matches(r) for r in response.results]
+        return [_batch_matches(r, response.threshold) for r in response.results]
 
     def cluster_faces(self, gallery: str, probes: Sequence[ProbeArg], **options: Any) -> Clustering:
         """Up to 20,000 faces (embeddings, and the faces found in photos) grouped into people;
@@ -1017,21 +1020,23 @@ class AsyncFaceIdClient:
         **options: Any,
     ) -> list[FaceMatches]:
         response = await self._call("Identify", identify_request(gallery, photo, embedding, top_k, **options))
-        return [_face_matches(f) for f in response.faces]
+        return [_face_matches(f, response.threshold) for f in response.faces]
 
     async def identify_batch(
         self, gallery: str, probes: Sequence[ProbeArg], top_k: int = 5, **options: Any
     ) -> list[BatchMatches]:
         """:meth:`FaceIdClient.identify_batch` for asyncio."""
         request = identify_batch_request(gallery, probes, top_k, **options)
-        return [_batch_matches(r) for r in (await self._call("IdentifyBatch", request)).results]
+        response = await self._call("IdentifyBatch", request)
+        return [_batch_matches(r, response.threshold) for r in response.results]
 
     async def search_faces(
         self, gallery: str, face_ids: Sequence[int], top_k: int = 5, **options: Any
     ) -> list[BatchMatches]:
         """:meth:`FaceIdClient.search_faces` for asyncio."""
         request = search_faces_request(gallery, face_ids, top_k, **options)
-        return [_batch_matches(r) for r in (await self._call("SearchFaces", request)).results]
+        response = await self._call("SearchFaces", request)
+        return [_batch_matches(r, response.threshold) for r in response.results]
 
     async def cluster_faces(self, gallery: str, probes: Sequence[ProbeArg], **options: Any) -> Clustering:
         """:meth:`FaceIdClient.cluster_faces` for asyncio."""

@@ -50,6 +50,7 @@ KINDS = {
     "e2e": {
         "test_audit_hardening",
         "test_auth",
+        "test_cli",
         "test_clustering",
         "test_crash_recovery",
         "test_erasure",

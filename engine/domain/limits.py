@@ -78,10 +78,21 @@ def check_text(field: str, value: str, limit: int, *, required: bool = True) -> 
         raise InvalidInputError(f"{field} is not valid Unicode (it holds a lone surrogate)") from None
 
 
+#: A new gallery's id (the .proto's rule): ASCII letters, digits, '-', '_' and '.', so that it
+#: sits in a resource name, a URL path, a metric label and a shell argument as it is.
+GALLERY_ID = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def check_gallery_id(value: str) -> None:
+    """The id of a gallery being created.  Only at creation: a gallery made under an earlier,
+    looser rule stays reachable by its name."""
     check_text("gallery_id", value, MAX_GALLERY_ID)
-    if "/" in value:
-        raise InvalidInputError("gallery_id must not contain '/'")
+    if not GALLERY_ID.fullmatch(value):
+        suggestion = re.sub(r"[^A-Za-z0-9_.-]+", "-", value).strip("-")[:MAX_GALLERY_ID] or "staff"
+        raise InvalidInputError(
+            f"gallery_id {value!r} is not a valid gallery name: use 1 to {MAX_GALLERY_ID} ASCII letters, "
+            f"digits, '-', '_' or '.' (e.g. {suggestion!r})"
+        )
 
 
 def check_identity_id(value: str) -> None:
