@@ -140,6 +140,7 @@ class Server:
         self._refresher: asyncio.Task[None] | None = None
         self._opening: asyncio.Task[None] | None = None
         self._serving = False
+        self._draining = False
         #: Unix time the server turned SERVING (0 before).
         self.ready_time = 0.0
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
@@ -231,7 +232,7 @@ class Server:
         admission = self.servicer.admission
         metrics.watch(
             ServerState(
-                ready=lambda: self._serving,
+                ready=lambda: self._serving and not self._draining,
                 opening=self.engine.opening,
                 ready_time=lambda: self.ready_time,
                 inflight=lambda: (admission.inflight_calls, admission.inflight_bytes),
@@ -272,6 +273,7 @@ class Server:
     async def stop(self) -> None:
         """Drain (NOT_SERVING while still serving, ``drain_seconds``), stop accepting calls, let
         those in progress finish (``grace_seconds``), snapshot, close."""
+        self._draining = True
         for name in HEALTH_NAMES:
             await _set(self.health, name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._serving and self.config.drain_seconds > 0:

@@ -28,10 +28,13 @@ friends), so the usual gRPC dashboards and alerts work as they are:
 ``faceid_stage_seconds_total``                 worker seconds each stage took (items / seconds:
                                                its throughput while busy)
 ``faceid_gallery_faces`` / ``_identities``     per gallery (identities recounted every 10 s)
+``faceid_gallery_readings_errors_total``       scrapes whose gallery readings failed (the
+                                               database is down, say): they showed the last ones
 ``faceid_gallery_index_info``                  1, labels kind (exact/ivf_pq), training, device
 ``faceid_gallery_index_bytes``                 RAM the index takes (``_gpu_bytes``: on the GPU)
 ``faceid_gallery_snapshot_age_seconds``        since the gallery's snapshot file was written
-``faceid_gallery_unsaved_changes``             changes applied since that snapshot
+``faceid_gallery_unsaved_changes``             changes since that snapshot, other processes' too
+                                               (only from the process that writes snapshots)
 ``faceid_gallery_changes_behind``              changes other processes logged, not applied here
 ``faceid_ready``                               1 once serving, 0 while opening galleries/draining
 ``faceid_galleries_to_open`` / ``_opened``     progress of the start
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -62,7 +66,7 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from faceid.engine.domain.results import GalleryReading
@@ -74,6 +78,7 @@ WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.
 PUSHBACK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20)
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -103,58 +108,57 @@ class Metrics:
         GCCollector(registry=self.registry)
         self.info = {"version": version, "model": model, "process": str(process), "processes": str(processes)}
         call = ["grpc_type", "grpc_service", "grpc_method"]
-        self.started = Counter(
-            "grpc_server_started", "Calls started on the server.", call, registry=self.registry
-        )
-        self.handled = Counter(
+        self.started = self._counter("grpc_server_started", "Calls started on the server.", call)
+        self.handled = self._counter(
             "grpc_server_handled",
             "Calls completed on the server, whatever their status code.",
             [*call, "grpc_code"],
-            registry=self.registry,
         )
-        self.handling = Histogram(
+        self.handling = self._histogram(
             "grpc_server_handling_seconds",
             "Time from a call's start to its end on the server.",
+            LATENCY_BUCKETS,
             call,
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
         )
-        self.refused = Counter(
+        self.refused = self._counter(
             "faceid_refused_calls",
             "Calls refused at once with RESOURCE_EXHAUSTED: too many calls (calls) or bytes (bytes) "
             "in progress.",
             ["reason"],
-            registry=self.registry,
         )
-        self.pushback = Histogram(
+        self.pushback = self._histogram(
             "faceid_pushback_seconds",
             "Retry delays asked of refused callers (grpc-retry-pushback-ms).",
-            buckets=PUSHBACK_BUCKETS,
-            registry=self.registry,
+            PUSHBACK_BUCKETS,
         )
-        self.batch_size = Histogram(
+        self.batch_size = self._histogram(
             "faceid_batch_size",
             "Items in each micro-batch (probes searched together, faces embedded, photos scanned).",
+            BATCH_BUCKETS,
             ["batcher"],
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
         )
-        self.batch_wait = Histogram(
+        self.batch_wait = self._histogram(
             "faceid_batch_wait_seconds",
             "How long each call waited for its micro-batch to start.",
+            WAIT_BUCKETS,
             ["batcher"],
-            buckets=WAIT_BUCKETS,
-            registry=self.registry,
         )
-        self.stage_items = Counter(
+        self.stage_items = self._counter(
             "faceid_stage_items",
             "Items each stage handled: photos decoded or scanned, faces embedded, probes searched.",
             ["stage"],
-            registry=self.registry,
         )
-        self.stage_seconds = Counter(
-            "faceid_stage_seconds", "Worker seconds each stage took.", ["stage"], registry=self.registry
+        self.stage_seconds = self._counter(
+            "faceid_stage_seconds", "Worker seconds each stage took.", ["stage"]
         )
+
+    def _counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def _histogram(
+        self, name: str, doc: str, buckets: Sequence[float], labels: Sequence[str] = ()
+    ) -> Histogram:
+        return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
 
     # ---- what the engine reports (Telemetry) --------------------------------------------------
     def batch(self, batcher: str, size: int, waits: Sequence[float]) -> None:
@@ -197,11 +201,32 @@ class HttpEndpoint:
 
 
 class _Gauges(Collector):
-    """The gauges, read from the running server at scrape time (nothing is kept between scrapes)."""
+    """The gauges, read from the running server at scrape time.  Only the gallery readings are
+    kept, the last good ones: when reading them fails (the database is down, say) the page still
+    answers, with those and ``faceid_gallery_readings_errors_total`` moved, and the log says so
+    once per kind of error (a scrape every few seconds must not fill it)."""
 
     def __init__(self, state: ServerState, info: dict[str, str]) -> None:
         self.state = state
         self.info = info
+        self.errors = 0  # counted here, so that a scrape shows its own failure
+        self.last: list[GalleryReading] = []
+        self.logged: set[str] = set()
+
+    def readings(self) -> list[GalleryReading]:
+        try:
+            self.last = self.state.readings()
+            self.logged.clear()
+        except Exception as exc:
+            self.errors += 1
+            if type(exc).__name__ not in self.logged:
+                self.logged.add(type(exc).__name__)
+                log.warning(
+                    "metrics: reading the galleries failed (%s: %s); the page shows the last readings",
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                )
+        return self.last
 
     def describe(self) -> Iterable[Metric]:
         return []  # read at scrape time only: the registry must not call collect() to learn names
@@ -229,7 +254,12 @@ class _Gauges(Collector):
         yield GaugeMetricFamily(
             "faceid_inflight_bytes", "Request bytes of the engine calls in progress.", size
         )
-        yield from _gallery_gauges(state.readings())
+        yield from _gallery_gauges(self.readings())
+        yield CounterMetricFamily(
+            "faceid_gallery_readings_errors",
+            "Scrapes whose gallery readings failed (the database, say): they showed the last good ones.",
+            self.errors,
+        )
 
 
 def _gallery_gauges(readings: list[GalleryReading]) -> Iterable[Metric]:
@@ -241,7 +271,10 @@ def _gallery_gauges(readings: list[GalleryReading]) -> Iterable[Metric]:
     index_bytes = family("faceid_gallery_index_bytes", "RAM the gallery's index takes.")
     gpu_bytes = family("faceid_gallery_index_gpu_bytes", "GPU memory the gallery's index replica takes.")
     age = family("faceid_gallery_snapshot_age_seconds", "Seconds since the gallery's snapshot was written.")
-    unsaved = family("faceid_gallery_unsaved_changes", "Changes applied since the gallery's snapshot.")
+    unsaved = family(
+        "faceid_gallery_unsaved_changes",
+        "Changes applied since the gallery's snapshot, other processes' too (from the process writing it).",
+    )
     behind = family(
         "faceid_gallery_changes_behind", "Changes other processes logged that this one has not applied."
     )
@@ -257,7 +290,8 @@ def _gallery_gauges(readings: list[GalleryReading]) -> Iterable[Metric]:
         gpu_bytes.add_metric([r.name], r.index.gpu_memory_bytes)
         if r.snapshot_age is not None:
             age.add_metric([r.name], r.snapshot_age)
-        unsaved.add_metric([r.name], r.unsaved_changes)
+        if r.unsaved_changes is not None:
+            unsaved.add_metric([r.name], r.unsaved_changes)
         behind.add_metric([r.name], r.changes_behind)
         kind.add_metric([r.name, r.index.kind, str(r.index.training).lower(), r.index.device], 1)
     yield from (faces, identities, index_bytes, gpu_bytes, age, unsaved, behind, kind)
@@ -308,12 +342,16 @@ def _timed_handler(
     started, handling = metrics.started.labels(*labels), metrics.handling.labels(*labels)
 
     def ended(context: Any, began: float, error: BaseException | None) -> None:
+        remaining = context.time_remaining()
         if isinstance(error, asyncio.CancelledError):
-            code = "CANCELLED"
+            # gRPC cancels the handler both when the client cancels and when the deadline passes.
+            code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
         elif error is not None and not isinstance(error, grpc.aio.AbortError):
             code = "UNKNOWN"  # what gRPC answers for an exception a handler let out
         else:
             code = _code(context, grpc.StatusCode.OK)
+            if code == "OK" and remaining is not None and remaining <= 0:
+                code = "DEADLINE_EXCEEDED"  # answered too late: the client has given up on it
         metrics.handled.labels(*labels, code).inc()
         handling.observe(time.perf_counter() - began)
 

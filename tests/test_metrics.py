@@ -5,6 +5,7 @@ its own page."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from faceid.client.client import FaceIdClient, FaceIdClientError, enroll_request
@@ -20,7 +23,7 @@ from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.proto.faceid.v1 import faceid_pb2_grpc as pb_grpc
 from faceid.server.app import spawn
 
-from .helpers import ServerProcess
+from .helpers import ServerProcess, fresh_postgres_database, postgres_unavailable
 from .helpers import unit_values as unit
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -209,3 +212,93 @@ def test_metrics_are_off_unless_asked_for(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
+
+
+def test_a_call_cut_off_by_its_deadline_is_counted_as_deadline_exceeded(
+    server: tuple[ServerProcess, str],
+) -> None:
+    """A stream whose client sends nothing until its 0.5 s deadline passes: gRPC cancels the
+    handler, and the count says why (not CANCELLED, which would read as clients giving up)."""
+    s, url = server
+    labels = {"grpc_type": "bidi_stream", "grpc_service": "faceid.v1.FaceId", "grpc_method": "BulkEnroll"}
+    before = scrape(url)
+    release = threading.Event()
+
+    def nothing_yet() -> Iterator[pb.EnrollRequest]:
+        release.wait(10)
+        yield from ()
+
+    metadata = (("authorization", f"Bearer {s.admin_key}"),)
+    with grpc.insecure_channel(s.address) as channel:
+        stub = pb_grpc.FaceIdStub(channel)  # type: ignore[no-untyped-call]
+        with pytest.raises(grpc.RpcError) as ended:
+            list(stub.BulkEnroll(nothing_yet(), metadata=metadata, timeout=0.5))
+        release.set()
+    assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        after = scrape(url)
+        counted = value(after, "grpc_server_handled_total", **labels, grpc_code="DEADLINE_EXCEEDED") - value(
+            before, "grpc_server_handled_total", **labels, grpc_code="DEADLINE_EXCEEDED"
+        )
+        if counted:
+            break
+        time.sleep(0.1)
+    assert counted == 1
+    assert value(after, "grpc_server_handled_total", **labels, grpc_code="CANCELLED") == value(
+        before, "grpc_server_handled_total", **labels, grpc_code="CANCELLED"
+    )
+
+
+def test_health_watch_streams_serving_with_metrics_on(server: tuple[ServerProcess, str]) -> None:
+    s, _ = server
+    with grpc.insecure_channel(s.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        stream = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        first = next(stream)
+        stream.cancel()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_the_page_answers_while_the_database_fails_and_counts_the_failed_readings(tmp_path: Path) -> None:
+    if reason := postgres_unavailable():
+        pytest.skip(reason)
+    lines: list[str] = []
+    with fresh_postgres_database() as database:
+        proc, address, key = spawn(
+            tmp_path / "data", "--database-url", database, "--set", "metrics=127.0.0.1:0", lines=lines
+        )
+        [url] = metrics_urls(lines)
+        admin = sa.create_engine(database)
+        try:
+            with FaceIdClient(address, api_key=key, timeout=30) as client:
+                client.create_gallery("g")
+                client.enroll("g", "p0", embedding=unit(0))
+            with admin.begin() as c:  # every query of the identities table now fails
+                c.execute(sa.text("ALTER TABLE identities RENAME TO identities_away"))
+            failing = scrape(url)  # HTTP 200
+            assert value(failing, "faceid_gallery_readings_errors_total") >= 1
+            assert value(failing, "faceid_ready") == 1 and value(failing, "process_resident_memory_bytes") > 0
+            with admin.begin() as c:
+                c.execute(sa.text("ALTER TABLE identities_away RENAME TO identities"))
+            assert value(scrape(url), "faceid_gallery_identities", gallery="g") == 1
+        finally:
+            admin.dispose()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+
+
+def test_the_server_reads_not_ready_while_it_drains(tmp_path: Path) -> None:
+    lines: list[str] = []
+    proc, address, _ = spawn(
+        tmp_path / "data", "--set", "metrics=127.0.0.1:0", "--set", "drain_seconds=3", lines=lines
+    )
+    [url] = metrics_urls(lines)
+    assert value(scrape(url), "faceid_ready") == 1
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # within the 3 s drain: the port still serves, health says NOT_SERVING
+    with grpc.insecure_channel(address) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert value(scrape(url), "faceid_ready") == 0
+    assert proc.wait(60) == 0

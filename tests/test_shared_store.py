@@ -231,3 +231,48 @@ def test_a_gallery_another_process_deletes_while_this_one_opens_is_not_served_he
     finally:
         b.close()
         a.close()
+
+
+def test_readings_cost_the_same_queries_for_one_gallery_or_twenty(
+    pair: tuple[FaceService, FaceService],
+) -> None:
+    """What a metrics scrape asks of the database does not grow with the number of galleries."""
+    a, _ = pair
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    def queries_of_a_reading() -> int:
+        a._identity_counted = None  # as after IDENTITIES_TTL: the identities are counted too
+        statements.clear()
+        sa.event.listen(a.store.engine, "before_cursor_execute", count)
+        try:
+            a.readings()
+        finally:
+            sa.event.remove(a.store.engine, "before_cursor_execute", count)
+        return len(statements)
+
+    a.create_gallery("g0")
+    one = queries_of_a_reading()
+    for i in range(1, 20):
+        a.create_gallery(f"g{i}")
+        a.enroll_embeddings(f"g{i}", ["ann"], [EmbeddingInput(unit(i))])
+    assert len(a.readings()) == 20
+    assert queries_of_a_reading() == one <= 2
+
+
+def test_unsaved_changes_count_every_process_s_changes_in_the_one_that_writes_snapshots(
+    pair: tuple[FaceService, FaceService],
+) -> None:
+    a, b = pair  # a writes the snapshots
+    a.create_gallery("g")
+    a.enroll_embeddings("g", [f"a{i}" for i in range(5)], [EmbeddingInput(unit(i)) for i in range(5)])
+    b.enroll_embeddings("g", [f"b{i}" for i in range(7)], [EmbeddingInput(unit(10 + i)) for i in range(7)])
+    top(a, "g", 1)  # a search catches a up with b's changes
+    [reading] = a.readings()
+    assert reading.unsaved_changes == 12 and reading.changes_behind == 0
+    [other] = b.readings()
+    assert other.unsaved_changes is None  # b writes no snapshot: it has nothing unsaved to say
+    a.snapshot("g")
+    assert a.readings()[0].unsaved_changes == 0

@@ -109,9 +109,9 @@ class GalleryReading:
     faces: int
     identities: int
     index: IndexStats
-    #: Changes applied here since the snapshot on disk was written (lost to a rebuild on a crash:
-    #: replayed from the change log instead).
-    unsaved_changes: int
+    #: Changes applied since the snapshot on disk was written (replayed from the change log after
+    #: a crash), other processes' too with a shared store; None in a process that writes none.
+    unsaved_changes: int | None
     #: Seconds since the gallery's snapshot file was written; None when there is none yet.
     snapshot_age: float | None
     #: Changes other processes logged that this one has not applied yet (a shared store; 0 alone).

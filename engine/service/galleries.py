@@ -257,6 +257,7 @@ class Galleries:
         if not changes:
             return
         state.applied_seq = changes[-1].seq
+        state.since_snapshot += len(changes)  # (with a shared store this process's own, too)
         if any(c.op == "remove" for c in changes):
             state.erased = True
             self._erase_due.set()
@@ -494,7 +495,11 @@ class Galleries:
         self.store.engine.dispose()
 
     def after_write(self, state: GalleryState, changes: int) -> None:
-        state.since_snapshot += changes
+        """After this process's own write of ``changes`` changes: counted towards the next snapshot
+        (with a shared store :meth:`catch_up` counted them, with the other processes' changes),
+        which is written in the background once ``snapshot_every`` have gathered."""
+        if not self.config.shared:
+            state.since_snapshot += changes
         every = self.config.snapshot_every if self.config.snapshots else 0
         if every and state.since_snapshot >= every and not state.snapshotting:
             state.snapshotting = True
@@ -522,12 +527,19 @@ class Galleries:
         except FileNotFoundError:
             return None
 
-    def behind(self, state: GalleryState) -> int:
-        """Changes logged in the store that this process has not applied (0 without a shared
-        store: a process alone applies each change as it commits it)."""
+    def behind(self, states: list[GalleryState]) -> dict[int, int]:
+        """By gallery id: how far the store's change log is past what this process applied (0
+        without a shared store: a process alone applies each change as it commits it), in one
+        query whatever the number of galleries."""
         if not self.config.shared:
-            return 0
-        return max(0, self.store.last_seq(state.gallery.id) - state.applied_seq)
+            return {state.gallery.id: 0 for state in states}
+        last = self.store.last_seqs()
+        return {s.gallery.id: max(0, last.get(s.gallery.id, 0) - s.applied_seq) for s in states}
+
+    def unsaved(self, state: GalleryState) -> int | None:
+        """Changes applied since the gallery's last snapshot (other processes' too, with a shared
+        store); None in a process that writes no snapshots (``--processes N``: all but the first)."""
+        return state.since_snapshot if self.config.snapshots else None
 
     # ---- galleries ----------------------------------------------------------------------------
     def state(self, name: str) -> GalleryState:

@@ -115,8 +115,8 @@ class FaceService:
         self.store.on_commit(self._before_commit)
         self.store.migrate()
         self._identity_cache = IdentityCache(config.identity_cache)
-        #: gallery row id → (monotonic time, identities counted then): :meth:`readings`.
-        self._identity_counts: dict[int, tuple[float, int]] = {}
+        #: (monotonic time, identities by gallery id counted then): :meth:`readings`.
+        self._identity_counted: tuple[float, dict[int, int]] | None = None
         self.galleries = Galleries(
             config, self.store, backend or FaissBackend(config.index), self._identity_cache, self.model
         )
@@ -667,35 +667,34 @@ class FaceService:
 
     # ---- stats --------------------------------------------------------------------------------
     def readings(self) -> list[GalleryReading]:
-        """Each open gallery's counts and index state, for monitoring: the index's own figures,
-        one indexed query per gallery for how far behind the store it is (a shared store), and
-        its identities counted at most every ``IDENTITIES_TTL`` seconds (a count of a 10M-row
-        table is not free; a scrape every few seconds must not become the database's load)."""
-        found = []
-        for state in self.galleries.open_states():
-            index = state.index.stats()
-            found.append(
-                GalleryReading(
-                    state.gallery.name,
-                    index.count,
-                    self._identity_count(state.gallery.id),
-                    index,
-                    state.since_snapshot,
-                    self.galleries.snapshot_age(state),
-                    self.galleries.behind(state),
-                )
+        """Each open gallery's counts and index state, for monitoring, in at most two queries
+        whatever the number of galleries: how far each is behind the store (a shared store; one
+        GROUP BY over the change log), and the identities of all of them (one GROUP BY, at most
+        every ``IDENTITIES_TTL`` seconds: a count of a 10M-row table is not free, and a scrape
+        every few seconds must not become the database's load)."""
+        states = self.galleries.open_states()
+        behind = self.galleries.behind(states)
+        identities = self._identity_counts()
+        return [
+            GalleryReading(
+                state.gallery.name,
+                (index := state.index.stats()).count,
+                identities.get(state.gallery.id, 0),
+                index,
+                self.galleries.unsaved(state),
+                self.galleries.snapshot_age(state),
+                behind.get(state.gallery.id, 0),
             )
-        return found
+            for state in states
+        ]
 
     IDENTITIES_TTL = 10.0
 
-    def _identity_count(self, gallery_id: int) -> int:
+    def _identity_counts(self) -> dict[int, int]:
         now = time.monotonic()
-        cached = self._identity_counts.get(gallery_id)
-        if cached is None or now - cached[0] > self.IDENTITIES_TTL:
-            cached = (now, self.store.count_identities(gallery_id))
-            self._identity_counts[gallery_id] = cached
-        return cached[1]
+        if self._identity_counted is None or now - self._identity_counted[0] > self.IDENTITIES_TTL:
+            self._identity_counted = (now, self.store.identity_counts())
+        return self._identity_counted[1]
 
     def stats(self, gallery: str) -> GalleryStats:
         state = self.galleries.current(gallery)

@@ -785,6 +785,21 @@ class Store:
         with self.session() as s:
             return int(s.scalar(query.where(*_prefixed(identity_prefix))) or 0)
 
+    def last_seqs(self) -> dict[int, int]:
+        """Every gallery's last change, by gallery id, in one query (monitoring; the change log
+        holds the changes since the last trim, about ``snapshot_every`` per gallery)."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                select(ChangeRow.gallery_id, func.max(ChangeRow.seq)).group_by(ChangeRow.gallery_id)
+            )
+            return {int(g): int(seq or 0) for g, seq in rows}
+
+    def identity_counts(self) -> dict[int, int]:
+        """Every gallery's number of identities, by gallery id, in one query (monitoring)."""
+        with self.engine.connect() as c:
+            rows = c.execute(select(IdentityRow.gallery_id, func.count()).group_by(IdentityRow.gallery_id))
+            return {int(g): int(n) for g, n in rows}
+
     def count_identities(self, gallery_id: int) -> int:
         with self.session() as s:
             return int(
