@@ -367,19 +367,7 @@ def spawn(
     For tests and benchmarks; stop it with SIGTERM (graceful) or SIGKILL (a crash).  Its log goes
     to ``server.log`` in the data directory (a pipe nobody reads would fill and stall the server).
     """
-    cmd = [
-        sys.executable,
-        "-m",
-        "faceid.client.cli",
-        "serve",
-        "--port",
-        "0",
-        "--data-dir",
-        str(data_dir),
-        "--log-level",
-        "WARNING",
-        *flags,
-    ]
+    cmd = serve_command(data_dir, *flags)
     data_dir.mkdir(parents=True, exist_ok=True)
     log_file = data_dir / "server.log"
     with log_file.open("a") as log_handle:
@@ -404,6 +392,13 @@ def spawn(
     proc.kill()
     proc.wait(30)
     raise RuntimeError(f"the server did not start: {log_file.read_text()[-4000:]}")
+
+
+def serve_command(data_dir: Path, *flags: str) -> list[str]:
+    """The command line of ``faceid serve`` on a free port (0) in ``data_dir``, logging warnings
+    and worse, then ``flags`` (later flags win)."""
+    cli = [sys.executable, "-m", "faceid.client.cli", "serve"]
+    return [*cli, "--port", "0", "--data-dir", str(data_dir), "--log-level", "WARNING", *flags]
 
 
 class Bound(NamedTuple):

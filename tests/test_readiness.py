@@ -12,9 +12,9 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from faceid.client.client import FaceIdClient, FaceIdClientError
-from faceid.server.app import spawn
+from faceid.server.app import serve_command, spawn
 
 from .helpers import ServerProcess, fresh_postgres_database, postgres_unavailable
 from .helpers import unit_values as unit
@@ -147,20 +147,27 @@ def test_the_server_serves_without_waiting_for_its_identity_cache_to_warm(
     assert "identity cache warmed: 3 identities" in server.log()
 
 
+@contextmanager
+def held_start(data_dir: Path, postgres: str, *flags: str) -> Iterator[subprocess.Popen[str]]:
+    """A server started on a store of one gallery, held in its loading step (NOT_SERVING) until
+    the block ends, when the faces table is released."""
+    enrolled_store(data_dir, postgres)
+    lock = FacesLocked(postgres)
+    try:
+        proc, address, _ = spawn(data_dir, "--database-url", postgres, *flags, ready=False)
+        assert health(address) == NOT_SERVING
+        yield proc
+    finally:
+        lock.release()
+
+
 def test_a_stop_during_the_start_never_turns_serving_even_when_the_galleries_open_meanwhile(
     tmp_path: Path, postgres: str
 ) -> None:
-    enrolled_store(tmp_path / "data", postgres)
-    lock = FacesLocked(postgres)
-    try:
-        proc, address, _ = spawn(
-            tmp_path / "data", "--database-url", postgres, "--log-level", "INFO", ready=False
-        )
-        assert health(address) == NOT_SERVING
+    with held_start(tmp_path / "data", postgres, "--log-level", "INFO") as proc:
         proc.send_signal(signal.SIGTERM)
         time.sleep(1.5)  # the stop has reached the opening: it gives up before serving
-    finally:
-        lock.release()  # and the gallery it was opening opens now
+    # (released: the gallery it was opening opens now)
     assert proc.wait(60) == 0
     assert proc.stdout is not None and "listening on" not in proc.stdout.read()
     logged = (tmp_path / "data" / "server.log").read_text()
@@ -175,18 +182,7 @@ def test_a_first_start_that_cannot_serve_its_metrics_keeps_the_admin_key_for_the
         taken.listen()
         port = taken.getsockname()[1]
         failed = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "faceid.client.cli",
-                "serve",
-                "--port",
-                "0",
-                "--data-dir",
-                str(tmp_path / "data"),
-                "--set",
-                f"metrics=127.0.0.1:{port}",
-            ],
+            serve_command(tmp_path / "data", "--set", f"metrics=127.0.0.1:{port}"),
             capture_output=True,
             text=True,
             timeout=120,
@@ -203,40 +199,24 @@ def test_a_first_start_that_cannot_serve_its_metrics_keeps_the_admin_key_for_the
 
 
 def test_a_stop_during_the_start_of_several_processes_exits_0_at_once(tmp_path: Path, postgres: str) -> None:
-    enrolled_store(tmp_path / "data", postgres)
-    lock = FacesLocked(postgres)
-    try:
-        proc, address, _ = spawn(
-            tmp_path / "data", "--database-url", postgres, "--processes", "2", ready=False
-        )
-        assert health(address) == NOT_SERVING
+    with held_start(tmp_path / "data", postgres, "--processes", "2") as proc:
         began = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         assert time.monotonic() - began < 30
-    finally:
-        lock.release()
 
 
 def test_a_process_that_dies_during_the_start_ends_the_whole_server_with_status_1(
     tmp_path: Path, postgres: str
 ) -> None:
     """The supervisor watches every process while it waits for one (here the first, held by the lock)."""
-    enrolled_store(tmp_path / "data", postgres)
-    lock = FacesLocked(postgres)
-    try:
-        proc, address, _ = spawn(
-            tmp_path / "data", "--database-url", postgres, "--processes", "2", ready=False
-        )
-        assert health(address) == NOT_SERVING
+    with held_start(tmp_path / "data", postgres, "--processes", "2") as proc:
         children = sorted(_children(proc.pid))
         assert len(children) >= 2
         os.kill(children[-1], signal.SIGKILL)  # the last started: the second server process
         began = time.monotonic()
         assert proc.wait(60) == 1
         assert time.monotonic() - began < 30
-    finally:
-        lock.release()
 
 
 def _children(pid: int) -> list[int]:
