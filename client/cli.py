@@ -21,7 +21,7 @@ error as one JSON line on stderr.  The server address is --server or $FACEID_SER
 --cert-file/--key-file for mutual TLS) make the connection TLS.
 
 No traceback reaches a person: every failure is one line on stderr, saying what happened and
-what to do, and one of these exit statuses (FACEID_DEBUG=1 adds the traceback):
+what to do, and one of the exit statuses listed at the end (FACEID_DEBUG=1 adds the traceback).
 """
 
 from __future__ import annotations
@@ -72,6 +72,20 @@ EXIT_FOR_CODE = {
     "INTERNAL": 70,
     "UNKNOWN": 70,
     "DATA_LOSS": 70,
+}
+#: The ``code`` of a JSON error line for a failure on this side (no server status): the gRPC
+#: status name of the same kind, so that a script reads one vocabulary.
+CODE_FOR_EXIT = {
+    1: "UNKNOWN",
+    2: "INVALID_ARGUMENT",
+    3: "NOT_FOUND",
+    4: "PERMISSION_DENIED",
+    5: "UNAVAILABLE",
+    6: "INVALID_ARGUMENT",
+    7: "ALREADY_EXISTS",
+    8: "RESOURCE_EXHAUSTED",
+    70: "INTERNAL",
+    130: "CANCELLED",
 }
 
 
@@ -248,7 +262,14 @@ def _check_data_dir(data_dir: Path, create: bool) -> None:
     """A data directory ``faceid keys`` can use: its database there (or, to create a key, a
     directory it may make); else a :class:`CommandError` saying what to do."""
     database = data_dir / "faceid.db"
-    if database.exists():
+    try:
+        exists = database.exists()
+    except OSError:  # the directory may not be looked into
+        raise CommandError(
+            f"{data_dir}: permission denied; run as the user the server runs as, or give its --data-dir",
+            4,
+        ) from None
+    if exists:
         if not os.access(database, os.R_OK | os.W_OK) or not os.access(data_dir, os.W_OK | os.X_OK):
             raise CommandError(f"{database}: permission denied; run as the user the server runs as", 4)
         return
@@ -715,7 +736,7 @@ def _face_argument(p: argparse.ArgumentParser, what: str = "the face the photo i
 
 def build_parser() -> argparse.ArgumentParser:
     statuses = "\n".join(f"  {status:>3}  {meaning}" for status, meaning in EXIT_STATUSES.items())
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="faceid",
         description=__doc__,
         epilog=f"exit statuses:\n{statuses}",
@@ -859,22 +880,36 @@ def _connection_options(p: argparse.ArgumentParser, defaults: bool) -> None:
     p.add_argument("--key-file", default=default(env("FACEID_KEY_FILE")), help="mutual TLS")
 
 
+class _UsageError(Exception):
+    """A wrong command line, as argparse words it, and the parser (``faceid``, ``faceid keys``…)."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog, self.message = prog, message
+
+
 class _Parser(argparse.ArgumentParser):
-    """A command's parser: a usage error is the one line argparse writes plus how to get help."""
+    """The parsers of ``faceid`` and its commands: a usage error is one line (what argparse says
+    and how to get help, no usage block), reported by :func:`main` like every other failure."""
 
     def error(self, message: str) -> Any:
-        self.exit(2, f"{self.prog}: {message} (see: {self.prog} --help)\n")
+        raise _UsageError(self.prog, f"{message} (see: {self.prog} --help)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if (
-        args.command != "keys"
-        and getattr(args, "action", None) in ("create", "delete")
-        and not (getattr(args, "name", None) or getattr(args, "identity", None))
-    ):
-        parser.error(f"{args.command} {args.action} needs a name")
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        if (
+            args.command != "keys"
+            and getattr(args, "action", None) in ("create", "delete")
+            and not (getattr(args, "name", None) or getattr(args, "identity", None))
+        ):
+            what = "the gallery's name" if args.command == "galleries" else "an identity id"
+            prog = f"faceid {args.command}"
+            raise _UsageError(prog, f"{args.action} needs {what} (see: {prog} --help)")
+    except _UsageError as exc:  # --json anywhere on the line asks for a JSON error line
+        return _report(exc.prog, CommandError(exc.message, 2), as_json="--json" in argv)
     try:
         result: int = args.func(args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
@@ -882,17 +917,22 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         if isinstance(exc, SystemExit) or os.environ.get("FACEID_DEBUG"):
             raise
-        failure = _failure(args, exc)
-        if failure.status == 141:  # nobody reads stdout any more: leave it quietly
-            with contextlib.suppress(OSError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 141
-        if args.json:
-            line = {"error": failure.message, "code": failure.code or None, "exit": failure.status}
-            print(json.dumps(line), file=sys.stderr)
-        else:
-            print(f"faceid {args.command}: {failure.message}", file=sys.stderr)
-        return failure.status
+        return _report(f"faceid {args.command}", _failure(args, exc), as_json=args.json)
+
+
+def _report(prog: str, failure: CommandError, as_json: bool) -> int:
+    """A failure's one stderr line (``prog: message``, or a JSON object with ``--json``); returns
+    its exit status.  A closed stdout (141) says nothing: nobody is reading."""
+    if failure.status == 141:
+        with contextlib.suppress(OSError):  # nor at the interpreter's exit, when it flushes stdout
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    if as_json:
+        code = failure.code or CODE_FOR_EXIT.get(failure.status, "UNKNOWN")
+        print(json.dumps({"error": failure.message, "code": code, "exit": failure.status}), file=sys.stderr)
+    else:
+        print(f"{prog}: {failure.message}", file=sys.stderr)
+    return failure.status
 
 
 def _failure(args: argparse.Namespace, exc: BaseException) -> CommandError:

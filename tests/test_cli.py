@@ -52,6 +52,30 @@ def test_a_photo_that_does_not_exist_is_one_line_and_status_3() -> None:
     result = faceid("--server", "127.0.0.1:1", "identify", "g", "/no/such/photo.jpg")
     assert result.returncode == 3
     assert one_line(result) == "faceid identify: /no/such/photo.jpg: no such file or folder"
+    as_json = faceid("--server", "127.0.0.1:1", "enroll", "g", "/no/such/photo.jpg", "--json")
+    assert as_json.returncode == 3
+    assert json.loads(one_line(as_json)) == {
+        "error": "/no/such/photo.jpg: no such file or folder",
+        "code": "NOT_FOUND",
+        "exit": 3,
+    }
+
+
+def test_a_wrong_command_line_is_one_line_saying_where_help_is_and_status_2() -> None:
+    unknown = faceid("enrol", "g", "photo.jpg")
+    assert unknown.returncode == 2
+    line = one_line(unknown)
+    assert "invalid choice: 'enrol'" in line and "(see: faceid --help)" in line
+    missing = faceid("galleries", "create")
+    assert missing.returncode == 2
+    assert (
+        one_line(missing)
+        == "faceid galleries: create needs the gallery's name (see: faceid galleries --help)"
+    )
+    as_json = faceid("--json", "identify", "g", "photo.jpg", "--top-k", "many")
+    assert as_json.returncode == 2
+    error = json.loads(one_line(as_json))
+    assert "invalid int value: 'many'" in error["error"] and error["exit"] == 2
 
 
 def test_a_server_that_is_down_is_one_line_naming_the_address_and_status_5() -> None:
@@ -62,6 +86,17 @@ def test_a_server_that_is_down_is_one_line_naming_the_address_and_status_5() -> 
     assert result.returncode == 5
     line = one_line(result)
     assert f"cannot reach the server at 127.0.0.1:{port}" in line and "--server" in line
+
+
+def test_a_server_that_accepts_but_never_answers_is_one_line_naming_the_timeout_and_status_5() -> None:
+    with socket.socket() as silent:  # takes the connection, never speaks HTTP/2
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        result = faceid("--server", address, "--timeout", "1", "galleries", "list")
+    assert result.returncode == 5
+    line = one_line(result)
+    assert f"no answer from the server at {address} within 1 s" in line and "--timeout" in line
 
 
 def test_a_wrong_api_key_is_one_line_naming_the_flag_and_status_4(server: ServerProcess) -> None:
@@ -115,6 +150,25 @@ def test_keys_on_a_directory_without_a_database_say_so_and_create_nothing(tmp_pa
     assert result.returncode == 3
     assert "no server database in" in one_line(result) and "--data-dir" in result.stderr
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.skipif(
+    os.name != "posix" or os.geteuid() == 0, reason="root reads every directory: nothing is unreadable to it"
+)
+def test_keys_on_a_directory_this_user_may_not_read_is_one_line_and_status_4(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert faceid("keys", "create", "--all-galleries", "--data-dir", str(data)).returncode == 0
+    data.chmod(0)
+    try:
+        for action in ("list", "create"):
+            result = faceid("keys", action, "--all-galleries", "--data-dir", str(data))
+            assert result.returncode == 4
+            assert one_line(result) == (
+                f"faceid keys: {data}: permission denied; run as the user the server runs as, "
+                "or give its --data-dir"
+            )
+    finally:
+        data.chmod(0o700)
 
 
 def test_keys_create_where_the_data_directory_cannot_be_made_is_one_line(tmp_path: Path) -> None:
