@@ -268,6 +268,6 @@ def test_the_startup_benchmark_builds_a_gallery_restarts_it_and_times_serving(tm
     payload = startup.main([*args, "--vectors", "uniform", "--batch", "1000", "--out", str(tmp_path / "out")])
     [round_] = payload["results"]
     assert payload["build"]["faces_per_s"] > 0 and payload["snapshot_bytes"] > 0
-    assert 0 < round_["port_s"] <= round_["serving_s"] <= round_["identify_ok_s"]
+    assert 0 < round_["port_s"] <= round_["serving_s"] and round_["identify_ok_s"] > 0  # (polled apart)
     assert payload["empty"]["serving_s"] > 0
     assert (tmp_path / "out" / "startup_3000.json").exists()

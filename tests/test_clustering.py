@@ -236,7 +236,7 @@ def test_the_command_line_clusters_a_gallery_with_progress_and_a_summary(
     answer = json.loads(shown.stdout)
     assert answer["run"]["state"] == "SUCCEEDED" and [len(c["face_ids"]) for c in answer["largest"]] == [3, 2]
     missing = faceid("cluster", "no-such-gallery")
-    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "NOT_FOUND" in missing.stderr
+    assert missing.returncode == 3 and missing.stderr.count("\n") == 1 and "NOT_FOUND" in missing.stderr
 
 
 def test_a_cluster_promoted_or_merged_into_an_identity_is_identified_as_it_at_once_and_after_a_restart(
