@@ -47,7 +47,8 @@ EXIT_STATUSES = {
     1: "failed (any other error: the message says why)",
     2: "wrong command line or settings (the message says which)",
     3: "not found (a gallery, an identity, a face, a file)",
-    4: "no or wrong API key, or the key may not do that (--api-key or $FACEID_API_KEY)",
+    4: "no or wrong API key, or the key may not do that (--api-key or $FACEID_API_KEY); or a file "
+    "or directory this user may not read",
     5: "the server cannot be reached, is starting, or did not answer in time (--server, --timeout)",
     6: "the server refused the input (a photo with no face, a bad name, …)",
     7: "already exists, or changed meanwhile (try again)",

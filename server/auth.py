@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,7 @@ from faceid.engine.domain.errors import FaceIdError
 from faceid.engine.service.access import KeyRing
 from faceid.proto.faceid.v1 import faceid_pb2 as pb
 from faceid.server.convert import Malformed
+from faceid.server.handlers import HandlerInterceptor, rebuilt
 from faceid.server.names import cluster_of, clustering_of, face_of, gallery_of, identity_of
 
 log = logging.getLogger("faceid.auth")
@@ -200,11 +201,7 @@ def _refuse(code: grpc.StatusCode, message: str, handler: grpc.RpcMethodHandler)
         await context.abort(code, message)
         yield  # pragma: no cover  (makes this an async generator)
 
-    if handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(
-            abort_stream, response_serializer=handler.response_serializer
-        )
-    return grpc.stream_unary_rpc_method_handler(abort, response_serializer=handler.response_serializer)
+    return rebuilt(handler, abort_stream if handler.response_streaming else abort, raw_requests=True)
 
 
 def _denied(key: ApiKey, gallery: str) -> str:
@@ -220,7 +217,7 @@ def _parse(parse: Callable[[bytes], Any], raw: bytes, method: str) -> Any:
         return Malformed(f"the request is not a valid {method} message ({what}); send the .proto's message")
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class AuthInterceptor(HandlerInterceptor):
     """The gate (module docstring): key and role from the headers, then the request read with a
     time limit and parsed, then its galleries.  ``keys`` None: no authentication (``--no-auth``).
     ``starting``: while the server opens its galleries, why it cannot serve yet ("" once it can);
@@ -238,13 +235,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.quiet = QuietLog(log)
         self.starting = starting
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
+    def intercept(
+        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(SERVICE):
+        if not details.method.startswith(SERVICE):
             return handler
         method = details.method[len(SERVICE) :]
         if self.starting is not None and (not_yet := self.starting()):
@@ -314,7 +308,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 response = pb.ListGalleriesResponse(galleries=mine)
             return response
 
-        return grpc.stream_unary_rpc_method_handler(gated, response_serializer=handler.response_serializer)
+        return rebuilt(handler, gated, raw_requests=True)
 
     def _stream(
         self, handler: grpc.RpcMethodHandler, method: str, token: str, key: ApiKey | None
@@ -352,4 +346,4 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async for result in behavior(items(), context):
                 yield result
 
-        return grpc.stream_stream_rpc_method_handler(checked, response_serializer=handler.response_serializer)
+        return rebuilt(handler, checked, raw_requests=True)

@@ -52,7 +52,8 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +71,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from faceid.engine.domain.results import GalleryReading
+from faceid.server.handlers import HandlerInterceptor, behaviour, rebuilt
 
 #: Call latency (seconds): from a cached embedding search (~1 ms) to a clustering call (minutes).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -311,7 +313,7 @@ def _code(context: Any, default: grpc.StatusCode) -> str:
     return str((code or default).name)
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class MetricsInterceptor(HandlerInterceptor):
     """Counts and times every call, the gate's refusals included (it sits outside the gate).
 
     ``kinds``: each method's kind as its .proto says (``/pkg.Service/Method`` → grpc_type); the
@@ -322,14 +324,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.metrics = metrics
         self.kinds = kinds
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
+    def intercept(
+        self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return None
         service, _, method = details.method.lstrip("/").rpartition("/")
         labels = (self.kinds.get(details.method) or _kind(handler), service, method)
         return _timed_handler(handler, self.metrics, labels)
@@ -340,6 +337,17 @@ def _timed_handler(
 ) -> grpc.RpcMethodHandler:
     """``handler`` with its calls counted and timed under ``labels``."""
     started, handling = metrics.started.labels(*labels), metrics.handling.labels(*labels)
+
+    @contextmanager
+    def counted(context: Any) -> Iterator[None]:
+        started.inc()
+        began = time.perf_counter()
+        try:
+            yield
+        except BaseException as exc:
+            ended(context, began, exc)
+            raise
+        ended(context, began, None)
 
     def ended(context: Any, began: float, error: BaseException | None) -> None:
         remaining = context.time_remaining()
@@ -355,54 +363,26 @@ def _timed_handler(
         metrics.handled.labels(*labels, code).inc()
         handling.observe(time.perf_counter() - began)
 
-    def unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-        async def call(request: Any, context: Any) -> Any:
-            started.inc()
-            began, error = time.perf_counter(), None
-            try:
-                result = behavior(request, context)
-                return await result if inspect.isawaitable(result) else result
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                ended(context, began, error)
+    serve = behaviour(handler)
 
-        return call
+    async def unary(request: Any, context: Any) -> Any:
+        with counted(context):
+            result = serve(request, context)
+            return await result if inspect.isawaitable(result) else result
 
-    def streaming(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
-        async def call(request: Any, context: Any) -> AsyncIterator[Any]:
-            started.inc()
-            began, error = time.perf_counter(), None
-            try:
-                responses = behavior(request, context)
-                if inspect.isawaitable(responses):  # writes its answers itself (health's Watch)
-                    await responses
-                elif hasattr(responses, "__aiter__"):
-                    async for response in responses:
-                        yield response
-                else:
-                    for response in responses:
-                        yield response
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                ended(context, began, error)
+    async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+        with counted(context):
+            responses = serve(request, context)
+            if inspect.isawaitable(responses):  # writes its answers itself (health's Watch)
+                await responses
+            elif hasattr(responses, "__aiter__"):
+                async for response in responses:
+                    yield response
+            else:
+                for response in responses:
+                    yield response
 
-        return call
-
-    serialize = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **serialize)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **serialize)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **serialize)
-    return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), **serialize)
+    return rebuilt(handler, streaming if handler.response_streaming else unary)
 
 
 def method_kinds(*services: Any) -> dict[str, str]:
